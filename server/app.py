@@ -1,0 +1,33 @@
+"""The Flask app factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+
+from .clock import Clock
+from .keys import KeyStore
+from .settings import ServerSettings
+from .state import ServerState
+from .views import bp
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: ServerSettings | None = None, *, clock: Clock | None = None,
+    keys: KeyStore | None = None,
+) -> Flask:
+    """A new, independent authorization server app; ``settings`` default to `m2mauth serve`'s.
+
+    The assembled :class:`ServerState` is at ``app.extensions["m2mauth"]``.
+    """
+    settings = (settings or ServerSettings()).validate()
+    # instance_path given: Flask cannot locate it for a package inside a namespace (m2mauth).
+    app = Flask(__name__, instance_path=str(Path(__file__).parent / "instance"))
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["m2mauth"] = ServerState(settings, clock=clock, keys=keys)
+    app.register_blueprint(bp)
+    return app

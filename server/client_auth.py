@@ -1,0 +1,135 @@
+"""JWT client authentication (RFC 7523 §2.2): ``private_key_jwt`` and ``client_secret_jwt``,
+on Authlib's ``JWTBearerClientAssertion`` with the server's clock and a replay cache."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+from authlib.oauth2.rfc6749 import InvalidClientError
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import OctKey
+
+from .clock import Clock
+
+__all__ = ["ClientSecretJWT", "JtiCache", "PrivateKeyJWT"]
+
+
+class JtiCache:
+    """Assertion ``jti`` values seen, kept until the assertion expires (RFC 7523 §3 item 7)."""
+
+    def __init__(self, clock: Clock, max_entries: int = 100_000) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], int] = {}
+        self._max = max_entries
+
+    def add(self, client_id: str, jti: str, exp: int) -> bool:
+        """Remember ``jti``; False if it was seen and has not expired yet."""
+        now = self._clock()
+        key = (client_id, jti)
+        with self._lock:
+            seen_until = self._seen.get(key)
+            if seen_until is not None and seen_until >= now:
+                return False
+            if len(self._seen) >= self._max:
+                self._seen = {k: v for k, v in self._seen.items() if v >= now}
+                if len(self._seen) >= self._max:
+                    # Full of live entries: refuse rather than forget one and allow a replay.
+                    return False
+            self._seen[key] = exp
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+def _is_hmac(assertion: str) -> bool:
+    """Whether the assertion's header names an HMAC algorithm; False when unreadable (the
+    private_key_jwt path then reports the malformed assertion)."""
+    try:
+        header = json.loads(base64.urlsafe_b64decode(_pad(assertion.split(".", 1)[0])))
+        return isinstance(header, dict) and str(header.get("alg", "")).startswith("HS")
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _pad(segment: str) -> bytes:
+    return (segment + "=" * (-len(segment) % 4)).encode("ascii", "replace")
+
+
+class _ClientAssertion(JWTBearerClientAssertion):
+    def __init__(self, *, audiences: list[str], clock: Clock, jti_cache: JtiCache,
+                 leeway: int, max_lifetime: int) -> None:
+        super().__init__(leeway=leeway)
+        self._audiences = audiences
+        self._clock = clock
+        self._jti_cache = jti_cache
+        self._max_lifetime = max_lifetime
+
+    def __call__(self, query_client, request):
+        # Both JWT methods read the same parameters; the assertion's alg says which one the
+        # client used, so the other must pass instead of failing the whole authentication.
+        assertion = request.form.get("client_assertion")
+        if assertion and _is_hmac(assertion) != (self.CLIENT_AUTH_METHOD == "client_secret_jwt"):
+            return None
+        return super().__call__(query_client, request)
+
+    def get_audiences(self) -> list[str]:
+        # RFC 7523 §3: the token endpoint URL or the issuer identifier.
+        return self._audiences
+
+    def verify_claims(self, claims) -> None:
+        # Authlib's version reads time.time(); this one reads the server's clock and caps
+        # the assertion's lifetime so the replay cache stays bounded.
+        registry = jwt.JWTClaimsRegistry(
+            now=self._clock, leeway=self.leeway,
+            iss={"essential": True}, sub={"essential": True},
+            aud={"essential": True, "values": self.get_audiences()},
+            exp={"essential": True}, jti={"essential": True},
+        )
+        try:
+            registry.validate(claims)
+        except JoseError as exc:
+            raise InvalidClientError(description=f"Client assertion: {exc.description}") from exc
+        if claims["sub"] != claims["iss"]:
+            raise InvalidClientError(description="Client assertion: iss and sub must match.")
+        exp = claims["exp"]
+        if not isinstance(exp, int) or exp - self._clock() > self._max_lifetime:
+            raise InvalidClientError(
+                description=f"Client assertion: exp is more than {self._max_lifetime}s ahead."
+            )
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not jti:
+            raise InvalidClientError(description="Client assertion: jti must be a string.")
+        if not self._jti_cache.add(claims["sub"], jti, exp + self.leeway):
+            raise InvalidClientError(description="Client assertion: jti was used before.")
+
+    def validate_jti(self, claims, jti) -> bool:  # verify_claims above checks jti itself
+        return True
+
+
+class PrivateKeyJWT(_ClientAssertion):
+    """``private_key_jwt``: an assertion signed with a key the client registered."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def resolve_client_public_key(self, client):
+        if client.public_keys is None:
+            raise InvalidClientError(description="The client has no registered public keys.")
+        return client.public_keys
+
+
+class ClientSecretJWT(_ClientAssertion):
+    """``client_secret_jwt``: an assertion HMAC-signed with the client secret."""
+
+    CLIENT_AUTH_METHOD = "client_secret_jwt"
+
+    def resolve_client_public_key(self, client):
+        if client.secret is None:
+            raise InvalidClientError(description="The client has no secret.")
+        return OctKey.import_key(client.secret)

@@ -1,0 +1,83 @@
+"""Authlib's Flask ``AuthorizationServer``, adapted to m2mauth: clients from the registry,
+form-body parameters only, and RFC 6749 §5.2 status codes for ``invalid_client``."""
+
+from __future__ import annotations
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer as _FlaskAuthorizationServer
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
+from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+
+from .clients import ClientRegistry
+from .tokens import TokenIssuer
+
+__all__ = ["AuthorizationServer"]
+
+
+class _FormPayload(BasicOAuth2Payload):
+    """The token request's parameters, from the body only: RFC 6749 §3.2 requires POST,
+    and Flask's ``request.values`` would also take credentials from the query string."""
+
+    def __init__(self, form) -> None:
+        super().__init__(form)
+        self._datalist = {key: form.getlist(key) for key in form}
+
+
+class _Request(FlaskOAuth2Request):
+    def __init__(self, request) -> None:
+        # Authlib refuses plain-HTTP URLs off loopback; m2mauth is a lab server that is often
+        # reached as http://idp:8000 on a container network, so the scheme is not checked.
+        OAuth2Request.__init__(
+            self, method=request.method, uri=_as_https(request.url), headers=request.headers
+        )
+        self.uri = request.url
+        self._request = request
+        self.payload = _FormPayload(request.form)
+
+
+def _as_https(url: str) -> str:
+    return "https" + url[4:] if url.startswith("http:") else url
+
+
+class AuthorizationServer(_FlaskAuthorizationServer):
+    """One issuer's token endpoint logic; no Flask app is bound (several may share a process)."""
+
+    def __init__(self, clients: ClientRegistry, token_issuer: TokenIssuer, realm: str) -> None:
+        super().__init__()
+        self.clients = clients
+        self.token_issuer = token_issuer
+        self.realm = realm
+
+    def query_client(self, client_id):
+        return self.clients.get(client_id)
+
+    def save_token(self, token, request) -> None:
+        return None
+
+    def create_oauth2_request(self, request) -> _Request:
+        from flask import g
+        from flask import request as flask_request
+
+        # Kept on g so the view can log the outcome (client, auth method, jti) afterwards.
+        g.m2mauth_oauth_request = _Request(flask_request)
+        return g.m2mauth_oauth_request
+
+    def handle_error_response(self, request, error):
+        if isinstance(error, InvalidClientError):
+            # RFC 6749 §5.2: 401 with a challenge for the scheme the client used (Basic);
+            # otherwise 400, since a 401 must always carry WWW-Authenticate.
+            used_basic = (request.headers.get("Authorization") or "").lower().startswith("basic")
+            error.status_code = 401 if used_basic else 400
+            if error.description.startswith("The client cannot authenticate"):
+                # Authlib lists every method the server knows; say what went wrong instead.
+                error.description = (
+                    "Client authentication failed: unknown client, wrong credentials,"
+                    " or an auth method this client may not use."
+                )
+            response = super().handle_error_response(request, error)
+            if used_basic:
+                response.headers["WWW-Authenticate"] = (
+                    f'Basic realm="{self.realm}", charset="UTF-8"'
+                )
+            return response
+        return super().handle_error_response(request, error)

@@ -1,0 +1,180 @@
+"""HTTP endpoints of the authorization server: token, JWKS and metadata.
+
+Every response an OAuth client can see is JSON; bad input gets an RFC 6749 §5.2 error,
+never an HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from urllib.parse import unquote
+
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
+from flask import Blueprint, Response, current_app, g, json, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import safe_description
+from .requestlog import TokenRequest
+from .state import JWKS_PATH, METADATA_PATHS, TOKEN_PATH, ServerState
+
+__all__ = ["bp"]
+
+log = logging.getLogger("m2mauth.server")
+
+bp = Blueprint("m2mauth", __name__)
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _state() -> ServerState:
+    return current_app.extensions["m2mauth"]
+
+
+def _error(status: int, error: str, description: str, headers: dict | None = None) -> Response:
+    body = {"error": error, "error_description": description}
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _precheck() -> None:
+    """What Authlib does not check, or answers with a misleading error or a 500."""
+    if request.query_string:
+        raise InvalidRequestError("Send token request parameters in the body, not the URL.")
+    body = request.get_data(cache=True)
+    mimetype = request.mimetype
+    if body and mimetype != _FORM:
+        raise InvalidRequestError(f"The request body must be {_FORM} (RFC 6749 section 4.4.2).")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("The request body is not valid UTF-8.") from None
+    if "grant_type" not in request.form:
+        raise InvalidRequestError("Missing 'grant_type' parameter.")
+    header = request.headers.get("Authorization")
+    if header is not None and _basic_credentials(header) is None:
+        raise InvalidRequestError("Malformed Authorization header: expected Basic credentials.")
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    """(client_id, secret) from a well-formed Basic header, else None (RFC 7617, RFC 6749 §2.3.1)."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        return None
+    return unquote(client_id), unquote(secret)
+
+
+def _claimed_client_id() -> str | None:
+    """The client id the caller claims (unverified), for the log only."""
+    header = request.headers.get("Authorization")
+    if header:
+        creds = _basic_credentials(header)
+        return creds[0] if creds else None
+    if request.mimetype == _FORM:
+        return request.form.get("client_id")
+    return None
+
+
+@bp.post(TOKEN_PATH)
+def token() -> Response:
+    state = _state()
+    try:
+        _precheck()
+    except OAuth2Error as error:
+        response = state.authorization.handle_error_response(None, error)
+    else:
+        response = state.authorization.create_token_response()
+    _record(state, response)
+    return response
+
+
+def _record(state: ServerState, response: Response) -> None:
+    """Append the request to the request log and write its one log line; never a secret or a
+    whole token: ids, method, scopes, audience and the token's jti."""
+    form = request.form if request.mimetype == _FORM else None
+    oauth_request = g.get("m2mauth_oauth_request")
+    issued = getattr(oauth_request, "issued", None)
+    if response.status_code == 200 and issued is not None:
+        outcome = "issued"
+    else:
+        outcome = str((response.get_json(silent=True) or {}).get("error", "error"))
+    entry = TokenRequest(
+        time=state.clock.now(),
+        client_id=issued and oauth_request.client.client_id or _claimed_client_id(),
+        auth_method=getattr(oauth_request, "auth_method", None),
+        grant_type=form.get("grant_type") if form else None,
+        scope=form.get("scope") if form else None,
+        resource=tuple(form.getlist("resource") + form.getlist("audience")) if form else (),
+        status=response.status_code,
+        outcome=outcome,
+        jti=issued.jti if issued else None,
+        granted_scope=tuple(issued.scope) if issued else (),
+        audience=tuple(issued.audience) if issued else (),
+    )
+    state.token_requests.append(entry)
+    log.info(
+        "token request client_id=%s auth_method=%s scope=%s audience=%s outcome=%s jti=%s",
+        _printable(entry.client_id), entry.auth_method,
+        _printable(" ".join(entry.granted_scope) if issued else entry.scope),
+        _printable(" ".join(entry.audience) if issued else " ".join(entry.resource)),
+        entry.outcome, entry.jti,
+    )
+
+
+def _printable(value: str | None, limit: int = 80) -> str:
+    """A log-safe rendering of caller input: quoted, escaped, cut (no log injection)."""
+    if value is None:
+        return "-"
+    text = value if len(value) <= limit else value[:limit] + "..."
+    return ascii(text)
+
+
+@bp.get(JWKS_PATH)
+def jwks() -> Response:
+    state = _state()
+    response = jsonify(state.keys.jwks())
+    response.headers["Cache-Control"] = f"public, max-age={state.settings.jwks_max_age}"
+    return response
+
+
+def metadata() -> Response:
+    response = jsonify(_state().metadata())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+for _path in METADATA_PATHS:
+    bp.add_url_rule(_path, endpoint=_path.rsplit("/", 1)[-1], view_func=metadata, methods=["GET"])
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    """Werkzeug's HTML error pages become JSON; on the token endpoint, RFC 6749 errors."""
+    status = exc.code or 500
+    if status == 413:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return _error(413, "invalid_request", f"Request body larger than {limit} bytes.")
+    if status == 405:
+        allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m != "OPTIONS"))
+        return _error(405, "invalid_request", f"Method {request.method} not allowed; use {allowed}.",
+                      {"Allow": allowed})
+    return _error(status, "invalid_request" if status < 500 else "server_error",
+                  safe_description(exc.description or exc.name))
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return _error(500, "server_error", "Internal error; see the server log.")
