@@ -7,8 +7,8 @@ from .errors import ConfigError, KeyStoreError
 from .settings import ClientSettings, ServerSettings, load_settings
 
 __all__ = [
-    "Clock",
     "ClientSettings",
+    "Clock",
     "ConfigError",
     "KeyStoreError",
     "ServerSettings",

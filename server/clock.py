@@ -64,5 +64,6 @@ class Clock:
             self._frozen = None
 
     def __repr__(self) -> str:
-        state = f"frozen at {self._frozen}" if self._frozen is not None else f"offset {self._offset:+g}s"
-        return f"<Clock {state}>"
+        if self._frozen is not None:
+            return f"<Clock frozen at {self._frozen}>"
+        return f"<Clock offset {self._offset:+g}s>"

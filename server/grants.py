@@ -5,6 +5,7 @@ rejected before any token is made."""
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, InvalidScopeError, grants
@@ -81,7 +82,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     """Authlib's client-credentials grant with every auth method (narrowed per client by
     ``Client.check_endpoint_auth_method``), strict scopes and RFC 8707 audiences."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(AUTH_METHODS)
 
     def validate_token_request(self) -> None:
         _check_parameters(self.request)

@@ -36,6 +36,10 @@ def shipped_keys_dir() -> Path:
     return Path(str(resources.files("m2mauth._keys")))
 
 
+def _unsupported(alg: str) -> str:
+    return f"unsupported algorithm {alg!r} (supported: {', '.join(ALGORITHMS)})"
+
+
 def _generate_private_key(alg: str) -> Any:
     if alg in ("RS256", "PS256"):
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -43,7 +47,7 @@ def _generate_private_key(alg: str) -> Any:
         return ec.generate_private_key(ec.SECP256R1())
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
-    raise KeyStoreError(f"unsupported algorithm {alg!r} (supported: {', '.join(ALGORITHMS)})")
+    raise KeyStoreError(_unsupported(alg))
 
 
 def _check_key_matches(alg: str, native: Any, where: str) -> None:
@@ -207,7 +211,7 @@ class KeyStore:
         """Make ``key`` (or a newly generated key) the active ``alg`` key; the previous active
         key stays published."""
         if alg not in ALGORITHMS:
-            raise KeyStoreError(f"unsupported algorithm {alg!r} (supported: {', '.join(ALGORITHMS)})")
+            raise KeyStoreError(_unsupported(alg))
         new = SigningKey(alg, key if key is not None else _to_jwk(alg, _generate_private_key(alg)))
         with self._lock:
             for old in self._keys:
@@ -253,7 +257,7 @@ def generate_key_files(
     algs = list(algorithms)
     for alg in algs:
         if alg not in ALGORITHMS:
-            raise KeyStoreError(f"unsupported algorithm {alg!r} (supported: {', '.join(ALGORITHMS)})")
+            raise KeyStoreError(_unsupported(alg))
         target = directory / KEY_FILES[alg]
         if target.exists() and not overwrite:
             raise KeyStoreError(f"{target} exists; pass overwrite (--force) to replace it")

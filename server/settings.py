@@ -37,7 +37,6 @@ ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt")
 _SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt")
 
-DEFAULT_ISSUER = "http://127.0.0.1:8000"
 DEFAULT_AUDIENCE = "api://default"
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"  # a published demo credential, printed by `m2mauth serve`
@@ -99,7 +98,8 @@ def _demo_client() -> ClientSettings:
 class ServerSettings:
     """Everything one authorization server instance needs; the defaults are `m2mauth serve`'s."""
 
-    issuer: str = DEFAULT_ISSUER
+    #: Issuer URL; None means http://HOST:PORT of the address actually bound.
+    issuer: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     #: Default signing algorithm (clients may override).
@@ -125,6 +125,11 @@ class ServerSettings:
     config_file: Path | None = None
 
     @property
+    def issuer_url(self) -> str:
+        """The configured issuer, or the one derived from host and port."""
+        return self.issuer if self.issuer is not None else default_issuer(self.host, self.port)
+
+    @property
     def uses_shipped_keys(self) -> bool:
         return self.keys_dir is None and not self.ephemeral_keys
 
@@ -134,7 +139,8 @@ class ServerSettings:
 
     def validate(self, source: str = "settings") -> ServerSettings:
         """Check every value; raise :class:`ConfigError` on the first problem."""
-        _check_issuer(source, "issuer", self.issuer)
+        if self.issuer is not None:
+            _check_issuer(source, "issuer", self.issuer)
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(source, "algorithm", _one_of(self.algorithm, ALGORITHMS))
         for key in ("token_lifetime", "jwks_max_age", "max_body_bytes", "assertion_max_lifetime"):
@@ -151,7 +157,9 @@ class ServerSettings:
             where = f"clients[{i}]"
             _validate_client(source, where, client)
             if client.client_id in seen:
-                raise ConfigError(source, f"{where}.client_id", f"duplicate id {client.client_id!r}")
+                raise ConfigError(
+                    source, f"{where}.client_id", f"duplicate id {client.client_id!r}"
+                )
             seen.add(client.client_id)
         return self
 
@@ -218,7 +226,8 @@ def _validate_client(source: str, where: str, client: ClientSettings) -> None:
         extra = set(client.default_audience) - set(client.audiences)
         if extra:
             raise ConfigError(
-                source, f"{where}.default_audience", f"{sorted(extra)} not in the client's audiences"
+                source, f"{where}.default_audience",
+                f"{sorted(extra)} not in the client's audiences",
             )
     if client.token_lifetime is not None and (
         not isinstance(client.token_lifetime, int) or client.token_lifetime <= 0
@@ -430,8 +439,8 @@ def load_settings(
 ) -> ServerSettings:
     """Defaults, then the TOML file, then ``M2MAUTH_*`` variables, then ``overrides`` (flags).
 
-    ``M2MAUTH_CONFIG`` names the file when ``config_file`` is not given. A host or port set
-    without an issuer moves the default issuer with them.
+    ``M2MAUTH_CONFIG`` names the file when ``config_file`` is not given. Without an issuer
+    anywhere, the issuer follows the bound host and port (see ``ServerSettings.issuer_url``).
     """
     env = os.environ if env is None else env
     settings = ServerSettings()
@@ -448,16 +457,12 @@ def load_settings(
     _apply(env_values, settings, "environment")
     flag_values = {k: v for k, v in (overrides or {}).items() if v is not None}
     _apply(flag_values, settings, "command line")
-    issuer_given = any("issuer" in v for v in (file_values, env_values, flag_values))
-    if not issuer_given:
-        settings.issuer = default_issuer(settings.host, settings.port)
-    settings.validate("settings")
     return settings
 
 
 def default_issuer(host: str, port: int) -> str:
     """The issuer a server on host:port has when none is configured."""
-    if host in ("0.0.0.0", "::", ""):  # all interfaces: name the loopback address
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming it, not binding it  # all interfaces: name the loopback address
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"

@@ -38,7 +38,7 @@ class ServerState:
     def __init__(self, settings: ServerSettings, *, clock: Clock | None = None,
                  keys: KeyStore | None = None) -> None:
         self.settings = settings
-        self.issuer = settings.issuer
+        self.issuer = settings.issuer_url
         self.clock = clock or Clock()
         self.keys = keys or load_keys(settings)
         for alg in settings.algorithms_in_use():

@@ -62,7 +62,7 @@ def _precheck() -> None:
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:
-    """(client_id, secret) from a well-formed Basic header, else None (RFC 7617, RFC 6749 §2.3.1)."""
+    """(client_id, secret) from a well-formed Basic header, else None (RFC 6749 §2.3.1)."""
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "basic" or not value.strip():
         return None
@@ -112,7 +112,7 @@ def _record(state: ServerState, response: Response) -> None:
         outcome = str((response.get_json(silent=True) or {}).get("error", "error"))
     entry = TokenRequest(
         time=state.clock.now(),
-        client_id=issued and oauth_request.client.client_id or _claimed_client_id(),
+        client_id=(issued and oauth_request.client.client_id) or _claimed_client_id(),
         auth_method=getattr(oauth_request, "auth_method", None),
         grant_type=form.get("grant_type") if form else None,
         scope=form.get("scope") if form else None,
@@ -168,8 +168,8 @@ def _http_error(exc: HTTPException) -> Response:
         return _error(413, "invalid_request", f"Request body larger than {limit} bytes.")
     if status == 405:
         allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m != "OPTIONS"))
-        return _error(405, "invalid_request", f"Method {request.method} not allowed; use {allowed}.",
-                      {"Allow": allowed})
+        description = f"Method {request.method} not allowed; use {allowed}."
+        return _error(405, "invalid_request", description, {"Allow": allowed})
     return _error(status, "invalid_request" if status < 500 else "server_error",
                   safe_description(exc.description or exc.name))
 

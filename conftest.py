@@ -1,0 +1,103 @@
+"""Test wiring for m2mauth's own suite: a real server on a loopback port, shared per session,
+with clients for every auth method and algorithm. (The keys m2mauth signs with here are the
+shipped public test keys; the client keys below are generated per run.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+from m2mauth.server import ClientSettings, ServerSettings
+from m2mauth.server.serving import ServerThread
+
+SECRET = "s3cret-for-tests"
+
+
+@dataclass
+class ClientKey:
+    """A private key a test client signs private_key_jwt assertions with."""
+
+    alg: str
+    jwk: object  # joserfc key with kid
+
+    def public_jwks(self) -> dict:
+        return {"keys": [self.jwk.as_dict(private=False)]}
+
+    def pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.jwk.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def _client_key(alg: str) -> ClientKey:
+    if alg in ("RS256", "PS256"):
+        native = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = RSAKey(native, native, {"alg": alg})
+    elif alg == "ES256":
+        native = ec.generate_private_key(ec.SECP256R1())
+        key = ECKey(native, native, {"alg": alg})
+    else:
+        native = ed25519.Ed25519PrivateKey.generate()
+        key = OKPKey(native, native, {"alg": alg})
+    key.ensure_kid()
+    return ClientKey(alg, key)
+
+
+@pytest.fixture(scope="session")
+def client_keys() -> dict[str, ClientKey]:
+    """One private_key_jwt client key per algorithm."""
+    return {alg: _client_key(alg) for alg in ("RS256", "ES256", "EdDSA")}
+
+
+@pytest.fixture(scope="session")
+def server_settings(client_keys) -> ServerSettings:
+    """Clients: ``secret-client`` (all secret methods), ``post-only``, ``basic-only``,
+    ``jwt-<alg>`` (private_key_jwt), ``alg-<alg>`` (tokens signed with <alg>),
+    ``aud-client`` (several audiences) and the demo client."""
+    clients = [
+        ClientSettings("demo-client", "demo-secret", scopes=("read", "write"),
+                       audiences=("api://default",)),
+        ClientSettings("secret-client", SECRET, scopes=("read", "write", "admin"),
+                       default_scopes=("read",), audiences=("https://api.test",),
+                       claims={"tenant": "acme"}),
+        ClientSettings("basic-only", SECRET, auth_methods=("client_secret_basic",),
+                       scopes=("read",)),
+        ClientSettings("post-only", SECRET, auth_methods=("client_secret_post",),
+                       scopes=("read",)),
+        ClientSettings("hmac-jwt", SECRET, auth_methods=("client_secret_jwt",),
+                       scopes=("read",)),
+        ClientSettings("aud-client", SECRET, scopes=("read",),
+                       audiences=("https://orders.test", "https://billing.test", "payments"),
+                       default_audience=("https://orders.test",), token_lifetime=60),
+    ]
+    for alg, key in client_keys.items():
+        clients.append(ClientSettings(f"jwt-{alg.lower()}", jwks=key.public_jwks(),
+                                      scopes=("read",)))
+    for alg in ("RS256", "PS256", "ES256", "EdDSA"):
+        clients.append(ClientSettings(f"alg-{alg.lower()}", SECRET, scopes=("read",),
+                                      algorithm=alg))
+    return ServerSettings(clients=clients)
+
+
+@pytest.fixture(scope="session")
+def live_server(server_settings) -> Iterator[ServerThread]:
+    """The real server on 127.0.0.1, port chosen by the OS, for the whole session."""
+    with ServerThread(server_settings) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_server_state(request) -> Iterator[None]:
+    """Tests that share the live server start from a clean request log and real time."""
+    yield
+    if "live_server" in request.fixturenames:
+        server = request.getfixturevalue("live_server")
+        server.state.token_requests.clear()
+        server.state.clock.reset()
+        server.state.jti_cache.clear()

@@ -1,0 +1,118 @@
+"""Running an authorization server over HTTP: bind first (so port 0 works and the issuer can
+name the real port), then serve with werkzeug's threaded server, in the foreground for
+`m2mauth serve` or in a background thread for tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import socket
+import threading
+from typing import Any
+
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from .app import create_app
+from .clock import Clock
+from .settings import ServerSettings
+
+__all__ = ["PortInUseError", "ServerThread", "bind"]
+
+
+class PortInUseError(OSError):
+    """The address to listen on is taken."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(errno.EADDRINUSE, f"port {port} on {host} is already in use")
+        self.host, self.port = host, port
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """werkzeug's per-request access line goes to the 'werkzeug' logger at INFO; the token
+    endpoint writes its own line, so the access log is left to logging configuration."""
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        logging.getLogger("m2mauth.access").debug(
+            "%s %s %s", self.command, self.path.split("?", 1)[0], code
+        )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket; our own so that a taken port is an exception, not werkzeug's exit."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(host, port) from None
+        raise
+    return sock
+
+
+def bind(settings: ServerSettings, *, clock: Clock | None = None) -> tuple[BaseWSGIServer, Flask]:
+    """Listen on ``settings.host:port`` (0 picks a free port), then build the app; without a
+    configured issuer, the issuer names the port actually bound."""
+    sock = _listen(settings.host, settings.port)
+    try:
+        settings = dataclasses.replace(settings, port=sock.getsockname()[1])
+        app = create_app(settings, clock=clock)
+        server = make_server(settings.host, settings.port, app, threaded=True,
+                             request_handler=_QuietHandler, fd=sock.fileno())
+    finally:
+        sock.close()  # werkzeug keeps its own duplicate of the descriptor
+    return server, app
+
+
+class ServerThread:
+    """A server in a background thread on a loopback port, for tests and fixtures.
+
+    ``with ServerThread() as srv: requests.get(srv.issuer + "/jwks.json")``
+    """
+
+    def __init__(self, settings: ServerSettings | None = None, *, clock: Clock | None = None,
+                 port: int = 0) -> None:
+        settings = dataclasses.replace(settings or ServerSettings(), port=port)
+        self.server, self.app = bind(settings, clock=clock)
+        self.state = self.app.extensions["m2mauth"]
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"m2mauth-server-{self.port}", daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Where the server listens (may differ from the issuer when one was configured)."""
+        host = self.server.server_address[0]
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
+    def issuer(self) -> str:
+        return self.state.issuer
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
