@@ -1,0 +1,51 @@
+"""Smoke test of an installed wheel: `m2mauth serve` on a free port issues a token that
+verifies against its JWKS, and the shipped keys are inside the installed package."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+cli = sys.argv[1]
+import m2mauth.server  # noqa: E402  (the installed package, not a source tree)
+
+installed = Path(m2mauth.server.__file__).resolve()
+assert "site-packages" in str(installed), f"not testing the wheel: {installed}"
+keys = Path(m2mauth.server.__file__).parent.parent / "_keys"
+assert sorted(p.name for p in keys.glob("*.pem")) == [
+    "eddsa.pem", "es256.pem", "ps256.pem", "rs256.pem"
+], list(keys.iterdir())
+
+env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+proc = subprocess.Popen([cli, "serve", "--port", "0"], stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True, env=env)
+try:
+    token_url = None
+    for _ in range(50):  # bounded: the banner is a dozen lines
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.strip().startswith("token "):
+            token_url = line.split()[-1]
+            break
+    assert token_url, "serve printed no token endpoint"
+    req = urllib.request.Request(
+        token_url, data=b"grant_type=client_credentials",
+        headers={"Authorization": "Basic " + base64.b64encode(b"demo-client:demo-secret").decode(),
+                 "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback URL we print
+        body = json.load(resp)
+    import jwt
+
+    jwks_url = token_url.rsplit("/", 1)[0] + "/jwks.json"
+    key = jwt.PyJWKClient(jwks_url).get_signing_key_from_jwt(body["access_token"])
+    claims = jwt.decode(body["access_token"], key, algorithms=["RS256"],
+                        audience="api://default")
+    print(f"wheel smoke test: token for {claims['sub']} with scope {claims['scope']!r} OK")
+finally:
+    proc.terminate()
+    proc.wait(timeout=10)
