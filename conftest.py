@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+
 from m2mauth.server import ClientSettings, ServerSettings
 from m2mauth.server.serving import ServerThread
 

@@ -37,7 +37,7 @@ try:
         headers={"Authorization": "Basic " + base64.b64encode(b"demo-client:demo-secret").decode(),
                  "Content-Type": "application/x-www-form-urlencoded"},
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback URL we print
+    with urllib.request.urlopen(req, timeout=10) as resp:
         body = json.load(resp)
     import jwt
 

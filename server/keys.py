@@ -182,7 +182,7 @@ class KeyStore:
                     return key
         raise KeyStoreError(f"no key with kid {kid!r}")
 
-    def keys(self) -> list[SigningKey]:
+    def all_keys(self) -> list[SigningKey]:
         with self._lock:
             return list(self._keys)
 

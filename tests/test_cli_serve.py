@@ -1,0 +1,137 @@
+"""`m2mauth serve` and `m2mauth keys generate`: click's runner, plus one real subprocess."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jwt
+import pytest
+import requests
+from click.testing import CliRunner
+
+from m2mauth.server.cli import main
+
+
+def _m2mauth() -> list[str]:
+    return [sys.executable, "-m", "m2mauth.server.cli"]
+
+
+def test_serve_subprocess_prints_banner_and_issues_tokens():
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in env.items() if not k.startswith("M2MAUTH_")}
+    proc = subprocess.Popen([*_m2mauth(), "serve", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        banner = []
+        for _ in range(30):  # bounded: the banner is about a dozen lines
+            line = proc.stdout.readline()
+            if not line:
+                break
+            banner.append(line)
+            if line.lstrip().startswith("curl "):
+                break
+        text = "".join(banner)
+        issuer = next(li.split()[-1] for li in banner if li.strip().startswith("issuer"))
+        assert issuer.startswith("http://127.0.0.1:") and not issuer.endswith(":0")
+        for fragment in (f"{issuer}/token", f"{issuer}/jwks.json", "demo-client / demo-secret",
+                         "scopes: read write", "PUBLIC test keys"):
+            assert fragment in text
+        r = requests.post(issuer + "/token", data={"grant_type": "client_credentials"},
+                          auth=("demo-client", "demo-secret"), timeout=5)
+        assert r.status_code == 200
+        key = jwt.PyJWKClient(issuer + "/jwks.json").get_signing_key_from_jwt(
+            r.json()["access_token"])
+        claims = jwt.decode(r.json()["access_token"], key, algorithms=["RS256"],
+                            audience="api://default", issuer=issuer)
+        assert claims["scope"] == "read write"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    # one log line for the token request, with no secret in it
+    assert "token request client_id='demo-client'" in err
+    assert "demo-secret" not in err
+
+
+def test_port_in_use_is_one_line_and_exit_2():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"Error: port {port} on 127.0.0.1 is already in use "
+        "(choose another with --port, or 0 for any free port)"
+    )
+
+
+def test_bad_config_file_names_file_and_key_exit_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('algorithm = "none"\n')
+    result = CliRunner().invoke(main, ["serve", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: algorithm: 'none' is not one of" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_environment_value_exit_2():
+    result = CliRunner().invoke(main, ["serve"], env={"M2MAUTH_PORT": "x"})
+    assert result.exit_code == 2
+    assert "environment: M2MAUTH_PORT: must be an integer" in result.output
+
+
+def test_missing_keys_dir_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0"])
+    assert result.exit_code == 2
+    assert "no signing keys found" in result.output
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])
+def test_non_loopback_with_shipped_keys_warns_loudly(host, capsys):
+    # The banner alone: tests bind loopback addresses only, never all interfaces.
+    from m2mauth.server import ServerSettings, create_app
+    from m2mauth.server.cli import _banner
+
+    settings = ServerSettings(host=host, port=8000)
+    _banner(settings, create_app(settings).extensions["m2mauth"])
+    err = capsys.readouterr().err
+    assert f"WARNING: listening on {host}, a non-loopback address" in err
+    assert "PUBLIC test keys" in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_loopback_with_shipped_keys_only_notes(host, capsys):
+    from m2mauth.server import ServerSettings, create_app
+    from m2mauth.server.cli import _banner
+
+    settings = ServerSettings(host=host, port=8000)
+    _banner(settings, create_app(settings).extensions["m2mauth"])
+    out = capsys.readouterr()
+    assert "WARNING" not in out.err
+    assert "PUBLIC test keys" in out.out
+
+
+def test_loopback_with_own_keys_does_not_warn(tmp_path, monkeypatch):
+    from werkzeug.serving import BaseWSGIServer
+
+    monkeypatch.setattr(BaseWSGIServer, "serve_forever", lambda self, poll_interval: None)
+    runner = CliRunner()
+    assert runner.invoke(main, ["keys", "generate", str(tmp_path), "--alg", "RS256"]).exit_code == 0
+    result = runner.invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert "WARNING" not in result.output
+    assert f"keys from {tmp_path}" in result.output
+
+
+def test_keys_generate_prints_kids_and_refuses_overwrite(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["keys", "generate", str(tmp_path / "k")])
+    assert result.exit_code == 0
+    assert result.output.count("kid=") == 4
+    again = runner.invoke(main, ["keys", "generate", str(tmp_path / "k"), "--alg", "ES256"])
+    assert again.exit_code == 2
+    assert "exists" in again.output
+    forced = runner.invoke(main, ["keys", "generate", str(tmp_path / "k"), "--alg", "ES256",
+                                  "--force"])
+    assert forced.exit_code == 0
