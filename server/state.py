@@ -75,13 +75,16 @@ class ServerState:
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 metadata; every URL is absolute and built from the configured issuer."""
         scopes = sorted({s for c in self.clients for s in c.scopes})
-        return {
+        metadata = {
             "issuer": self.issuer,
             "token_endpoint": self.token_endpoint,
             "jwks_uri": self.jwks_uri,
             "grant_types_supported": ["client_credentials"],
-            "response_types_supported": [],
+            # No response_types_supported: no grant here uses the authorization endpoint, and
+            # RFC 8414 section 3.2 says claims with zero elements MUST be omitted (erratum 7793).
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "token_endpoint_auth_signing_alg_values_supported": [*ALGORITHMS, "HS256"],
-            "scopes_supported": scopes,
         }
+        if scopes:
+            metadata["scopes_supported"] = scopes
+        return metadata

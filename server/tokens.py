@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from .clients import Client
@@ -70,6 +71,21 @@ class _Generator(JWTBearerTokenGenerator):
         # Authlib reads time.time(); these override its iat/exp with the server's clock.
         static = {k: v for k, v in client.extra_claims.items() if k not in REGISTERED_CLAIMS}
         return {**static, "iat": self._now, "nbf": self._now, "exp": self._now + self._lifetime}
+
+    def access_token_generator(self, client, grant_type, user, scope) -> str:
+        # Authlib's version signs through joserfc's default registry, which refuses every
+        # algorithm outside joserfc's "recommended" list (PS256 and EdDSA among them) and
+        # offers no hook for an allow-list. Same hooks and claims for a client-credentials
+        # token (no user), signed with the one algorithm this token is meant to use.
+        client_id = client.get_client_id()
+        claims = {
+            "iss": self.issuer, "sub": client_id, "client_id": client_id,
+            "aud": self.get_audiences(client, user, scope),
+            "jti": self.get_jti(client, grant_type, user, scope), "scope": scope,
+            **self.get_extra_claims(client, grant_type, user, scope),
+        }
+        header = {"alg": self.alg, "typ": "at+jwt"}
+        return jwt.encode(header, claims, self.get_jwks(), algorithms=[self.alg])
 
 
 class TokenIssuer:
