@@ -1,0 +1,55 @@
+"""m2mauth's OAuth 2.0 client side: get client-credentials tokens (:func:`fetch_token`), look up
+authorization-server metadata (:func:`discover`), and typed errors (:class:`OAuthError`).
+
+Independent of :mod:`m2mauth.server` by design: it never imports it.
+"""
+
+from .assertions import (
+    client_secret_jwt_assertion,
+    key_algorithm,
+    load_private_key,
+    private_key_jwt_assertion,
+)
+from .discovery import MetadataCache, discover, metadata_urls
+from .errors import (
+    DiscoveryError,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    InvalidTargetError,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailableError,
+    TransportError,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
+    error_class,
+)
+from .tokens import AUTH_METHODS, Token, fetch_token
+
+__all__ = [
+    "AUTH_METHODS",
+    "DiscoveryError",
+    "InvalidClientError",
+    "InvalidGrantError",
+    "InvalidRequestError",
+    "InvalidScopeError",
+    "InvalidTargetError",
+    "MetadataCache",
+    "OAuthError",
+    "ServerError",
+    "TemporarilyUnavailableError",
+    "Token",
+    "TransportError",
+    "UnauthorizedClientError",
+    "UnsupportedGrantTypeError",
+    "client_secret_jwt_assertion",
+    "discover",
+    "error_class",
+    "fetch_token",
+    "key_algorithm",
+    "load_private_key",
+    "metadata_urls",
+    "private_key_jwt_assertion",
+]

@@ -1,0 +1,161 @@
+"""Authorization-server metadata lookup (RFC 8414, with the OpenID Connect discovery URL as a
+fallback), and a small per-issuer cache that lives on an object, never in the module."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from .errors import DiscoveryError, TransportError, root_cause
+
+__all__ = ["MetadataCache", "discover", "metadata_urls"]
+
+_OAUTH = "/.well-known/oauth-authorization-server"
+_OIDC = "/.well-known/openid-configuration"
+
+
+def metadata_urls(issuer: str) -> list[str]:
+    """Where ``issuer``'s metadata may be, in the order tried.
+
+    RFC 8414 §3.1 inserts the well-known segment between host and path; OpenID Connect
+    Discovery appends it to the issuer. Both coincide for an issuer without a path.
+    """
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise DiscoveryError("discovery_error", "The issuer must be an absolute http(s) URL.")
+    if parts.query or parts.fragment:
+        raise DiscoveryError("discovery_error",
+                             "The issuer must not have a query or fragment (RFC 8414 section 2).")
+    path = parts.path.rstrip("/")
+    urls = [
+        urlunsplit((parts.scheme, parts.netloc, _OAUTH + path, "", "")),
+        urlunsplit((parts.scheme, parts.netloc, path + _OIDC, "", "")),
+        # Some servers with a path in the issuer publish RFC 8414 metadata appended too.
+        urlunsplit((parts.scheme, parts.netloc, path + _OAUTH, "", "")),
+    ]
+    return list(dict.fromkeys(urls))
+
+
+def _get_json(url: str, session: requests.Session, timeout: float) -> tuple[int, Any]:
+    """(status, parsed body or None when the body is not JSON)."""
+    try:
+        response = session.get(url, timeout=timeout, headers={"Accept": "application/json"})
+    except requests.Timeout:
+        raise TransportError(
+            error_description=f"Timed out after {timeout} s fetching metadata from {url}."
+        ) from None
+    except requests.RequestException as exc:
+        raise TransportError(
+            error_description=f"Cannot fetch metadata from {url}: {root_cause(exc)}."
+        ) from exc
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, None
+
+
+def discover(
+    issuer: str,
+    *,
+    session: requests.Session | None = None,
+    timeout: float = 10,
+    cache: MetadataCache | None = None,
+) -> dict[str, Any]:
+    """The metadata document of ``issuer`` (a fresh copy the caller may change).
+
+    Tries the RFC 8414 URL, then OpenID Connect's. The document's ``issuer`` must equal the
+    requested one exactly (RFC 8414 §3.3), else :class:`DiscoveryError`: a look-alike issuer
+    could otherwise point the client at another server's token endpoint and keys. Without
+    ``cache`` every call fetches; pass a :class:`MetadataCache` to reuse results.
+    """
+    if cache is not None:
+        return cache.get(issuer, session=session, timeout=timeout)
+    return _fetch(issuer, session=session, timeout=timeout)
+
+
+def _fetch(issuer: str, *, session: requests.Session | None, timeout: float) -> dict[str, Any]:
+    urls = metadata_urls(issuer)
+    http = session or requests.Session()
+    tried: list[str] = []
+    try:
+        for url in urls:
+            status, body = _get_json(url, http, timeout)
+            if status != 200 or not isinstance(body, dict):
+                why = f"HTTP {status}" if status != 200 else "not a JSON object"
+                tried.append(f"{url} ({why})")
+                continue
+            found = body.get("issuer")
+            if found != issuer:
+                raise DiscoveryError(
+                    "discovery_error",
+                    f"Metadata at {url} names issuer {found!r}, expected {issuer!r} exactly "
+                    "(RFC 8414 section 3.3).",
+                )
+            return body
+    finally:
+        if session is None:
+            http.close()
+    raise DiscoveryError("discovery_error", "No metadata found: " + "; ".join(tried))
+
+
+class MetadataCache:
+    """Metadata per issuer, kept for ``ttl`` seconds of ``clock``; thread-safe, and one fetch
+    at a time per issuer so concurrent callers do not all hit the server.
+
+    Failures are not cached. :meth:`clear` or :meth:`invalidate` drop entries (tests, rotation).
+    """
+
+    def __init__(self, ttl: float = 300, clock: Callable[[], float] | None = None) -> None:
+        self.ttl = ttl
+        self._clock = clock or time.time
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._issuer_locks: dict[str, threading.Lock] = {}
+
+    def get(
+        self, issuer: str, *, session: requests.Session | None = None, timeout: float = 10
+    ) -> dict[str, Any]:
+        """Cached metadata of ``issuer``, fetched when missing or older than ``ttl``."""
+        cached = self._fresh(issuer)
+        if cached is not None:
+            return cached
+        with self._lock:
+            issuer_lock = self._issuer_locks.setdefault(issuer, threading.Lock())
+        with issuer_lock:
+            cached = self._fresh(issuer)  # another thread may have fetched while we waited
+            if cached is not None:
+                return cached
+            metadata = _fetch(issuer, session=session, timeout=timeout)
+            with self._lock:
+                self._entries[issuer] = (self._clock() + self.ttl, metadata)
+            return copy.deepcopy(metadata)
+
+    def _fresh(self, issuer: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._entries.get(issuer)
+        if entry is None or entry[0] <= self._clock():
+            return None
+        return copy.deepcopy(entry[1])
+
+    def invalidate(self, issuer: str) -> None:
+        """Forget ``issuer``'s metadata; the next :meth:`get` fetches it again."""
+        with self._lock:
+            self._entries.pop(issuer, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"<MetadataCache ttl={self.ttl}s entries={len(self)}>"

@@ -1,0 +1,315 @@
+"""Getting an access token with the client-credentials grant (RFC 6749 §4.4): one request,
+every client authentication method, typed errors."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import quote_plus, urlsplit
+
+import requests
+
+from .assertions import (
+    ASSERTION_TYPE,
+    PrivateKey,
+    client_secret_jwt_assertion,
+    private_key_jwt_assertion,
+)
+from .discovery import MetadataCache, discover
+from .errors import DiscoveryError, OAuthError, TransportError, error_class, root_cause
+
+__all__ = ["AUTH_METHODS", "AuthMethod", "Token", "fetch_token"]
+
+log = logging.getLogger("m2mauth.client")
+
+AuthMethod = Literal[
+    "client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt"
+]
+#: Client authentication methods at the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2).
+AUTH_METHODS: tuple[str, ...] = (
+    "client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt"
+)
+#: Parameters fetch_token sets itself; extra_params may not replace them.
+_RESERVED = frozenset({
+    "grant_type", "client_id", "client_secret", "client_assertion", "client_assertion_type",
+    "scope", "resource",
+})
+
+
+def _mask(token: str) -> str:
+    """Enough of a token to tell two apart in a log, never enough to use it."""
+    return f"{token[:8]}...({len(token)} chars)" if len(token) > 8 else "***"
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token response (RFC 6749 §5.1). ``repr()`` masks the access token.
+
+    ``expires_at`` is absolute (seconds on the clock fetch_token was given, taken before the
+    request was sent, so it errs early); None when the server sent no ``expires_in``.
+    ``scope`` is the granted scope, or the requested one when the response omits it
+    (RFC 6749 §5.1: the server may omit it when identical). ``raw`` is the whole response.
+    """
+
+    access_token: str
+    token_type: str
+    expires_in: int | None
+    expires_at: float | None
+    scope: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Token(access_token={_mask(self.access_token)!r}, token_type={self.token_type!r}, "
+            f"expires_in={self.expires_in!r}, expires_at={self.expires_at!r}, "
+            f"scope={self.scope!r})"
+        )
+
+    __str__ = __repr__
+
+    def expires_within(self, seconds: float, now: float) -> bool:
+        """Whether the token expires within ``seconds`` of ``now``; False if it never says."""
+        return self.expires_at is not None and self.expires_at - seconds <= now
+
+
+def _as_list(value: str | Sequence[str] | None, *, split: bool) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split() if split else [value]
+    return [item for v in value for item in (v.split() if split else [v])]
+
+
+def _basic_header(client_id: str, client_secret: str) -> str:
+    # RFC 6749 §2.3.1: form-urlencode id and secret, then Base64 "id:secret".
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
+
+
+def _check_url(url: str, what: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{what} must be an absolute http(s) URL")
+
+
+def _retry_after(response: requests.Response, now: float) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+def fetch_token(
+    token_url: str | None = None,
+    *,
+    issuer: str | None = None,
+    client_id: str,
+    client_secret: str | None = None,
+    private_key: PrivateKey | str | bytes | None = None,
+    kid: str | None = None,
+    scope: str | Sequence[str] | None = None,
+    resource: str | Sequence[str] | None = None,
+    auth_method: AuthMethod | str = "client_secret_basic",
+    timeout: float = 10,
+    session: requests.Session | None = None,
+    clock: Callable[[], float] | None = None,
+    extra_params: Mapping[str, str | Sequence[str]] | None = None,
+    metadata_cache: MetadataCache | None = None,
+) -> Token:
+    """Request a token with the client-credentials grant and return it.
+
+    Give ``token_url``, or ``issuer`` to look the token endpoint up (RFC 8414; through
+    ``metadata_cache`` when given). ``scope`` is a space-separated string or a list;
+    ``resource`` (RFC 8707) one URI or several, sent as repeated parameters. ``extra_params``
+    adds form parameters (a list value repeats the parameter, e.g. ``{"audience": [...]}``).
+    ``private_key`` (for ``private_key_jwt``) may be PEM or a key object; load PEM once with
+    :func:`m2mauth.client.assertions.load_private_key` when calling often.
+
+    Raises the :class:`OAuthError` subclass for the server's error code (with ``status``),
+    :class:`TransportError` when no usable response arrived, :class:`DiscoveryError` when the
+    issuer's metadata is unusable, and ``ValueError`` for inconsistent arguments.
+    """
+    if auth_method not in AUTH_METHODS:
+        raise ValueError(f"auth_method must be one of {', '.join(AUTH_METHODS)}")
+    if not client_id:
+        raise ValueError("client_id is required")
+    if (token_url is None) == (issuer is None):
+        raise ValueError("give either token_url or issuer, not both or neither")
+    if auth_method == "private_key_jwt":
+        if private_key is None:
+            raise ValueError("private_key_jwt needs private_key")
+    elif not client_secret:
+        raise ValueError(f"{auth_method} needs client_secret")
+    now = clock or time.time
+
+    if token_url is None:
+        assert issuer is not None
+        metadata = discover(issuer, session=session, timeout=timeout, cache=metadata_cache)
+        token_url = metadata.get("token_endpoint")
+        if not isinstance(token_url, str):
+            raise DiscoveryError("discovery_error",
+                                 f"The metadata of {issuer} has no token_endpoint.")
+    _check_url(token_url, "token_url")
+
+    scopes = _as_list(scope, split=True)
+    params: list[tuple[str, str]] = [("grant_type", "client_credentials")]
+    if scopes:
+        params.append(("scope", " ".join(scopes)))
+    params += [("resource", r) for r in _as_list(resource, split=False)]
+    for name, value in (extra_params or {}).items():
+        if name in _RESERVED:
+            raise ValueError(f"extra_params may not set {name!r}; use the matching argument")
+        params += [(name, v) for v in _as_list(value, split=False)]
+
+    headers = {"Accept": "application/json"}
+    if auth_method == "client_secret_basic":
+        assert client_secret is not None
+        headers["Authorization"] = _basic_header(client_id, client_secret)
+    elif auth_method == "client_secret_post":
+        assert client_secret is not None
+        params += [("client_id", client_id), ("client_secret", client_secret)]
+    else:
+        if auth_method == "private_key_jwt":
+            assert private_key is not None
+            assertion = private_key_jwt_assertion(client_id, token_url, private_key, kid=kid,
+                                                  clock=now)
+        else:
+            assert client_secret is not None
+            assertion = client_secret_jwt_assertion(client_id, token_url, client_secret,
+                                                    clock=now)
+        params += [("client_id", client_id), ("client_assertion_type", ASSERTION_TYPE),
+                   ("client_assertion", assertion)]
+
+    log.debug("token request to %s client_id=%s auth_method=%s scope=%s", token_url,
+              client_id, auth_method, " ".join(scopes) or "-")
+    started = now()
+    http = session or requests.Session()
+    try:
+        # No redirects: following one would resend the credentials to another URL.
+        response = http.post(token_url, data=params, headers=headers, timeout=timeout,
+                             allow_redirects=False)
+    except requests.Timeout:
+        raise TransportError(
+            error_description=f"Timed out after {timeout} s waiting for {token_url}."
+        ) from None
+    except requests.RequestException as exc:
+        raise TransportError(
+            error_description=f"Cannot reach {token_url}: {root_cause(exc)}."
+        ) from exc
+    finally:
+        if session is None:
+            http.close()
+    token = _parse_response(response, token_url, requested_scope=scopes, started=started,
+                            now=now())
+    log.debug("token received from %s client_id=%s token=%s expires_in=%s", token_url,
+              client_id, _mask(token.access_token), token.expires_in)
+    return token
+
+
+def _parse_response(
+    response: requests.Response, token_url: str, *, requested_scope: list[str], started: float,
+    now: float,
+) -> Token:
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    retry_after = _retry_after(response, now)
+
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        # An error response (RFC 6749 §5.2); also when mislabelled HTTP 200.
+        raise _oauth_error(body, status, retry_after)
+    if 300 <= status < 400:
+        raise TransportError(
+            error_description=f"{token_url} answered with a redirect (HTTP {status}); token "
+                              "requests are not redirected, since that would resend the "
+                              "credentials.",
+            status=status,
+        )
+    if status != 200:
+        content_type = response.headers.get("Content-Type", "no content type")
+        kind = "an OAuth error" if isinstance(body, dict) else "JSON"
+        raise TransportError(
+            error_description=f"{token_url} answered HTTP {status} that is not {kind} "
+                              f"({content_type}).",
+            status=status, retry_after=retry_after,
+        )
+
+    if not isinstance(body, dict):
+        content_type = response.headers.get("Content-Type", "no content type")
+        raise TransportError(
+            error_description=f"{token_url} answered HTTP 200 with a body that is not a "
+                              f"JSON object ({content_type}).",
+            status=status,
+        )
+    access_token = body.get("access_token")
+    token_type = body.get("token_type")
+    problems = []
+    if not isinstance(access_token, str) or not access_token:
+        problems.append("no access_token")
+    if not isinstance(token_type, str) or not token_type:
+        problems.append("no token_type")
+    expires_in = _expires_in(body.get("expires_in"))
+    if expires_in is False:
+        problems.append("expires_in is not a non-negative integer")
+    scope = body.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        problems.append("scope is not a string")
+    if problems:
+        raise TransportError(
+            error_description=f"Malformed token response from {token_url}: "
+                              f"{', '.join(problems)}.",
+            status=status,
+        )
+    assert isinstance(access_token, str) and isinstance(token_type, str)
+    assert expires_in is not False
+    return Token(
+        access_token=access_token,
+        token_type=token_type,
+        expires_in=expires_in,
+        expires_at=None if expires_in is None else started + expires_in,
+        scope=scope.split() if isinstance(scope, str) else list(requested_scope),
+        raw=body,
+    )
+
+
+def _oauth_error(body: dict[str, Any], status: int, retry_after: float | None) -> OAuthError:
+    description = body.get("error_description")
+    uri = body.get("error_uri")
+    return error_class(body["error"])(
+        body["error"],
+        description if isinstance(description, str) else None,
+        uri if isinstance(uri, str) else None,
+        status,
+        retry_after=retry_after,
+    )
+
+
+def _expires_in(value: object) -> int | Literal[False] | None:
+    """``expires_in`` as int, None when absent, False when malformed (some servers send a
+    numeric string, which is accepted)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value >= 0:
+        return int(value)
+    return False
+
