@@ -7,13 +7,14 @@ import base64
 import json
 import threading
 
-from authlib.oauth2.rfc6749 import InvalidClientError
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
 from .clock import Clock
+from .settings import ALGORITHMS
 
 __all__ = ["ClientSecretJWT", "JtiCache", "PrivateKeyJWT"]
 
@@ -48,14 +49,20 @@ class JtiCache:
             self._seen.clear()
 
 
-def _is_hmac(assertion: str) -> bool:
+def unverified_part(assertion: str, index: int) -> dict | None:
+    """The assertion's header (0) or claims (1), NOT verified; None when unreadable."""
+    try:
+        part = json.loads(base64.urlsafe_b64decode(_pad(assertion.split(".")[index])))
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+    return part if isinstance(part, dict) else None
+
+
+def is_hmac(assertion: str) -> bool:
     """Whether the assertion's header names an HMAC algorithm; False when unreadable (the
     private_key_jwt path then reports the malformed assertion)."""
-    try:
-        header = json.loads(base64.urlsafe_b64decode(_pad(assertion.split(".", 1)[0])))
-        return isinstance(header, dict) and str(header.get("alg", "")).startswith("HS")
-    except (ValueError, UnicodeDecodeError):
-        return False
+    header = unverified_part(assertion, 0) or {}
+    return str(header.get("alg", "")).startswith("HS")
 
 
 def _pad(segment: str) -> bytes:
@@ -63,6 +70,9 @@ def _pad(segment: str) -> bytes:
 
 
 class _ClientAssertion(JWTBearerClientAssertion):
+    #: Signature algorithms accepted for this method's assertions.
+    ALGORITHMS: tuple[str, ...] = ()
+
     def __init__(self, *, audiences: list[str], clock: Clock, jti_cache: JtiCache,
                  leeway: int, max_lifetime: int) -> None:
         super().__init__(leeway=leeway)
@@ -75,9 +85,24 @@ class _ClientAssertion(JWTBearerClientAssertion):
         # Both JWT methods read the same parameters; the assertion's alg says which one the
         # client used, so the other must pass instead of failing the whole authentication.
         assertion = request.form.get("client_assertion")
-        if assertion and _is_hmac(assertion) != (self.CLIENT_AUTH_METHOD == "client_secret_jwt"):
+        if assertion and is_hmac(assertion) != (self.CLIENT_AUTH_METHOD == "client_secret_jwt"):
             return None
-        return super().__call__(query_client, request)
+        client = super().__call__(query_client, request)
+        claimed = request.form.get("client_id")
+        if client is not None and claimed is not None and claimed != client.client_id:
+            # RFC 7521 section 4.2: a client_id, if sent, names the assertion's subject.
+            raise InvalidRequestError("The client_id does not match the client assertion.")
+        return client
+
+    def process_assertion_claims(self, assertion, resolve_key):
+        # Authlib decodes with joserfc's default ("recommended") algorithms, which refuse
+        # PS256 and EdDSA; this method's own allow-list is used instead (never "none").
+        try:
+            token = jwt.decode(assertion, resolve_key, algorithms=self.ALGORITHMS)
+        except JoseError as exc:
+            raise InvalidClientError(description=f"Client assertion: {exc.description}") from exc
+        self.verify_claims(token.claims)
+        return token.claims
 
     def get_audiences(self) -> list[str]:
         # RFC 7523 §3: the token endpoint URL or the issuer identifier.
@@ -117,6 +142,7 @@ class PrivateKeyJWT(_ClientAssertion):
     """``private_key_jwt``: an assertion signed with a key the client registered."""
 
     CLIENT_AUTH_METHOD = "private_key_jwt"
+    ALGORITHMS = ALGORITHMS
 
     def resolve_client_public_key(self, client):
         if client.public_keys is None:
@@ -128,6 +154,7 @@ class ClientSecretJWT(_ClientAssertion):
     """``client_secret_jwt``: an assertion HMAC-signed with the client secret."""
 
     CLIENT_AUTH_METHOD = "client_secret_jwt"
+    ALGORITHMS = ("HS256",)
 
     def resolve_client_public_key(self, client):
         if client.secret is None:

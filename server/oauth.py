@@ -13,6 +13,11 @@ from .tokens import TokenIssuer
 
 __all__ = ["AuthorizationServer"]
 
+#: Authlib's invalid_client descriptions that are replaced by one generic message.
+_GENERIC_INVALID_CLIENT = (
+    "The client cannot authenticate", "The client does not exist", "Missing 'client_id'",
+)
+
 
 class _FormPayload(BasicOAuth2Payload):
     """The token request's parameters, from the body only: RFC 6749 §3.2 requires POST,
@@ -68,8 +73,9 @@ class AuthorizationServer(_FlaskAuthorizationServer):
             # otherwise 400, since a 401 must always carry WWW-Authenticate.
             used_basic = (request.headers.get("Authorization") or "").lower().startswith("basic")
             error.status_code = 401 if used_basic else 400
-            if error.description.startswith("The client cannot authenticate"):
-                # Authlib lists every method the server knows; say what went wrong instead.
+            if error.description.startswith(_GENERIC_INVALID_CLIENT):
+                # Authlib lists every method the server knows, or says that the client id is
+                # unknown (which lets anyone enumerate client ids); one answer for all.
                 error.description = (
                     "Client authentication failed: unknown client, wrong credentials,"
                     " or an auth method this client may not use."

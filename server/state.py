@@ -13,7 +13,7 @@ from .grants import ClientCredentialsGrant
 from .keys import KeyStore
 from .oauth import AuthorizationServer
 from .requestlog import RequestLog
-from .settings import ALGORITHMS, AUTH_METHODS, ServerSettings
+from .settings import AUTH_METHODS, ServerSettings
 from .tokens import TokenIssuer
 
 __all__ = ["ServerState"]
@@ -83,7 +83,9 @@ class ServerState:
             # No response_types_supported: no grant here uses the authorization endpoint, and
             # RFC 8414 section 3.2 says claims with zero elements MUST be omitted (erratum 7793).
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "token_endpoint_auth_signing_alg_values_supported": [*ALGORITHMS, "HS256"],
+            "token_endpoint_auth_signing_alg_values_supported": [
+                *PrivateKeyJWT.ALGORITHMS, *ClientSecretJWT.ALGORITHMS
+            ],
         }
         if scopes:
             metadata["scopes_supported"] = scopes

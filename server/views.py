@@ -15,6 +15,7 @@ from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
 from flask import Blueprint, Response, current_app, g, json, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .client_auth import is_hmac, unverified_part
 from .errors import safe_description
 from .requestlog import TokenRequest
 from .state import JWKS_PATH, METADATA_PATHS, TOKEN_PATH, ServerState
@@ -82,9 +83,24 @@ def _claimed_client_id() -> str | None:
     if header:
         creds = _basic_credentials(header)
         return creds[0] if creds else None
-    if request.mimetype == _FORM:
-        return request.form.get("client_id")
-    return None
+    if request.mimetype != _FORM:
+        return None
+    if request.form.get("client_id"):
+        return request.form["client_id"]
+    subject = (unverified_part(request.form.get("client_assertion", ""), 1) or {}).get("sub")
+    return subject if isinstance(subject, str) else None
+
+
+def _claimed_auth_method() -> str | None:
+    """The auth method the request's shape names (unverified), for the log only."""
+    if (request.headers.get("Authorization") or "").lower().startswith("basic "):
+        return "client_secret_basic"
+    if request.mimetype != _FORM:
+        return None
+    if "client_assertion" in request.form:
+        return "client_secret_jwt" if is_hmac(request.form["client_assertion"]) \
+            else "private_key_jwt"
+    return "client_secret_post" if "client_secret" in request.form else None
 
 
 @bp.post(TOKEN_PATH)
@@ -113,7 +129,7 @@ def _record(state: ServerState, response: Response) -> None:
     entry = TokenRequest(
         time=state.clock.now(),
         client_id=(issued and oauth_request.client.client_id) or _claimed_client_id(),
-        auth_method=getattr(oauth_request, "auth_method", None),
+        auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(),
         grant_type=form.get("grant_type") if form else None,
         scope=form.get("scope") if form else None,
         resource=tuple(form.getlist("resource") + form.getlist("audience")) if form else (),

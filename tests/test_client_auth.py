@@ -1,0 +1,432 @@
+"""Client authentication at the token endpoint over real HTTP: every method, per-client
+restrictions, and the RFC 7523 assertion checks. Assertions are built here with PyJWT."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+
+SECRET = "s3cret-for-tests"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+GRANT = {"grant_type": "client_credentials"}
+
+
+def post(live_server, data=None, **kwargs) -> requests.Response:
+    return requests.post(live_server.issuer + "/token", data=data, timeout=5, **kwargs)
+
+
+def assertion(live_server, client_id: str, key, alg: str, *, headers=None, **claims) -> str:
+    """A client assertion; ``claims`` override the defaults (a value of None drops the claim)."""
+    now = live_server.state.clock()
+    payload = {"iss": client_id, "sub": client_id, "aud": live_server.issuer + "/token",
+               "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
+    payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return jwt.encode(payload, key, algorithm=alg, headers=headers)
+
+
+def key_assertion(live_server, client_keys, alg: str, **claims) -> tuple[str, str]:
+    """(client_id, assertion) for the private_key_jwt client of ``alg``."""
+    ck = client_keys[alg]
+    client_id = f"jwt-{alg.lower()}"
+    return client_id, assertion(live_server, client_id, ck.pem(), alg,
+                                headers={"kid": ck.jwk.kid}, **claims)
+
+
+def with_assertion(token: str, **extra) -> dict:
+    return {**GRANT, "client_assertion_type": ASSERTION_TYPE, "client_assertion": token, **extra}
+
+
+def issued_token(live_server, response: requests.Response, client_id: str) -> dict:
+    assert response.status_code == 200, response.text
+    assert response.headers["Cache-Control"] == "no-store"
+    token = response.json()["access_token"]
+    kid = jwt.get_unverified_header(token)["kid"]
+    keys = requests.get(live_server.issuer + "/jwks.json", timeout=5).json()["keys"]
+    (jwk,) = [k for k in keys if k["kid"] == kid]
+    claims = jwt.decode(token, jwt.PyJWK(jwk), algorithms=[jwk["alg"]],
+                        issuer=live_server.issuer, options={"verify_aud": False})
+    assert claims["sub"] == claims["client_id"] == client_id
+    return claims
+
+
+def assert_invalid_client(response: requests.Response, *, basic: bool) -> None:
+    """RFC 6749 §5.2: 401 with a Basic challenge when the client used Basic, else 400 (a 401
+    must carry WWW-Authenticate, and there is no challenge for body credentials)."""
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.json()["error"] == "invalid_client", response.text
+    if basic:
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith('Basic realm="')
+    else:
+        assert response.status_code == 400
+        assert "WWW-Authenticate" not in response.headers
+
+
+def last_entry(live_server):
+    return live_server.state.token_requests.snapshot()[-1]
+
+
+# -- each method works ---------------------------------------------------------------------
+
+
+def test_client_secret_basic(live_server):
+    r = post(live_server, GRANT, auth=("secret-client", SECRET))
+    issued_token(live_server, r, "secret-client")
+    entry = last_entry(live_server)
+    assert (entry.client_id, entry.auth_method, entry.outcome) == (
+        "secret-client", "client_secret_basic", "issued")
+    assert entry.jti == jwt.decode(r.json()["access_token"],
+                                   options={"verify_signature": False})["jti"]
+
+
+def test_client_secret_basic_with_form_encoded_credentials(live_server):
+    """RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
+
+    Where the RFC leaves room: form encoding writes a space as '+', but many clients
+    (curl -u, requests' auth=(id, secret)) do not encode at all, and a literal '+' in a
+    secret is far more common than a space. Like Authlib, the server percent-decodes and
+    keeps '+' literal; a client encoding a space writes %20."""
+    live_server.state.clients.add(_settings("odd id:1", "p@ss:wörd%+"))
+    try:
+        creds = "odd%20id%3A1:p%40ss%3Aw%C3%B6rd%25+"
+        header = "Basic " + base64.b64encode(creds.encode()).decode()
+        issued_token(live_server, post(live_server, GRANT, headers={"Authorization": header}),
+                     "odd id:1")
+    finally:
+        live_server.state.clients.remove("odd id:1")
+
+
+def _settings(client_id, secret):
+    from m2mauth.server import ClientSettings
+
+    return ClientSettings(client_id, secret, scopes=("read",))
+
+
+def test_client_secret_post(live_server):
+    r = post(live_server, {**GRANT, "client_id": "secret-client", "client_secret": SECRET})
+    issued_token(live_server, r, "secret-client")
+    assert last_entry(live_server).auth_method == "client_secret_post"
+
+
+def test_client_secret_jwt(live_server):
+    token = assertion(live_server, "hmac-jwt", SECRET.encode(), "HS256")
+    r = post(live_server, with_assertion(token))
+    issued_token(live_server, r, "hmac-jwt")
+    entry = last_entry(live_server)
+    assert (entry.client_id, entry.auth_method, entry.outcome) == (
+        "hmac-jwt", "client_secret_jwt", "issued")
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+def test_private_key_jwt(live_server, client_keys, alg):
+    client_id, token = key_assertion(live_server, client_keys, alg)
+    r = post(live_server, with_assertion(token))
+    issued_token(live_server, r, client_id)
+    entry = last_entry(live_server)
+    assert (entry.client_id, entry.auth_method, entry.outcome) == (
+        client_id, "private_key_jwt", "issued")
+    assert entry.jti
+
+
+@pytest.mark.parametrize("aud", ["token_endpoint", "issuer", "list"])
+def test_assertion_audience_may_be_token_endpoint_or_issuer(live_server, client_keys, aud):
+    """RFC 7523 §3: the token endpoint URL or the issuer identifier."""
+    value = {"token_endpoint": live_server.issuer + "/token", "issuer": live_server.issuer,
+             "list": ["https://elsewhere.test", live_server.issuer]}[aud]
+    _, token = key_assertion(live_server, client_keys, "ES256", aud=value)
+    assert post(live_server, with_assertion(token)).status_code == 200
+
+
+def test_private_key_jwt_with_client_id_in_body(live_server, client_keys):
+    client_id, token = key_assertion(live_server, client_keys, "ES256")
+    issued_token(live_server, post(live_server, with_assertion(token, client_id=client_id)),
+                 client_id)
+
+
+def test_private_key_jwt_client_id_must_match_assertion(live_server, client_keys):
+    _, token = key_assertion(live_server, client_keys, "ES256")
+    r = post(live_server, with_assertion(token, client_id="secret-client"))
+    # RFC 7521 §4.2: a client_id, if present, MUST identify the assertion's client. Two
+    # identities in one request is a malformed request (invalid_request), as with a Basic
+    # header whose id differs from the body's client_id.
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+
+# -- per-client restrictions and wrong credentials -----------------------------------------
+
+
+def test_basic_only_client_refuses_post(live_server):
+    assert post(live_server, GRANT, auth=("basic-only", SECRET)).status_code == 200
+    r = post(live_server, {**GRANT, "client_id": "basic-only", "client_secret": SECRET})
+    assert_invalid_client(r, basic=False)
+    assert last_entry(live_server).outcome == "invalid_client"
+
+
+def test_post_only_client_refuses_basic(live_server):
+    ok = post(live_server, {**GRANT, "client_id": "post-only", "client_secret": SECRET})
+    assert ok.status_code == 200
+    assert_invalid_client(post(live_server, GRANT, auth=("post-only", SECRET)), basic=True)
+
+
+def test_secret_jwt_only_client_refuses_plain_secrets(live_server):
+    assert_invalid_client(post(live_server, GRANT, auth=("hmac-jwt", SECRET)), basic=True)
+
+
+def test_private_key_client_refuses_secrets(live_server):
+    assert_invalid_client(post(live_server, GRANT, auth=("jwt-es256", SECRET)), basic=True)
+
+
+@pytest.mark.parametrize("how", ["basic", "post"])
+@pytest.mark.parametrize("client_id,secret", [
+    ("secret-client", "wrong"), ("secret-client", SECRET + "x"), ("secret-client", ""),
+    ("nobody", SECRET), ("", SECRET),
+])
+def test_wrong_credentials(live_server, how, client_id, secret):
+    if how == "basic":
+        r = post(live_server, GRANT, auth=(client_id, secret))
+    else:
+        r = post(live_server, {**GRANT, "client_id": client_id, "client_secret": secret})
+    assert_invalid_client(r, basic=how == "basic")
+    assert SECRET not in r.text
+    entry = last_entry(live_server)
+    assert entry.outcome == "invalid_client" and entry.jti is None
+
+
+def test_no_credentials_at_all(live_server):
+    assert_invalid_client(post(live_server, GRANT), basic=False)
+
+
+def test_wrong_secret_and_unknown_client_answer_alike(live_server):
+    """No client enumeration: the answer does not say whether the id exists."""
+    wrong = post(live_server, GRANT, auth=("secret-client", "wrong"))
+    unknown = post(live_server, GRANT, auth=("nobody", "wrong"))
+    assert wrong.json() == unknown.json()
+    assert wrong.headers["WWW-Authenticate"] == unknown.headers["WWW-Authenticate"]
+
+
+# -- assertion checks ----------------------------------------------------------------------
+
+
+def test_assertion_with_bad_signature(live_server, client_keys):
+    _, token = key_assertion(live_server, client_keys, "ES256")
+    head, body, _ = token.split(".")
+    other = jwt.encode({"x": 1}, client_keys["ES256"].pem(), algorithm="ES256").split(".")[2]
+    assert_invalid_client(post(live_server, with_assertion(f"{head}.{body}.{other}")),
+                          basic=False)
+
+
+def test_assertion_signed_by_another_clients_key(live_server, client_keys):
+    token = assertion(live_server, "jwt-es256", client_keys["RS256"].pem(), "RS256",
+                      headers={"kid": client_keys["RS256"].jwk.kid})
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+def test_assertion_with_wrong_audience(live_server, client_keys):
+    _, token = key_assertion(live_server, client_keys, "ES256", aud="https://other.test/token")
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+def test_assertion_expired_on_the_server_clock(live_server, client_keys):
+    _, token = key_assertion(live_server, client_keys, "ES256")
+    # exp is now + 60 and the leeway is 60 s: two minutes and a bit later it is expired.
+    live_server.state.clock.advance(60 + live_server.state.settings.assertion_leeway + 1)
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+def test_assertion_expiring_within_leeway_is_accepted(live_server, client_keys):
+    _, token = key_assertion(live_server, client_keys, "ES256")
+    live_server.state.clock.advance(60 + live_server.state.settings.assertion_leeway - 5)
+    assert post(live_server, with_assertion(token)).status_code == 200
+
+
+def test_assertion_not_yet_valid(live_server, client_keys):
+    now = live_server.state.clock()
+    _, token = key_assertion(live_server, client_keys, "ES256", nbf=now + 600, iat=now + 600,
+                             exp=now + 660)
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+def test_assertion_iss_differs_from_sub(live_server, client_keys):
+    _, token = key_assertion(live_server, client_keys, "ES256", iss="jwt-rs256")
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+@pytest.mark.parametrize("claim", ["jti", "exp", "aud", "iss", "sub"])
+def test_assertion_missing_claim(live_server, client_keys, claim):
+    _, token = key_assertion(live_server, client_keys, "ES256", **{claim: None})
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+@pytest.mark.parametrize("jti", ["", 42, ["a"]])
+def test_assertion_with_unusable_jti(live_server, client_keys, jti):
+    _, token = key_assertion(live_server, client_keys, "ES256", jti=jti)
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+@pytest.mark.parametrize("sub", [42, ["jwt-es256"], None, {"id": "jwt-es256"}])
+def test_assertion_with_non_string_sub(live_server, client_keys, sub):
+    now = live_server.state.clock()
+    claims = {"iss": sub, "sub": sub, "aud": live_server.issuer + "/token", "exp": now + 60,
+              "jti": uuid.uuid4().hex}
+    # PyJWT's jwt.encode refuses a non-string iss/sub; sign the raw payload instead.
+    token = jwt.api_jws.encode(json.dumps(claims).encode(), client_keys["ES256"].pem(),
+                               algorithm="ES256", headers={"kid": client_keys["ES256"].jwk.kid})
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+def test_assertion_jti_replay_is_rejected(live_server, client_keys):
+    _, token = key_assertion(live_server, client_keys, "ES256")
+    assert post(live_server, with_assertion(token)).status_code == 200
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+    # Same jti in a fresh assertion is a replay too.
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    _, again = key_assertion(live_server, client_keys, "ES256", jti=jti)
+    assert_invalid_client(post(live_server, with_assertion(again)), basic=False)
+
+
+def test_assertion_jti_is_per_client(live_server, client_keys):
+    """The replay cache is keyed on (client, jti): another client may use the same value."""
+    _, one = key_assertion(live_server, client_keys, "ES256", jti="shared-jti")
+    _, two = key_assertion(live_server, client_keys, "RS256", jti="shared-jti")
+    assert post(live_server, with_assertion(one)).status_code == 200
+    assert post(live_server, with_assertion(two)).status_code == 200
+
+
+def test_assertion_jti_reuse_after_expiry(live_server, client_keys):
+    """Once the first assertion has expired (plus leeway), the jti may be used again in a
+    new, unexpired assertion: the old one itself can no longer be replayed, so remembering
+    the jti longer buys nothing (RFC 7523 §3 item 7 only asks for it within the lifetime)."""
+    live_server.state.clock.freeze()
+    _, first = key_assertion(live_server, client_keys, "ES256", jti="again")
+    assert post(live_server, with_assertion(first)).status_code == 200
+    live_server.state.clock.advance(60 + live_server.state.settings.assertion_leeway + 1)
+    assert_invalid_client(post(live_server, with_assertion(first)), basic=False)  # expired
+    _, second = key_assertion(live_server, client_keys, "ES256", jti="again")
+    assert post(live_server, with_assertion(second)).status_code == 200
+    assert_invalid_client(post(live_server, with_assertion(second)), basic=False)  # replay
+
+
+def test_rejected_assertion_does_not_burn_its_jti(live_server, client_keys):
+    """An assertion with a bad signature must not enter the replay cache: an attacker could
+    otherwise pre-empt the real client's jti values."""
+    _, real = key_assertion(live_server, client_keys, "ES256", jti="victim")
+    forged = assertion(live_server, "jwt-es256", client_keys["RS256"].pem(), "RS256",
+                       jti="victim")
+    assert_invalid_client(post(live_server, with_assertion(forged)), basic=False)
+    assert post(live_server, with_assertion(real)).status_code == 200
+
+
+def test_assertion_alg_none(live_server):
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    now = live_server.state.clock()
+    claims = {"iss": "jwt-es256", "sub": "jwt-es256", "aud": live_server.issuer + "/token",
+              "exp": now + 60, "jti": uuid.uuid4().hex}
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    for token in (f"{header}.{body}.", f"{header}.{body}"):
+        assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+@pytest.mark.parametrize("form", ["pem", "jwk"])
+def test_hs256_assertion_signed_with_the_public_key(live_server, client_keys, form):
+    """Key confusion: the registered public key used as an HMAC secret."""
+    ck = client_keys["RS256"]
+    if form == "pem":
+        secret = ck.jwk.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    else:
+        secret = json.dumps(ck.jwk.as_dict(private=False)).encode()
+    token = _hs256(live_server, "jwt-rs256", secret)
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+def _hs256(live_server, client_id: str, secret: bytes) -> str:
+    """PyJWT refuses to HMAC with a PEM-looking key, so this one is built by hand."""
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    now = live_server.state.clock()
+    claims = {"iss": client_id, "sub": client_id, "aud": live_server.issuer + "/token",
+              "exp": now + 60, "jti": uuid.uuid4().hex}
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+    sig = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(sig)
+
+
+def test_hs256_assertion_with_the_secret_of_another_client(live_server):
+    token = assertion(live_server, "jwt-es256", SECRET.encode(), "HS256")
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+def test_client_secret_jwt_refuses_an_asymmetric_assertion(live_server, client_keys):
+    token = assertion(live_server, "hmac-jwt", client_keys["ES256"].pem(), "ES256")
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+def test_assertion_exp_too_far_in_the_future(live_server, client_keys):
+    now = live_server.state.clock()
+    far = now + live_server.state.settings.assertion_max_lifetime + 3600
+    _, token = key_assertion(live_server, client_keys, "ES256", exp=far)
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+@pytest.mark.parametrize("exp", ["soon", 1.5e12, True])
+def test_assertion_with_unusable_exp(live_server, client_keys, exp):
+    _, token = key_assertion(live_server, client_keys, "ES256", exp=exp)
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+@pytest.mark.parametrize("value", ["not-a-jwt", "a.b.c", "..", "e30.e30.", "x" * 5000])
+def test_malformed_assertion(live_server, value):
+    assert_invalid_client(post(live_server, with_assertion(value)), basic=False)
+
+
+def test_wrong_assertion_type(live_server, client_keys):
+    _, token = key_assertion(live_server, client_keys, "ES256")
+    r = post(live_server, {**GRANT, "client_assertion_type": "urn:x", "client_assertion": token})
+    assert_invalid_client(r, basic=False)
+
+
+def test_assertion_headers_carrying_keys_are_not_trusted(live_server):
+    """A jwk header naming the attacker's own key must not be used to verify."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(attacker.public_key()))
+    token = assertion(live_server, "jwt-es256", attacker, "ES256",
+                      headers={"jwk": jwk, "jku": "http://127.0.0.1:9/jwks.json"})
+    assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
+
+
+# -- status, challenge, request log ---------------------------------------------------------
+
+
+def test_invalid_client_challenge_names_the_realm(live_server):
+    r = post(live_server, GRANT, auth=("secret-client", "wrong"))
+    assert_invalid_client(r, basic=True)
+    assert f'realm="{live_server.issuer}"' in r.headers["WWW-Authenticate"]
+
+
+def test_request_log_records_failures_with_claimed_identity(live_server, client_keys):
+    post(live_server, GRANT, auth=("secret-client", "wrong"))
+    post(live_server, {**GRANT, "client_id": "post-only", "client_secret": "wrong"})
+    _, token = key_assertion(live_server, client_keys, "ES256", aud="https://other.test")
+    post(live_server, with_assertion(token))
+    entries = live_server.state.token_requests.snapshot()[-3:]
+    assert [(e.client_id, e.auth_method, e.outcome, e.status, e.jti) for e in entries] == [
+        ("secret-client", "client_secret_basic", "invalid_client", 401, None),
+        ("post-only", "client_secret_post", "invalid_client", 400, None),
+        ("jwt-es256", "private_key_jwt", "invalid_client", 400, None),
+    ]
+    for e in entries:
+        assert "wrong" not in repr(e) and token not in repr(e)
