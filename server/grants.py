@@ -48,8 +48,8 @@ def _check_parameters(request) -> None:
     scope = form.get("scope")
     if scope is not None and scope != "" and not _SCOPE.fullmatch(scope):
         raise InvalidScopeError(
-            "Malformed scope: space-separated tokens of printable ASCII without '\"' or '\\'"
-            " (RFC 6749 section 3.3)."
+            "Malformed scope: space-separated tokens of printable ASCII, without double"
+            " quote or backslash (RFC 6749 section 3.3)."
         )
 
 

@@ -9,6 +9,7 @@ from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 
 from .clients import ClientRegistry
+from .errors import safe_description
 from .tokens import TokenIssuer
 
 __all__ = ["AuthorizationServer"]
@@ -68,6 +69,10 @@ class AuthorizationServer(_FlaskAuthorizationServer):
         return g.m2mauth_oauth_request
 
     def handle_error_response(self, request, error):
+        if error.description:
+            # Authlib raises ValueError (a 500) on characters RFC 6749 forbids in
+            # error_description; descriptions can quote input, so they are made safe here.
+            error.description = safe_description(error.description)
         if isinstance(error, InvalidClientError):
             # RFC 6749 §5.2: 401 with a challenge for the scheme the client used (Basic);
             # otherwise 400, since a 401 must always carry WWW-Authenticate.
