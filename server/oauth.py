@@ -41,6 +41,12 @@ class _Request(FlaskOAuth2Request):
         self.payload = _FormPayload(request.form)
 
 
+def _flask_request():
+    from flask import request
+
+    return request
+
+
 def _as_https(url: str) -> str:
     return "https" + url[4:] if url.startswith("http:") else url
 
@@ -74,9 +80,11 @@ class AuthorizationServer(_FlaskAuthorizationServer):
             # error_description; descriptions can quote input, so they are made safe here.
             error.description = safe_description(error.description)
         if isinstance(error, InvalidClientError):
-            # RFC 6749 §5.2: 401 with a challenge for the scheme the client used (Basic);
-            # otherwise 400, since a 401 must always carry WWW-Authenticate.
-            used_basic = (request.headers.get("Authorization") or "").lower().startswith("basic")
+            # RFC 6749 §5.2: 401 with a challenge when the client authenticated with the
+            # Authorization header (any scheme: Basic is the one this endpoint supports, so
+            # that is the challenge); otherwise 400, as a 401 must carry WWW-Authenticate.
+            headers = request.headers if request is not None else _flask_request().headers
+            used_basic = bool(headers.get("Authorization"))
             error.status_code = 401 if used_basic else 400
             if error.description.startswith(_GENERIC_INVALID_CLIENT):
                 # Authlib lists every method the server knows, or says that the client id is

@@ -11,7 +11,7 @@ import binascii
 import logging
 from urllib.parse import unquote
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
 from flask import Blueprint, Response, current_app, g, json, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -57,9 +57,17 @@ def _precheck() -> None:
         raise InvalidRequestError("The request body is not valid UTF-8.") from None
     if "grant_type" not in request.form:
         raise InvalidRequestError("Missing 'grant_type' parameter.")
+    if len(request.form.getlist("grant_type")) > 1:
+        # Checked before Authlib picks a grant by the first value (RFC 6749 section 3.2).
+        raise InvalidRequestError("Parameter 'grant_type' is repeated.")
     header = request.headers.get("Authorization")
     if header is not None and _basic_credentials(header) is None:
-        raise InvalidRequestError("Malformed Authorization header: expected Basic credentials.")
+        # A failed attempt to authenticate with the header (unsupported scheme, or Basic
+        # credentials that do not decode): RFC 6749 section 5.2 invalid_client, 401.
+        raise InvalidClientError(
+            description="Malformed Authorization header: expected Basic credentials,"
+            " base64 of UTF-8 client_id:client_secret (RFC 6749 section 2.3.1)."
+        )
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:
