@@ -6,11 +6,18 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from .errors import ConfigError, KeyStoreError
-from .settings import ALGORITHMS, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ServerSettings
+from .settings import (
+    ALGORITHMS,
+    AUTH_METHODS,
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    ServerSettings,
+)
 
 __all__ = ["main"]
 
@@ -141,6 +148,255 @@ def keys_generate(directory: Path, algorithms: tuple[str, ...], force: bool) -> 
     for key in created:
         click.echo(f"{directory / KEY_FILES[key.alg]}  {key.alg}  kid={key.kid}")
     click.echo(f"Serve with: m2mauth serve --keys-dir {directory}")
+
+
+# -- client side: get a token, inspect a token -------------------------------------------------
+
+#: Signature algorithms `decode` accepts; never "none" or HMAC (RFC 8725 §3.1).
+_VERIFY_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
+#: Longer input is refused before any parsing (a token is a few hundred bytes to a few KiB).
+_MAX_TOKEN_CHARS = 64 * 1024
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit code 1: the CLI's answer to a failed request or bad token."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+@main.command("token")
+@click.option("--issuer", help="Issuer URL; the token endpoint is discovered (RFC 8414).")
+@click.option("--token-url", help="Token endpoint URL (instead of --issuer).")
+@click.option("--client-id", required=True, envvar="M2MAUTH_CLIENT_ID",
+              help="Client id (also M2MAUTH_CLIENT_ID).")
+@click.option("--client-secret", envvar="M2MAUTH_CLIENT_SECRET",
+              help="Client secret; prefer M2MAUTH_CLIENT_SECRET, which keeps it out of the "
+                   "shell history and the process list.")
+@click.option("--scope", "scopes", multiple=True,
+              help="Scope to request (repeatable, or several space-separated).")
+@click.option("--resource", "resources", multiple=True,
+              help="RFC 8707 resource indicator, becomes the token's aud (repeatable).")
+@click.option("--audience", "audiences", multiple=True,
+              help="Audience, sent as audience= (repeatable).")
+@click.option("--auth-method", type=click.Choice(AUTH_METHODS),
+              help="Client authentication.  [default: private_key_jwt with --private-key, "
+                   "else client_secret_basic]")
+@click.option("--private-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM private key FILE for private_key_jwt (RSA, EC P-256 or Ed25519).")
+@click.option("--kid", help="Key id to put in the private_key_jwt assertion header.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for the server.")
+@click.option("--decode", "decode_token", is_flag=True,
+              help="Also print the token's header and claims.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the whole token response as JSON instead of the bare token.")
+def token_command(issuer, token_url, client_id, client_secret, scopes, resources, audiences,
+                  auth_method, private_key, kid, timeout, decode_token, as_json) -> None:
+    """Get an access token with the client-credentials grant and print it."""
+    import json
+    import warnings
+
+    from m2mauth.client import OAuthError, fetch_token, load_private_key
+
+    if (issuer is None) == (token_url is None):
+        raise click.UsageError("Give exactly one of --issuer and --token-url.")
+    method = auth_method or ("private_key_jwt" if private_key else "client_secret_basic")
+    key = None
+    if method == "private_key_jwt":
+        if private_key is None:
+            raise click.UsageError("private_key_jwt needs --private-key FILE.")
+        try:
+            key = load_private_key(private_key.read_bytes())
+        except (OSError, ValueError) as exc:
+            _fail(f"--private-key {private_key}: {getattr(exc, 'strerror', None) or exc}")
+    elif not client_secret:
+        raise click.UsageError(
+            f"{method} needs --client-secret (or the M2MAUTH_CLIENT_SECRET variable)."
+        )
+    error: Exception | None = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            token = fetch_token(
+                token_url, issuer=issuer, client_id=client_id,
+                client_secret=client_secret if method != "private_key_jwt" else None,
+                private_key=key, kid=kid, scope=list(scopes), resource=list(resources),
+                auth_method=method, timeout=timeout,
+                extra_params={"audience": list(audiences)} if audiences else None,
+            )
+        except (OAuthError, ValueError) as exc:
+            error = exc
+    _report_warnings(caught)
+    if isinstance(error, OAuthError):
+        _fail(str(error))
+    if error is not None:
+        raise click.UsageError(str(error))
+    if as_json:
+        click.echo(json.dumps(token.raw, indent=2))
+    else:
+        click.echo(token.access_token)
+    if decode_token:
+        try:
+            header, claims = _parse_jwt(token.access_token)
+        except ValueError as exc:
+            click.echo(f"(not decoded: {exc})", err=True)
+        else:
+            _print_jwt(header, claims)
+
+
+def _report_warnings(caught: list) -> None:
+    """PyJWT's short-HMAC-key warning becomes one line; other warnings go on as they were."""
+    import warnings
+
+    for item in caught:
+        if item.category.__name__ == "InsecureKeyLengthWarning":
+            click.echo(f"Warning: client_secret_jwt: {item.message}", err=True)
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
+def _parse_jwt(token: str) -> tuple[dict, dict]:
+    """(header, claims) of a compact JWS, unverified; ValueError with a short reason."""
+    import json
+
+    import jwt
+
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise ValueError(f"longer than {_MAX_TOKEN_CHARS} characters")
+    if token.count(".") != 2:
+        raise ValueError("not a compact JWS (expected three dot-separated parts)")
+    try:
+        parts = jwt.PyJWS().decode_complete(token, options={"verify_signature": False})
+        claims = json.loads(parts["payload"])
+    except jwt.PyJWTError as exc:
+        raise ValueError(str(exc)) from None
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise ValueError("the payload is not a JSON object")
+    return parts["header"], claims
+
+
+def _print_jwt(header: dict, claims: dict, now: float | None = None) -> None:
+    import json
+    import time
+    from datetime import datetime, timezone
+
+    now = time.time() if now is None else now
+    click.echo("header:")
+    click.echo(json.dumps(header, indent=2))
+    click.echo("claims:")
+    click.echo(json.dumps(claims, indent=2))
+    for name in ("iat", "nbf", "exp"):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            click.echo(f"{name}: {value!r} (not a NumericDate)")
+            continue
+        try:
+            when = datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        except (OverflowError, OSError, ValueError):
+            when = "out of range"
+        line = f"{name}: {when} ({value})"
+        if name == "exp":
+            delta = round(value - now)
+            line += f", expires in {delta} s" if delta > 0 else f", expired {-delta} s ago"
+        click.echo(line)
+
+
+def _fetch_jwks(url: str, timeout: float) -> dict:
+    import requests
+
+    from m2mauth.client.errors import root_cause
+
+    try:
+        response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
+    except requests.RequestException as exc:
+        _fail(f"cannot fetch the JWKS from {url}: {root_cause(exc)}")
+    try:
+        jwks = response.json()
+    except ValueError:
+        jwks = None
+    if response.status_code != 200 or not isinstance(jwks, dict) \
+            or not isinstance(jwks.get("keys"), list):
+        _fail(f"{url} did not answer a JWKS (HTTP {response.status_code})")
+    return jwks
+
+
+def _verify_signature(token: str, header: dict, jwks: dict) -> tuple[bool, str]:
+    """(valid, what to print) for ``token`` against the keys in ``jwks``; only the allowed
+    asymmetric algorithms, only keys from the JWKS (never jwk/jku/x5u/x5c from the token)."""
+    import jwt
+
+    alg = header.get("alg")
+    if alg not in _VERIFY_ALGS:
+        return False, f"algorithm {alg!r} not allowed (accepted: {', '.join(_VERIFY_ALGS)})"
+    kid = header.get("kid")
+    keys = [k for k in jwks["keys"] if isinstance(k, dict)]
+    if kid is not None:
+        keys = [k for k in keys if k.get("kid") == kid]
+        if not keys:
+            return False, f"no key with kid {kid!r} in the JWKS"
+    elif len(keys) != 1:
+        return False, "the token has no kid and the JWKS has more than one key"
+    jwk = keys[0]
+    if jwk.get("alg") not in (None, alg):
+        return False, f"key {jwk.get('kid')!r} is for {jwk.get('alg')}, the token says {alg}"
+    if jwk.get("use") not in (None, "sig"):
+        return False, f"key {jwk.get('kid')!r} is not a signing key (use={jwk.get('use')!r})"
+    if alg == "ES256" and jwk.get("crv") != "P-256":
+        return False, f"ES256 needs a P-256 key, key {jwk.get('kid')!r} is {jwk.get('crv')!r}"
+    try:
+        key = jwt.PyJWK(jwk, algorithm=alg).key
+        jwt.PyJWS(algorithms=[alg]).decode(token, key=key, algorithms=[alg])
+    except jwt.InvalidSignatureError:
+        return False, "signature verification failed"
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        return False, str(exc) or type(exc).__name__
+    return True, f"kid {jwk.get('kid')}, alg {alg}"
+
+
+@main.command("decode")
+@click.argument("token")
+@click.option("--issuer", help="Issuer URL: verify with its JWKS (discovered) and check iss.")
+@click.option("--jwks-url", help="JWKS URL to verify the signature with.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for the server.")
+def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout: float) -> None:
+    """Print a JWT's header and claims (TOKEN, or - to read it from stdin); with --issuer or
+    --jwks-url also verify its signature (exit code 1 when invalid)."""
+    from m2mauth.client import OAuthError, discover
+
+    if token == "-":
+        token = click.get_text_stream("stdin").read(_MAX_TOKEN_CHARS + 1)
+    token = token.strip()
+    try:
+        header, claims = _parse_jwt(token)
+    except ValueError as exc:
+        _fail(f"malformed token: {exc}")
+    _print_jwt(header, claims)
+    if issuer is None and jwks_url is None:
+        return
+    if jwks_url is None:
+        try:
+            metadata = discover(issuer, timeout=timeout)
+        except OAuthError as exc:
+            _fail(str(exc))
+        jwks_url = metadata.get("jwks_uri")
+        if not isinstance(jwks_url, str):
+            _fail(f"the metadata of {issuer} has no jwks_uri")
+    valid, detail = _verify_signature(token, header, _fetch_jwks(jwks_url, timeout))
+    click.echo(f"signature: {'valid' if valid else 'INVALID'} ({detail})")
+    ok = valid
+    if issuer is not None:
+        if claims.get("iss") == issuer:
+            click.echo(f"iss: matches {issuer}")
+        else:
+            click.echo(f"iss: MISMATCH (token says {claims.get('iss')!r}, expected {issuer!r})")
+            ok = False
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
