@@ -4,8 +4,10 @@ on Authlib's ``JWTBearerClientAssertion`` with the server's clock and a replay c
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import threading
+from urllib.parse import unquote_plus
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
@@ -16,7 +18,35 @@ from joserfc.jwk import OctKey
 from .clock import Clock
 from .settings import ALGORITHMS
 
-__all__ = ["ClientSecretJWT", "JtiCache", "PrivateKeyJWT"]
+__all__ = [
+    "ClientSecretJWT", "JtiCache", "PrivateKeyJWT", "basic_credentials", "client_secret_basic",
+]
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """(client_id, secret) from a well-formed Basic header, else None. RFC 6749 section
+    2.3.1: both are form-urlencoded (so '+' is a space) before the Basic encoding."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        return None
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def client_secret_basic(query_client, request):
+    """Authlib's ``client_secret_basic`` method, registered in its place: Authlib decodes the
+    credentials with ``unquote``, which keeps a form-encoded space as '+'."""
+    client_id, secret = basic_credentials(request.headers.get("Authorization") or "") or ("", "")
+    client = query_client(client_id) if client_id and secret else None
+    if client is not None and client.check_client_secret(secret):
+        return client
+    return None
 
 
 class JtiCache:

@@ -9,8 +9,8 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, InvalidScopeError, grants
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
+from .client_auth import basic_credentials
 from .errors import InvalidTargetError
 from .settings import AUTH_METHODS
 from .tokens import IssuedToken
@@ -38,7 +38,7 @@ def _check_parameters(request) -> None:
             "Client credentials sent in both the Authorization header and the body."
         )
     if has_header and "client_id" in form:
-        basic_id, _ = extract_basic_authorization(request.headers)
+        basic_id, _ = basic_credentials(request.headers["Authorization"]) or (None, None)
         if basic_id != form["client_id"]:
             raise InvalidRequestError(
                 "The client_id in the body does not match the Authorization header."

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client_auth import ClientSecretJWT, JtiCache, PrivateKeyJWT
+from .client_auth import ClientSecretJWT, JtiCache, PrivateKeyJWT, client_secret_basic
 from .clients import ClientRegistry
 from .clock import Clock
 from .grants import ClientCredentialsGrant
@@ -57,6 +57,7 @@ class ServerState:
             jti_cache=self.jti_cache, leeway=settings.assertion_leeway,
             max_lifetime=settings.assertion_max_lifetime,
         )
+        self.authorization.register_client_auth_method("client_secret_basic", client_secret_basic)
         self.authorization.register_client_auth_method(
             "client_secret_jwt", ClientSecretJWT(**assertion_options)
         )

@@ -6,16 +6,13 @@ never an HTML page or a traceback.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
 from flask import Blueprint, Response, current_app, g, json, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .client_auth import is_hmac, unverified_part
+from .client_auth import basic_credentials, is_hmac, unverified_part
 from .errors import safe_description
 from .requestlog import TokenRequest
 from .state import JWKS_PATH, METADATA_PATHS, TOKEN_PATH, ServerState
@@ -61,7 +58,7 @@ def _precheck() -> None:
         # Checked before Authlib picks a grant by the first value (RFC 6749 section 3.2).
         raise InvalidRequestError("Parameter 'grant_type' is repeated.")
     header = request.headers.get("Authorization")
-    if header is not None and _basic_credentials(header) is None:
+    if header is not None and basic_credentials(header) is None:
         # A failed attempt to authenticate with the header (unsupported scheme, or Basic
         # credentials that do not decode): RFC 6749 section 5.2 invalid_client, 401.
         raise InvalidClientError(
@@ -70,26 +67,11 @@ def _precheck() -> None:
         )
 
 
-def _basic_credentials(header: str) -> tuple[str, str] | None:
-    """(client_id, secret) from a well-formed Basic header, else None (RFC 6749 §2.3.1)."""
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not value.strip():
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    client_id, sep, secret = decoded.partition(":")
-    if not sep:
-        return None
-    return unquote(client_id), unquote(secret)
-
-
 def _claimed_client_id() -> str | None:
     """The client id the caller claims (unverified), for the log only."""
     header = request.headers.get("Authorization")
     if header:
-        creds = _basic_credentials(header)
+        creds = basic_credentials(header)
         return creds[0] if creds else None
     if request.mimetype != _FORM:
         return None
