@@ -369,7 +369,7 @@ def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout
     from m2mauth.client import OAuthError, discover
 
     if token == "-":
-        token = click.get_text_stream("stdin").read(_MAX_TOKEN_CHARS + 1)
+        token = sys.stdin.read(_MAX_TOKEN_CHARS + 1)
     token = token.strip()
     try:
         header, claims = _parse_jwt(token)
