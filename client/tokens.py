@@ -92,10 +92,11 @@ def _basic_header(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
 
 
-def _check_url(url: str, what: str) -> None:
+def _is_http_url(url: object) -> bool:
+    if not isinstance(url, str):
+        return False
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{what} must be an absolute http(s) URL")
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _retry_after(response: requests.Response, now: float) -> float | None:
@@ -154,15 +155,6 @@ def fetch_token(
         raise ValueError(f"{auth_method} needs client_secret")
     now = clock or time.time
 
-    if token_url is None:
-        assert issuer is not None
-        metadata = discover(issuer, session=session, timeout=timeout, cache=metadata_cache)
-        token_url = metadata.get("token_endpoint")
-        if not isinstance(token_url, str):
-            raise DiscoveryError("discovery_error",
-                                 f"The metadata of {issuer} has no token_endpoint.")
-    _check_url(token_url, "token_url")
-
     scopes = _as_list(scope, split=True)
     params: list[tuple[str, str]] = [("grant_type", "client_credentials")]
     if scopes:
@@ -172,6 +164,17 @@ def fetch_token(
         if name in _RESERVED:
             raise ValueError(f"extra_params may not set {name!r}; use the matching argument")
         params += [(name, v) for v in _as_list(value, split=False)]
+
+    if token_url is None:
+        assert issuer is not None
+        metadata = discover(issuer, session=session, timeout=timeout, cache=metadata_cache)
+        token_url = metadata.get("token_endpoint")
+        if not _is_http_url(token_url):
+            raise DiscoveryError("discovery_error",
+                                 f"The metadata of {issuer} has no http(s) token_endpoint.")
+    elif not _is_http_url(token_url):
+        raise ValueError("token_url must be an absolute http(s) URL")
+    assert isinstance(token_url, str)
 
     headers = {"Accept": "application/json"}
     if auth_method == "client_secret_basic":

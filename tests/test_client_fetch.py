@@ -351,6 +351,16 @@ def test_connection_refused_is_transport_error(refused_url):
     assert isinstance(error, OAuthError)
 
 
+def test_unanswered_request_times_out_as_transport_error():
+    with socket.socket() as sock:  # listening: the kernel accepts, nobody ever answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/token"
+        with pytest.raises(TransportError, match="Timed out") as caught:
+            fetch_token(url, client_id="c", client_secret=SECRET, timeout=0.05)
+    assert caught.value.status is None
+
+
 def test_discovery_connection_refused_is_transport_error(refused_url):
     with pytest.raises(TransportError):
         fetch_token(issuer=refused_url, client_id="c", client_secret=SECRET, timeout=2)
@@ -392,6 +402,8 @@ def test_arguments_are_checked(token_url):
         fetch_token(token_url, client_id="c", auth_method="private_key_jwt")
     with pytest.raises(ValueError, match="auth_method"):
         fetch_token(token_url, client_id="c", client_secret=SECRET, auth_method="none")
+    with pytest.raises(ValueError, match="http"):
+        fetch_token("ftp://127.0.0.1/token", client_id="c", client_secret=SECRET)
     with pytest.raises(ValueError, match="extra_params"):
         fetch_token(token_url, client_id="c", client_secret=SECRET,
                     extra_params={"grant_type": "password"})
