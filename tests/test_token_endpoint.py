@@ -250,3 +250,17 @@ def test_log_line_escapes_hostile_input(live_server, server_log):
     post(live_server, {**GRANT, "scope": "read\ninjected outcome=issued"})
     (line,) = token_lines(server_log)
     assert "\n" not in line and "outcome=invalid_scope" in line
+
+
+def test_no_logger_at_any_level_sees_a_token_or_secret(live_server, caplog):
+    # Every logger, DEBUG included: Authlib's own grant logs the whole token response there.
+    caplog.set_level(logging.DEBUG)
+    r = requests.post(live_server.issuer + "/token", data={"grant_type": "client_credentials"},
+                      auth=("secret-client", SECRET), timeout=5)
+    assert r.status_code == 200
+    token = r.json()["access_token"]
+    text = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "token request client_id='secret-client'" in text
+    for part in token.split("."):
+        assert part not in text
+    assert SECRET not in text
