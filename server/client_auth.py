@@ -16,6 +16,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
 from .clock import Clock
+from .errors import safe_description
 from .settings import ALGORITHMS
 
 __all__ = [
@@ -99,6 +100,13 @@ def _pad(segment: str) -> bytes:
     return (segment + "=" * (-len(segment) % 4)).encode("ascii", "replace")
 
 
+def _assertion_error(exc: JoseError) -> InvalidClientError:
+    # joserfc quotes header and claim names from the assertion, which may hold characters
+    # RFC 6749 forbids in error_description (Authlib raises ValueError on them: a 500).
+    reason = exc.description or exc.error
+    return InvalidClientError(description=safe_description(f"Client assertion: {reason}"))
+
+
 class _ClientAssertion(JWTBearerClientAssertion):
     #: Signature algorithms accepted for this method's assertions.
     ALGORITHMS: tuple[str, ...] = ()
@@ -130,7 +138,7 @@ class _ClientAssertion(JWTBearerClientAssertion):
         try:
             token = jwt.decode(assertion, resolve_key, algorithms=self.ALGORITHMS)
         except JoseError as exc:
-            raise InvalidClientError(description=f"Client assertion: {exc.description}") from exc
+            raise _assertion_error(exc) from exc
         self.verify_claims(token.claims)
         return token.claims
 
@@ -150,7 +158,7 @@ class _ClientAssertion(JWTBearerClientAssertion):
         try:
             registry.validate(claims)
         except JoseError as exc:
-            raise InvalidClientError(description=f"Client assertion: {exc.description}") from exc
+            raise _assertion_error(exc) from exc
         if claims["sub"] != claims["iss"]:
             raise InvalidClientError(description="Client assertion: iss and sub must match.")
         exp = claims["exp"]

@@ -431,3 +431,52 @@ def test_request_log_records_failures_with_claimed_identity(live_server, client_
     ]
     for e in entries:
         assert "wrong" not in repr(e) and token not in repr(e)
+
+
+# -- hostile assertions: an RFC 6749 error, never a 500 --------------------------------------
+
+def _b64(value) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+def _hostile_assertions(live_server, client_keys):
+    ck = client_keys["ES256"]
+    aud = live_server.issuer + "/token"
+    claims = {"iss": "jwt-es256", "sub": "jwt-es256", "aud": aud, "jti": uuid.uuid4().hex,
+              "exp": live_server.state.clock() + 60}
+    signed = jwt.encode(claims, ck.pem(), algorithm="ES256")
+    return {
+        # joserfc quotes header names in its message; '"' and '\' are forbidden there
+        "crit with quote": jwt.encode(
+            {**claims, "iss": "hmac-jwt", "sub": "hmac-jwt"}, SECRET, algorithm="HS256",
+            headers={"crit": ['a"b\\'], 'a"b\\': 1}),
+        "kid with quote": jwt.encode(claims, ck.pem(), algorithm="ES256",
+                                     headers={"kid": 'no"such\\kid'}),
+        "alg with quote": _b64({"alg": 'ES"256'}) + "." + _b64(claims) + ".c2ln",
+        "header not JSON": "bm90anNvbg." + _b64(claims) + ".c2ln",
+        "header a list": _b64([1]) + "." + _b64(claims) + ".c2ln",
+        "payload a string": _b64({"alg": "ES256"}) + "." + _b64("x") + ".c2ln",
+        "sub a list": _b64({"alg": "ES256"}) + "." + _b64({**claims, "sub": ["x"]}) + ".c2ln",
+        "sub unknown with quote": _b64({"alg": "ES256"}) + "."
+        + _b64({**claims, "sub": 'a"b'}) + ".c2ln",
+        "signature not base64url": signed[:-4] + "!!!!",
+        "two segments": signed.rsplit(".", 1)[0],
+        "JWE shape": "a.b.c.d.e",
+        "aud with quote": jwt.encode({**claims, "aud": ['x"y']}, ck.pem(), algorithm="ES256"),
+        "exp a string": _b64({"alg": "ES256"}) + "." + _b64({**claims, "exp": "soon"}) + ".c2ln",
+        "empty": "",
+        "dots only": "..",
+    }
+
+
+@SHORT_HMAC_KEY
+def test_hostile_assertions_get_invalid_client_not_500(live_server, client_keys):
+    for name, token in _hostile_assertions(live_server, client_keys).items():
+        r = post(live_server, with_assertion(token))
+        assert r.status_code in (400, 401), (name, r.status_code, r.text)
+        assert r.headers["Content-Type"].startswith("application/json"), name
+        assert r.json()["error"] in ("invalid_client", "invalid_request"), (name, r.text)
+        description = r.json().get("error_description", "")
+        assert '"' not in description and "\\" not in description, (name, description)
+    ok = post(live_server, GRANT, auth=("secret-client", SECRET))
+    assert ok.status_code == 200
