@@ -5,7 +5,6 @@ precedence (later wins). Every problem raises :class:`ConfigError` naming the so
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -300,7 +299,9 @@ def _check_type(source: str, key: str, value: object, expected: type | tuple[typ
         isinstance(value, bool) and expected in (int, (str, list))
     )
     if not ok:
-        raise ConfigError(source, key, f"must be {_typename(expected)}, got {value!r}")
+        # A mistyped secret is still a secret: name its type, never its value.
+        got = type(value).__name__ if key.endswith("client_secret") else repr(value)
+        raise ConfigError(source, key, f"must be {_typename(expected)}, got {got}")
 
 
 def _str_list(source: str, key: str, value: object) -> tuple[str, ...]:
@@ -468,7 +469,3 @@ def default_issuer(host: str, port: int) -> str:
         host = f"[{host}]"
     return f"http://{host}:{port}"
 
-
-def replace(settings: ServerSettings, **changes: Any) -> ServerSettings:
-    """A copy of ``settings`` with ``changes``, validated."""
-    return dataclasses.replace(settings, **changes).validate()

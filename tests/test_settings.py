@@ -145,6 +145,15 @@ def test_secret_never_in_a_config_error(tmp_path):
     assert "hunter2" not in str(info.value)
 
 
+def test_mistyped_secret_is_not_echoed(tmp_path):
+    path = _write(tmp_path, '[[clients]]\nclient_id = "a"\nclient_secret = 8675309123\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert info.value.key == "clients[0].client_secret"
+    assert info.value.why == "must be a string, got int"
+    assert "8675309123" not in str(info.value)
+
+
 def test_bad_environment_names_the_variable():
     with pytest.raises(ConfigError) as info:
         load_settings(env={"M2MAUTH_PORT": "eighty"})
