@@ -1,18 +1,18 @@
-"""Test wiring for m2mauth's own suite: a real server on a loopback port, shared per session,
-with clients for every auth method and algorithm. (The keys m2mauth signs with here are the
-shipped public test keys; the client keys below are generated per run.)"""
+"""Test wiring for m2mauth's own suite. It uses the public pytest plugin like any user: the
+session's server (``m2mauth_server``, here also called ``live_server``) gets clients for every
+auth method and algorithm through the ``m2mauth_clients`` fixture, and ``idp`` resets it after
+each test. (The server signs with the shipped public test keys; the client keys below are
+generated per run.)"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from m2mauth.server import ClientSettings, ServerSettings
-from m2mauth.server.serving import ServerThread
+from m2mauth.server import ClientSettings
 
 SECRET = "s3cret-for-tests"
 
@@ -57,7 +57,7 @@ def client_keys() -> dict[str, ClientKey]:
 
 
 @pytest.fixture(scope="session")
-def server_settings(client_keys) -> ServerSettings:
+def m2mauth_clients(client_keys) -> list[ClientSettings]:
     """Clients: ``secret-client`` (all secret methods), ``post-only``, ``basic-only``,
     ``jwt-<alg>`` (private_key_jwt), ``alg-<alg>`` (tokens signed with <alg>),
     ``aud-client`` (several audiences) and the demo client."""
@@ -83,22 +83,10 @@ def server_settings(client_keys) -> ServerSettings:
     for alg in ("RS256", "PS256", "ES256", "EdDSA"):
         clients.append(ClientSettings(f"alg-{alg.lower()}", SECRET, scopes=("read",),
                                       algorithm=alg))
-    return ServerSettings(clients=clients)
+    return clients
 
 
-@pytest.fixture(scope="session")
-def live_server(server_settings) -> Iterator[ServerThread]:
-    """The real server on 127.0.0.1, port chosen by the OS, for the whole session."""
-    with ServerThread(server_settings) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_server_state(request) -> Iterator[None]:
-    """Tests that share the live server start from a clean request log and real time."""
-    yield
-    if "live_server" in request.fixturenames:
-        server = request.getfixturevalue("live_server")
-        server.state.token_requests.clear()
-        server.state.clock.reset()
-        server.state.jti_cache.clear()
+@pytest.fixture
+def live_server(idp):
+    """The plugin's session server, reset after each test (the ``idp`` fixture)."""
+    return idp

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -36,15 +35,6 @@ class _Group(click.Group):
 @click.version_option(package_name="m2mauth")
 def main() -> None:
     """m2mauth: an OAuth 2.0 client-credentials lab (authorization server, client, validator)."""
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @main.command()
@@ -112,7 +102,7 @@ def _banner(settings: ServerSettings, state) -> None:
     if settings.uses_shipped_keys:
         echo("  note      the shipped keys in keys/ are PUBLIC test keys: never trust these tokens"
              " outside a test")
-        if not _is_loopback(settings.host):
+        if not settings.binds_loopback:
             click.secho(
                 f"WARNING: listening on {settings.host}, a non-loopback address, while signing "
                 "with m2mauth's PUBLIC test keys. Anyone can forge these tokens. Use --keys-dir "

@@ -133,6 +133,15 @@ class ClientRegistry:
         with self._lock:
             self._clients.pop(client_id, None)
 
+    def snapshot(self) -> dict[str, Client]:
+        with self._lock:
+            return dict(self._clients)
+
+    def restore(self, snapshot: dict[str, Client]) -> None:
+        """Back to a :meth:`snapshot`: clients added since are gone, removed ones return."""
+        with self._lock:
+            self._clients = dict(snapshot)
+
     def get(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
 

@@ -49,6 +49,13 @@ class Clock:
         with self._lock:
             self._frozen = self.now() if at is None else float(at)
 
+    def unfreeze(self) -> None:
+        """Run again from the frozen instant (the offset keeps the time continuous)."""
+        with self._lock:
+            if self._frozen is not None:
+                self._offset = self._frozen - time.time()
+                self._frozen = None
+
     def advance(self, seconds: float) -> None:
         """Move time forward (or back, with a negative value), frozen or not."""
         with self._lock:

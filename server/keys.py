@@ -23,7 +23,9 @@ from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 from .errors import KeyStoreError
 from .settings import ALGORITHMS
 
-__all__ = ["KeyStore", "SigningKey", "generate_key_files", "shipped_keys_dir"]
+__all__ = [
+    "KeyStore", "SigningKey", "generate_key_files", "generate_signing_key", "shipped_keys_dir",
+]
 
 #: File name of each algorithm's key in a key directory.
 KEY_FILES = {alg: f"{alg.lower()}.pem" for alg in ALGORITHMS}
@@ -74,6 +76,11 @@ def _to_jwk(alg: str, native: Any) -> Key:
         key = OKPKey(native, native, params)
     key.ensure_kid()  # the RFC 7638 thumbprint: stable across restarts for the same key
     return key
+
+
+def generate_signing_key(alg: str) -> SigningKey:
+    """A new private key for ``alg``, held in memory only."""
+    return SigningKey(alg, _to_jwk(alg, _generate_private_key(alg)))
 
 
 @dataclass(eq=False)
@@ -212,7 +219,7 @@ class KeyStore:
         key stays published."""
         if alg not in ALGORITHMS:
             raise KeyStoreError(_unsupported(alg))
-        new = SigningKey(alg, key if key is not None else _to_jwk(alg, _generate_private_key(alg)))
+        new = SigningKey(alg, key) if key is not None else generate_signing_key(alg)
         with self._lock:
             for old in self._keys:
                 if old.alg == alg and old.status == ACTIVE:
@@ -222,6 +229,19 @@ class KeyStore:
         return new
 
     rotate = add
+
+    def snapshot(self) -> list[tuple[SigningKey, str]]:
+        """The keys and their statuses now, for :meth:`restore`."""
+        with self._lock:
+            return [(k, k.status) for k in self._keys]
+
+    def restore(self, snapshot: list[tuple[SigningKey, str]]) -> None:
+        """Back to a :meth:`snapshot`: keys added since are dropped, statuses put back."""
+        with self._lock:
+            self._keys = [key for key, _ in snapshot]
+            for key, status in snapshot:
+                key.status = status
+            self._changed()
 
     def retire(self, kid: str) -> SigningKey:
         """Remove a non-active key from the JWKS; tokens it signed stop validating."""
@@ -263,7 +283,7 @@ def generate_key_files(
             raise KeyStoreError(f"{target} exists; pass overwrite (--force) to replace it")
     created = []
     for alg in algs:
-        key = SigningKey(alg, _to_jwk(alg, _generate_private_key(alg)))
+        key = generate_signing_key(alg)
         _write_private(directory / KEY_FILES[alg], key.pem())
         created.append(key)
     return created

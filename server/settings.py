@@ -5,6 +5,7 @@ precedence (later wins). Every problem raises :class:`ConfigError` naming the so
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -119,6 +120,10 @@ class ServerSettings:
     assertion_leeway: int = 60
     #: Longest accepted client-assertion lifetime (exp - now), in seconds.
     assertion_max_lifetime: int = 3600
+    #: Serve the test-control admin API under /admin (see admin_enabled).
+    admin_api: bool = True
+    #: Bearer token the admin API requires; needed to use it off loopback. Masked in repr().
+    admin_token: str | None = field(default=None, repr=False)
     clients: list[ClientSettings] = field(default_factory=lambda: [_demo_client()])
     #: The TOML file these settings came from, if any (for messages).
     config_file: Path | None = None
@@ -127,6 +132,21 @@ class ServerSettings:
     def issuer_url(self) -> str:
         """The configured issuer, or the one derived from host and port."""
         return self.issuer if self.issuer is not None else default_issuer(self.host, self.port)
+
+    @property
+    def binds_loopback(self) -> bool:
+        """Whether ``host`` is a loopback address (only this machine can connect)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def admin_enabled(self) -> bool:
+        """The admin API answers with an admin token, or without one on loopback only."""
+        return self.admin_api and (self.admin_token is not None or self.binds_loopback)
 
     @property
     def uses_shipped_keys(self) -> bool:
@@ -149,12 +169,14 @@ class ServerSettings:
             raise ConfigError(source, "assertion_leeway", "must be a non-negative integer")
         if not (0 <= self.port <= 65535):
             raise ConfigError(source, "port", "must be between 0 and 65535")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ConfigError(source, "admin_token", "must be at least 16 characters")
         if not self.default_audience:
             raise ConfigError(source, "default_audience", "must not be empty")
         seen: set[str] = set()
         for i, client in enumerate(self.clients):
             where = f"clients[{i}]"
-            _validate_client(source, where, client)
+            validate_client(source, where, client)
             if client.client_id in seen:
                 raise ConfigError(
                     source, f"{where}.client_id", f"duplicate id {client.client_id!r}"
@@ -183,7 +205,7 @@ def _check_issuer(source: str, key: str, issuer: str) -> None:
         raise ConfigError(source, key, "must not end with '/' (it is compared exactly)")
 
 
-def _validate_client(source: str, where: str, client: ClientSettings) -> None:
+def validate_client(source: str, where: str, client: ClientSettings) -> None:
     if not isinstance(client.client_id, str) or not _CLIENT_ID.fullmatch(client.client_id):
         raise ConfigError(source, f"{where}.client_id", "must be 1-255 printable ASCII characters")
     if client.client_secret is not None and (
@@ -255,6 +277,8 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_body_bytes": int,
     "assertion_leeway": int,
     "assertion_max_lifetime": int,
+    "admin_api": bool,
+    "admin_token": str,
     "clients": list,
 }
 _CLIENT_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -282,6 +306,8 @@ ENV_VARS = {
     "M2MAUTH_DEFAULT_AUDIENCE": "default_audience",
     "M2MAUTH_KEYS_DIR": "keys_dir",
     "M2MAUTH_EPHEMERAL_KEYS": "ephemeral_keys",
+    "M2MAUTH_ADMIN_API": "admin_api",
+    "M2MAUTH_ADMIN_TOKEN": "admin_token",
 }
 
 
@@ -300,7 +326,8 @@ def _check_type(source: str, key: str, value: object, expected: type | tuple[typ
     )
     if not ok:
         # A mistyped secret is still a secret: name its type, never its value.
-        got = type(value).__name__ if key.endswith("client_secret") else repr(value)
+        secret = key.endswith(("client_secret", "admin_token"))
+        got = type(value).__name__ if secret else repr(value)
         raise ConfigError(source, key, f"must be {_typename(expected)}, got {got}")
 
 

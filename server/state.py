@@ -9,10 +9,11 @@ from typing import Any
 from .client_auth import ClientSecretJWT, JtiCache, PrivateKeyJWT, client_secret_basic
 from .clients import ClientRegistry
 from .clock import Clock
+from .faults import FaultQueue
 from .grants import ClientCredentialsGrant
 from .keys import KeyStore
 from .oauth import AuthorizationServer
-from .requestlog import RequestLog
+from .requestlog import JwksRequest, RequestLog, TokenRequest
 from .settings import AUTH_METHODS, ServerSettings
 from .tokens import TokenIssuer
 
@@ -49,7 +50,9 @@ class ServerState:
             algorithm=settings.algorithm, token_lifetime=settings.token_lifetime,
         )
         self.jti_cache = JtiCache(self.clock)
-        self.token_requests = RequestLog()
+        self.token_requests: RequestLog[TokenRequest] = RequestLog()
+        self.jwks_requests: RequestLog[JwksRequest] = RequestLog()
+        self.faults = FaultQueue()
         self.authorization = AuthorizationServer(self.clients, self.token_issuer, self.issuer)
         self.authorization.register_grant(ClientCredentialsGrant)
         assertion_options = dict(

@@ -7,18 +7,29 @@ the instant from the server's clock) are fixed on a short-lived generator for ea
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
-from joserfc.jwk import KeySet
+from joserfc.jwk import Key
+from joserfc.util import json_b64encode, urlsafe_b64decode, urlsafe_b64encode
 
 from .clients import Client
 from .clock import Clock
 from .keys import KeyStore
 
-__all__ = ["IssuedToken", "TokenIssuer"]
+__all__ = ["ACTIVE_KEY", "IssuedToken", "TokenIssuer", "tampered"]
+
+
+class _Active:
+    def __repr__(self) -> str:
+        return "ACTIVE_KEY"
+
+
+#: ``TokenIssuer.issue(key=...)`` default: the active signing key of the algorithm.
+ACTIVE_KEY = _Active()
 
 #: Claims m2mauth sets itself; a client's static claims cannot replace them.
 REGISTERED_CLAIMS = frozenset(
@@ -32,7 +43,7 @@ class IssuedToken:
 
     response: dict[str, Any]
     jti: str
-    kid: str
+    kid: str | None
     alg: str
     audience: list[str]
     scope: list[str]
@@ -43,22 +54,24 @@ class IssuedToken:
 
 
 class _Generator(JWTBearerTokenGenerator):
-    """One token's worth of RFC 9068 generator: Authlib builds the claims and signs, the
-    hooks below supply what m2mauth decides (clock, audience, lifetime, static claims)."""
+    """One token's worth of RFC 9068 generator: Authlib drives it, the hooks below supply what
+    m2mauth decides (clock, audience, lifetime, static claims), and ``overrides`` let a test
+    mint deliberately wrong tokens (a value of None removes an entry)."""
 
     def __init__(
-        self, issuer: str, alg: str, keyset: KeySet, now: int, lifetime: int,
-        audience: list[str], jti: str,
+        self, issuer: str, alg: str, key: Key | None, now: int, lifetime: int,
+        audience: list[str], jti: str, overrides: _Overrides | None = None,
     ) -> None:
         super().__init__(issuer, alg=alg, expires_generator=lifetime)
-        self._keyset = keyset
+        self._key = key
         self._now = now
         self._lifetime = lifetime
         self._audience = audience
         self._jti = jti
+        self._overrides = overrides or _Overrides()
 
-    def get_jwks(self) -> KeySet:
-        return self._keyset
+    def get_jwks(self) -> Key | None:
+        return self._key
 
     def get_audiences(self, client, user, scope) -> str | list[str]:
         # RFC 9068 §3: aud is one resource indicator or several.
@@ -78,14 +91,48 @@ class _Generator(JWTBearerTokenGenerator):
         # offers no hook for an allow-list. Same hooks and claims for a client-credentials
         # token (no user), signed with the one algorithm this token is meant to use.
         client_id = client.get_client_id()
-        claims = {
+        claims = _overlay({
             "iss": self.issuer, "sub": client_id, "client_id": client_id,
             "aud": self.get_audiences(client, user, scope),
-            "jti": self.get_jti(client, grant_type, user, scope), "scope": scope,
+            # RFC 9068 §2.2.3: scope when one was granted; an empty one is left out.
+            "jti": self.get_jti(client, grant_type, user, scope), "scope": scope or None,
             **self.get_extra_claims(client, grant_type, user, scope),
-        }
+        }, self._overrides.claims)
+        key = self.get_jwks()
         header = {"alg": self.alg, "typ": "at+jwt"}
-        return jwt.encode(header, claims, self.get_jwks(), algorithms=[self.alg])
+        if key is not None:
+            header["kid"] = key.kid
+        header = _overlay(header, self._overrides.headers)
+        if key is None:
+            return _unsigned(header, claims)
+        return jwt.encode(header, claims, key, algorithms=[header.get("alg", self.alg)])
+
+
+@dataclass(frozen=True)
+class _Overrides:
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _overlay(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {**base, **changes}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    # An "alg": "none" token for negative tests, built by hand: joserfc would warn on every
+    # call, and the server's signing path must never be able to produce one.
+    return f"{json_b64encode(header).decode()}.{json_b64encode(claims).decode()}."
+
+
+def tampered(token: str) -> str:
+    """``token`` with one signature bit flipped: well-formed, but the signature is wrong."""
+    head, _, signature = token.rpartition(".")
+    if not signature:
+        raise ValueError("the token has no signature to tamper with")
+    raw = bytearray(urlsafe_b64decode(signature.encode()))
+    raw[len(raw) // 2] ^= 0x01
+    return f"{head}.{urlsafe_b64encode(bytes(raw)).decode()}"
 
 
 class TokenIssuer:
@@ -101,18 +148,30 @@ class TokenIssuer:
 
     def issue(
         self, client: Client, *, scope: list[str], audience: list[str],
-        lifetime: int | None = None,
+        lifetime: int | None = None, claims: Mapping[str, Any] | None = None,
+        headers: Mapping[str, Any] | None = None, alg: str | None = None,
+        key: Key | _Active | None = ACTIVE_KEY,
     ) -> IssuedToken:
-        """Sign a token for ``client`` with the already-validated ``scope`` and ``audience``."""
-        alg = client.settings.algorithm or self.algorithm
-        lifetime = lifetime or client.settings.token_lifetime or self.token_lifetime
-        keyset = self.keys.signing_keyset(alg)
+        """Sign a token for ``client`` with the already-validated ``scope`` and ``audience``.
+
+        ``claims``/``headers`` add or override entries (None removes one), ``alg`` and ``key``
+        choose the signature (``key=None`` makes an unsigned ``alg: none`` token): the knobs
+        for deliberately bad tokens. The token endpoint uses none of them.
+        """
+        alg = alg or client.settings.algorithm or self.algorithm
+        if lifetime is None:
+            lifetime = client.settings.token_lifetime or self.token_lifetime
+        if key is ACTIVE_KEY:
+            key = self.keys.active(alg).key
+        elif key is None:
+            alg = "none"
+        overrides = _Overrides(dict(claims or {}), dict(headers or {}))
         jti = secrets.token_urlsafe(16)
         generator = _Generator(
-            self.issuer, alg, keyset, self.clock(), lifetime, audience, jti
+            self.issuer, alg, key, self.clock(), lifetime, audience, jti, overrides
         )
         response = generator.generate(
             "client_credentials", client, scope=" ".join(scope), include_refresh_token=False
         )
-        kid = str(keyset.keys[0].kid)
+        kid = key.kid if key is not None else None
         return IssuedToken(response, jti, kid, alg, list(audience), list(scope))

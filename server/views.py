@@ -6,7 +6,10 @@ never an HTML page or a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import time
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
 from flask import Blueprint, Response, current_app, g, json, jsonify, request
@@ -14,7 +17,8 @@ from werkzeug.exceptions import HTTPException
 
 from .client_auth import basic_credentials, is_hmac, unverified_part
 from .errors import safe_description
-from .requestlog import TokenRequest
+from .faults import Fault
+from .requestlog import JwksRequest, TokenRequest
 from .state import JWKS_PATH, METADATA_PATHS, TOKEN_PATH, ServerState
 
 __all__ = ["bp"]
@@ -96,23 +100,64 @@ def _claimed_auth_method() -> str | None:
 @bp.post(TOKEN_PATH)
 def token() -> Response:
     state = _state()
-    try:
-        _precheck()
-    except OAuth2Error as error:
-        response = state.authorization.handle_error_response(None, error)
-    else:
-        response = state.authorization.create_token_response()
-    _record(state, response)
+    fault = state.faults.take("token")
+    response = _fault_response(fault, _MALFORMED_TOKEN) if fault else None
+    if response is None:
+        try:
+            _precheck()
+        except OAuth2Error as error:
+            response = state.authorization.handle_error_response(None, error)
+        else:
+            response = state.authorization.create_token_response()
+        if fault is not None and fault.kind == "no_expires_in" and response.status_code == 200:
+            body = response.get_json()
+            body.pop("expires_in", None)
+            response.set_data(json.dumps(body))
+    _record(state, response, fault)
     return response
 
 
-def _record(state: ServerState, response: Response) -> None:
+_MALFORMED_TOKEN = b'{"access_token": "eyJ'
+_MALFORMED_JWKS = b'{"keys": [{"kty": '
+
+
+def _fault_response(fault: Fault, malformed: bytes) -> Response | None:
+    """The response an injected fault makes; None to go on with the real one (after a delay,
+    or to strip ``expires_in`` from it)."""
+    if fault.kind == "delay":
+        time.sleep(fault.delay)  # the simulated slowness itself; bounded by the fault's value
+        return None
+    if fault.kind == "no_expires_in":
+        return None
+    if fault.kind == "malformed":
+        return Response(malformed, status=200, mimetype="application/json")
+    if fault.kind == "drop":
+        sock = request.environ.get("werkzeug.socket")
+        if sock is not None:
+            # Close the connection under the response: the client sees it drop, no answer.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            return Response(b"", status=500)
+        return _error(502, "server_error", "Connection dropped (injected; no socket here).")
+    body = {"error": fault.error} if fault.error else {}
+    if fault.error_description:
+        body["error_description"] = fault.error_description
+    response = Response(json.dumps(body), status=fault.status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    if fault.retry_after is not None:
+        response.headers["Retry-After"] = str(fault.retry_after)
+    return response
+
+
+def _record(state: ServerState, response: Response, fault: Fault | None = None) -> None:
     """Append the request to the request log and write its one log line; never a secret or a
     whole token: ids, method, scopes, audience and the token's jti."""
     form = request.form if request.mimetype == _FORM else None
     oauth_request = g.get("m2mauth_oauth_request")
     issued = getattr(oauth_request, "issued", None)
-    if response.status_code == 200 and issued is not None:
+    if fault is not None and fault.kind in ("drop", "malformed"):
+        outcome = fault.kind
+    elif response.status_code == 200 and issued is not None:
         outcome = "issued"
     else:
         outcome = str((response.get_json(silent=True) or {}).get("error", "error"))
@@ -128,6 +173,7 @@ def _record(state: ServerState, response: Response) -> None:
         jti=issued.jti if issued else None,
         granted_scope=tuple(issued.scope) if issued else (),
         audience=tuple(issued.audience) if issued else (),
+        fault=fault.kind if fault else None,
     )
     state.token_requests.append(entry)
     log.info(
@@ -150,8 +196,14 @@ def _printable(value: str | None, limit: int = 80) -> str:
 @bp.get(JWKS_PATH)
 def jwks() -> Response:
     state = _state()
-    response = jsonify(state.keys.jwks())
-    response.headers["Cache-Control"] = f"public, max-age={state.settings.jwks_max_age}"
+    fault = state.faults.take("jwks")
+    response = _fault_response(fault, _MALFORMED_JWKS) if fault else None
+    if response is None:
+        response = jsonify(state.keys.jwks())
+        response.headers["Cache-Control"] = f"public, max-age={state.settings.jwks_max_age}"
+    state.jwks_requests.append(
+        JwksRequest(state.clock.now(), response.status_code, fault.kind if fault else None)
+    )
     return response
 
 

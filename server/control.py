@@ -1,0 +1,368 @@
+"""Test controls: one Python API over a running server's state – clients, minted tokens, the
+clock, injected faults, the request logs and key rotation. The HTTP admin API (admin.py)
+calls the same methods, so both validate alike and a bad request changes nothing."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clients import Client
+from .clock import Clock
+from .errors import ConfigError, KeyStoreError
+from .faults import ENDPOINTS, KINDS, Fault
+from .keys import SigningKey, generate_signing_key
+from .requestlog import JwksRequest, TokenRequest
+from .settings import ALGORITHMS, ClientSettings, validate_client
+from .state import ServerState
+from .tokens import ACTIVE_KEY, tampered
+
+__all__ = ["ControlError", "Controls", "RegisteredClient"]
+
+# RFC 6749 §5.2: error = 1*( %x20-21 / %x23-5B / %x5D-7E )
+_ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
+_DEFAULT_ERROR = {400: "invalid_request", 401: "invalid_client", 403: "access_denied",
+                  429: "temporarily_unavailable", 503: "temporarily_unavailable"}
+_MAX_DELAY = 60.0
+_MAX_COUNT = 100_000
+
+
+class ControlError(ValueError):
+    """A test-control call with a bad argument; names the field. Nothing was changed."""
+
+    def __init__(self, field: str, why: str) -> None:
+        self.field, self.why = field, why
+        super().__init__(f"{field}: {why}")
+
+
+@dataclass(frozen=True)
+class RegisteredClient:
+    """A client added through the controls, with the secret it was given (masked in repr)."""
+
+    client_id: str
+    client_secret: str | None = field(repr=False)
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    auth_methods: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "client_secret": self.client_secret,
+                "scopes": list(self.scopes), "audiences": list(self.audiences),
+                "auth_methods": list(self.auth_methods)}
+
+
+def _registered(client: Client) -> RegisteredClient:
+    secret = client.settings.client_secret
+    return RegisteredClient(client.client_id, secret, client.scopes, client.audiences,
+                            client.auth_methods)
+
+
+def _int(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ControlError(name, f"must be an integer, got {type(value).__name__}")
+    if low is not None and value < low:
+        raise ControlError(name, f"must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ControlError(name, f"must be at most {high}, got {value}")
+    return value
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ControlError(name, f"must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _strings(name: str, value: object) -> list[str]:
+    """A space-separated string or a list of strings."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ControlError(name, "must be a string or a list of strings")
+
+
+def _mapping(name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ControlError(name, "must be an object of names to values")
+    return dict(value)
+
+
+class Controls:
+    """Drive one server's state from a test. Everything done here is undone by :meth:`reset`,
+    which restores the clients and keys the server started with."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self._clients_at_start = state.clients.snapshot()
+        self._keys_at_start = state.keys.snapshot()
+        self._unpublished: dict[str, SigningKey] = {}
+
+    # -- clock ------------------------------------------------------------------------
+
+    @property
+    def clock(self) -> Clock:
+        """The server's one clock: freeze, advance or offset it; tokens and checks follow."""
+        return self.state.clock
+
+    def set_clock(self, *, freeze: bool | None = None, at: float | None = None,
+                  advance: float | None = None, offset: float | None = None,
+                  reset: bool = False) -> dict[str, Any]:
+        """Several clock changes at once, applied in the order reset, offset, freeze/at,
+        advance (the admin API's form of the clock methods)."""
+        if freeze is not None and not isinstance(freeze, bool):
+            raise ControlError("freeze", "must be true or false")
+        if not isinstance(reset, bool):
+            raise ControlError("reset", "must be true or false")
+        at = None if at is None else _number("at", at)
+        advance = None if advance is None else _number("advance", advance)
+        offset = None if offset is None else _number("offset", offset)
+        if at is not None and freeze is False:
+            raise ControlError("at", "freezes the clock; do not combine it with freeze=false")
+        clock = self.state.clock
+        if reset:
+            clock.reset()
+        if offset is not None:
+            clock.set_offset(offset)
+        if at is not None or freeze:
+            clock.freeze(at)
+        elif freeze is False and clock.frozen:
+            clock.unfreeze()
+        if advance is not None:
+            clock.advance(advance)
+        return self.clock_status()
+
+    def clock_status(self) -> dict[str, Any]:
+        clock = self.state.clock
+        return {"now": clock.now(), "offset": clock.offset, "frozen": clock.frozen}
+
+    # -- clients ----------------------------------------------------------------------
+
+    def add_client(
+        self, client_id: str | None = None, *, client_secret: str | None = None,
+        jwks: Mapping[str, Any] | None = None, scopes: str | Sequence[str] = (),
+        audiences: str | Sequence[str] = (), default_scopes: str | Sequence[str] | None = None,
+        default_audience: str | Sequence[str] | None = None,
+        auth_methods: Sequence[str] | None = None, claims: Mapping[str, Any] | None = None,
+        token_lifetime: int | None = None, algorithm: str | None = None,
+    ) -> RegisteredClient:
+        """Register a client; without ``client_secret`` or ``jwks`` it gets a generated secret.
+        Returns it with the secret (the only place the secret is shown)."""
+        if client_id is None:
+            client_id = f"client-{secrets.token_hex(4)}"
+        if jwks is None and client_secret is None:
+            client_secret = secrets.token_urlsafe(24)
+        settings = ClientSettings(
+            client_id=client_id, client_secret=client_secret,
+            jwks=None if jwks is None else _mapping("jwks", jwks),
+            auth_methods=None if auth_methods is None else tuple(
+                _strings("auth_methods", auth_methods)),
+            scopes=tuple(_strings("scopes", scopes)),
+            audiences=tuple(_strings("audiences", audiences)),
+            default_scopes=None if default_scopes is None else tuple(
+                _strings("default_scopes", default_scopes)),
+            default_audience=None if default_audience is None else tuple(
+                _strings("default_audience", default_audience)),
+            claims={} if claims is None else _mapping("claims", claims),
+            token_lifetime=token_lifetime, algorithm=algorithm,
+        )
+        try:
+            validate_client("add_client", "client", settings)
+        except ConfigError as exc:
+            raise ControlError(exc.key.removeprefix("client."), exc.why) from None
+        if self.state.clients.get(client_id) is not None:
+            raise ControlError("client_id", f"{client_id!r} is already registered")
+        try:
+            client = self.state.clients.add(settings)
+            if settings.algorithm:
+                self.state.keys.active(settings.algorithm)
+        except (ValueError, KeyStoreError) as exc:  # a JWKS joserfc cannot read, a missing key
+            self.state.clients.remove(client_id)
+            raise ControlError("jwks" if jwks is not None else "algorithm", str(exc)) from None
+        return _registered(client)
+
+    def remove_client(self, client_id: str) -> None:
+        if not isinstance(client_id, str) or self.state.clients.get(client_id) is None:
+            raise ControlError("client_id", f"no client {client_id!r}")
+        self.state.clients.remove(client_id)
+
+    def clients(self) -> list[RegisteredClient]:
+        return [_registered(c) for c in self.state.clients]
+
+    # -- tokens without HTTP ------------------------------------------------------------
+
+    def issue_token(
+        self, client_id: str, scope: str | Sequence[str] | None = None,
+        audience: str | Sequence[str] | None = None, expires_in: int | None = None,
+        claims: Mapping[str, Any] | None = None, headers: Mapping[str, Any] | None = None,
+        *, alg: str | None = None, signing_key: str | Any = "active",
+    ) -> str:
+        """Mint an access token without HTTP, as the token endpoint would for ``client_id``
+        (registered or not), nothing checked. ``claims`` and ``headers`` add or override
+        entries (None removes one); ``alg="none"`` makes an unsigned token; ``signing_key``
+        is ``"active"``, ``"unpublished"`` (a key the JWKS does not have) or a joserfc key.
+        """
+        if not isinstance(client_id, str) or not client_id:
+            raise ControlError("client_id", "must be a non-empty string")
+        client = self.state.clients.get(client_id) or Client(
+            ClientSettings(client_id), default_audience=self.state.settings.default_audience)
+        scopes = client.default_scopes if scope is None else _strings("scope", scope)
+        audiences = client.default_audience if audience is None else _strings(
+            "audience", audience)
+        lifetime = None if expires_in is None else _int("expires_in", expires_in)
+        claims = None if claims is None else _mapping("claims", claims)
+        headers = None if headers is None else _mapping("headers", headers)
+        if alg is not None and alg != "none" and alg not in ALGORITHMS:
+            raise ControlError("alg", f"{alg!r} is not one of none, {', '.join(ALGORITHMS)}")
+        alg = alg or client.settings.algorithm or self.state.settings.algorithm
+        key: Any
+        if alg == "none":
+            key = None
+        elif signing_key == "active":
+            key = ACTIVE_KEY
+        elif signing_key == "unpublished":
+            key = self._unpublished_key(alg).key
+        elif isinstance(signing_key, str):
+            raise ControlError("signing_key", "must be 'active', 'unpublished' or a key")
+        else:
+            key = signing_key
+        try:
+            issued = self.state.token_issuer.issue(
+                client, scope=list(scopes), audience=list(audiences), lifetime=lifetime,
+                claims=claims, headers=headers, alg=alg, key=key,
+            )
+        except (ValueError, TypeError, KeyStoreError) as exc:  # joserfc refuses the combination
+            raise ControlError("headers" if headers else "signing_key", str(exc)) from None
+        return issued.access_token
+
+    def _unpublished_key(self, alg: str) -> SigningKey:
+        """A key of ``alg`` that is in no JWKS; one per algorithm, kept across tests."""
+        key = self._unpublished.get(alg)
+        if key is None:
+            key = self._unpublished[alg] = generate_signing_key(alg)
+        return key
+
+    tampered = staticmethod(tampered)
+
+    # -- faults -----------------------------------------------------------------------
+
+    def fail_next(
+        self, n: int = 1, *, status: int | None = None, error: str | None = None,
+        error_description: str | None = None, retry_after: int | None = None,
+        delay: float | None = None, kind: str | None = None, endpoint: str = "token",
+    ) -> Fault:
+        """Spoil the next ``n`` responses of ``endpoint`` ("token" or "jwks").
+
+        ``kind``: "error" (default; ``status`` and RFC 6749 ``error``, optional
+        ``Retry-After``), "delay" (wait ``delay`` seconds, then answer normally), "drop"
+        (close the connection unanswered), "malformed" (a 200 with a broken JSON body) or
+        "no_expires_in" (token endpoint: a real token without ``expires_in``).
+        """
+        _int("n", n, low=1, high=_MAX_COUNT)
+        if endpoint not in ENDPOINTS:
+            raise ControlError("endpoint", f"{endpoint!r} is not one of {', '.join(ENDPOINTS)}")
+        kind = kind or ("delay" if delay is not None and status is None else "error")
+        if kind not in KINDS:
+            raise ControlError("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+        if kind == "no_expires_in" and endpoint != "token":
+            raise ControlError("kind", "no_expires_in applies to the token endpoint only")
+        if kind != "error":
+            for name, value in (("status", status), ("error", error),
+                                ("error_description", error_description),
+                                ("retry_after", retry_after)):
+                if value is not None:
+                    raise ControlError(name, f"only applies to kind 'error', not {kind!r}")
+        if kind != "delay" and delay is not None:
+            raise ControlError("delay", f"only applies to kind 'delay', not {kind!r}")
+        if kind == "delay":
+            if delay is None:
+                raise ControlError("delay", "is required for kind 'delay'")
+            delay = _number("delay", delay)
+            if not 0 < delay <= _MAX_DELAY:
+                raise ControlError("delay", f"must be above 0 and at most {_MAX_DELAY:g} seconds")
+            fault = Fault(endpoint, kind, status=200, error=None, delay=delay, remaining=n)
+        elif kind == "error":
+            status = 503 if status is None else _int("status", status, low=400, high=599)
+            if error is None:
+                error = _DEFAULT_ERROR.get(status, "server_error" if status >= 500
+                                           else "invalid_request")
+            for name, value in (("error", error), ("error_description", error_description)):
+                if value is not None and (not isinstance(value, str)
+                                          or not _ERROR_CODE.fullmatch(value)):
+                    raise ControlError(name, "must be printable ASCII without '\"' or '\\'"
+                                       " (RFC 6749 section 5.2)")
+            if retry_after is not None:
+                _int("retry_after", retry_after, low=0)
+            fault = Fault(endpoint, kind, status, error, error_description, retry_after,
+                          remaining=n)
+        else:
+            fault = Fault(endpoint, kind, status=200, error=None, remaining=n)
+        self.state.faults.add(fault)
+        return fault
+
+    def faults(self) -> list[Fault]:
+        """Faults still queued, with the number of responses each will still spoil."""
+        return self.state.faults.pending()
+
+    def clear_faults(self) -> None:
+        self.state.faults.clear()
+
+    # -- request logs -------------------------------------------------------------------
+
+    @property
+    def token_requests(self) -> list[TokenRequest]:
+        """What the token endpoint received, in order (client id, auth method, scope,
+        resource, status, outcome, jti ...)."""
+        return self.state.token_requests.snapshot()
+
+    @property
+    def jwks_requests(self) -> list[JwksRequest]:
+        """Every JWKS fetch, in order: how often a service under test refreshed its keys."""
+        return self.state.jwks_requests.snapshot()
+
+    def clear_requests(self) -> None:
+        self.state.token_requests.clear()
+        self.state.jwks_requests.clear()
+
+    # -- keys -------------------------------------------------------------------------
+
+    def rotate_key(self, alg: str | None = None) -> str:
+        """A new active signing key for ``alg`` (default: the server's algorithm); the old one
+        stays published until :meth:`retire_key`. Returns the new kid."""
+        alg = self.state.settings.algorithm if alg is None else alg
+        if alg not in ALGORITHMS:
+            raise ControlError("alg", f"{alg!r} is not one of {', '.join(ALGORITHMS)}")
+        return self.state.keys.rotate(alg).kid
+
+    def retire_key(self, kid: str) -> None:
+        """Take a rotated-out key out of the JWKS: tokens it signed stop validating."""
+        if not isinstance(kid, str):
+            raise ControlError("kid", "must be a string")
+        try:
+            self.state.keys.retire(kid)
+        except KeyStoreError as exc:
+            raise ControlError("kid", str(exc)) from None
+
+    def keys(self) -> list[dict[str, Any]]:
+        return [{"kid": k.kid, "alg": k.alg, "status": k.status}
+                for k in self.state.keys.all_keys()]
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        return self.state.keys.jwks()
+
+    # -- all of it ----------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Undo everything a test changed: clients, keys, clock, faults, logs, seen jtis."""
+        state = self.state
+        state.clients.restore(self._clients_at_start)
+        state.keys.restore(self._keys_at_start)
+        state.clock.reset()
+        state.faults.clear()
+        state.token_requests.clear()
+        state.jwks_requests.clear()
+        state.jti_cache.clear()
