@@ -71,6 +71,11 @@ def _body(method: str, path: str) -> dict[str, Any]:
     """The request's JSON object, with every field known to this operation."""
     if not request.get_data(cache=True):
         return {}
+    if not request.is_json:
+        # Kept strict: a JSON content type makes browsers preflight a cross-site request, so
+        # a web page cannot drive a loopback admin API that needs no token.
+        raise ControlError("Content-Type", "must be application/json (curl: -H 'Content-Type:"
+                           " application/json')")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ControlError("(body)", "must be a JSON object")
@@ -192,11 +197,13 @@ def rotate_key() -> Response:
 
 @bp.post("/keys/<kid>/retire")
 def retire_key(kid: str) -> Response:
+    _body("POST", "/admin/keys/<kid>/retire")
     _controls().retire_key(kid)
     return _json({"retired": kid, "keys": _controls().keys()})
 
 
 @bp.post("/reset")
 def reset() -> Response:
+    _body("POST", "/admin/reset")
     _controls().reset()
     return _json({"reset": True})

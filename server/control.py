@@ -4,11 +4,15 @@ calls the same methods, so both validate alike and a bad request changes nothing
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from joserfc.errors import JoseError
+from joserfc.jwk import Key
 
 from .clients import Client
 from .clock import Clock
@@ -73,6 +77,8 @@ def _int(name: str, value: object, *, low: int | None = None, high: int | None =
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ControlError(name, f"must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):  # JSON bodies may carry Infinity/NaN; the clock must not
+        raise ControlError(name, f"must be a finite number, got {value}")
     return float(value)
 
 
@@ -179,7 +185,7 @@ class Controls:
             client = self.state.clients.add(settings)
             if settings.algorithm:
                 self.state.keys.active(settings.algorithm)
-        except (ValueError, KeyStoreError) as exc:  # a JWKS joserfc cannot read, a missing key
+        except (ValueError, JoseError, KeyStoreError) as exc:  # unreadable JWKS, missing key
             self.state.clients.remove(client_id)
             raise ControlError("jwks" if jwks is not None else "algorithm", str(exc)) from None
         return _registered(client)
@@ -225,8 +231,8 @@ class Controls:
             key = ACTIVE_KEY
         elif signing_key == "unpublished":
             key = self._unpublished_key(alg).key
-        elif isinstance(signing_key, str):
-            raise ControlError("signing_key", "must be 'active', 'unpublished' or a key")
+        elif not isinstance(signing_key, Key):
+            raise ControlError("signing_key", "must be 'active', 'unpublished' or a joserfc key")
         else:
             key = signing_key
         try:
@@ -234,7 +240,7 @@ class Controls:
                 client, scope=list(scopes), audience=list(audiences), lifetime=lifetime,
                 claims=claims, headers=headers, alg=alg, key=key,
             )
-        except (ValueError, TypeError, KeyStoreError) as exc:  # joserfc refuses the combination
+        except (ValueError, TypeError, JoseError, KeyStoreError) as exc:  # joserfc refuses it
             raise ControlError("headers" if headers else "signing_key", str(exc)) from None
         return issued.access_token
 
@@ -264,7 +270,8 @@ class Controls:
         _int("n", n, low=1, high=_MAX_COUNT)
         if endpoint not in ENDPOINTS:
             raise ControlError("endpoint", f"{endpoint!r} is not one of {', '.join(ENDPOINTS)}")
-        kind = kind or ("delay" if delay is not None and status is None else "error")
+        if kind is None:
+            kind = "delay" if delay is not None and status is None else "error"
         if kind not in KINDS:
             raise ControlError("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
         if kind == "no_expires_in" and endpoint != "token":
