@@ -49,16 +49,18 @@ def main() -> None:
               help="Directory of <alg>.pem signing keys.  [default: the shipped test keys]")
 @click.option("--ephemeral-keys", is_flag=True, default=None,
               help="Generate fresh in-memory signing keys instead of loading any.")
+@click.option("--admin-token", envvar="M2MAUTH_ADMIN_TOKEN", show_envvar=True,
+              help="Bearer token the /admin test-control API requires (needed off loopback).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
 def serve(host, port, issuer, config_file, algorithm, token_lifetime, keys_dir, ephemeral_keys,
-          verbose) -> None:
+          admin_token, verbose) -> None:
     """Run the authorization server (defaults: 127.0.0.1:8000, RS256, demo-client)."""
     from .serving import PortInUseError, bind
     from .settings import load_settings
 
     overrides = dict(host=host, port=port, issuer=issuer, algorithm=algorithm,
                      token_lifetime=token_lifetime, keys_dir=keys_dir,
-                     ephemeral_keys=ephemeral_keys)
+                     ephemeral_keys=ephemeral_keys, admin_token=admin_token)
     settings = load_settings(config_file, overrides=overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if verbose:
@@ -88,6 +90,9 @@ def _banner(settings: ServerSettings, state) -> None:
     echo(f"  token     {state.token_endpoint}")
     echo(f"  jwks      {state.jwks_uri}")
     echo(f"  metadata  {state.issuer}/.well-known/oauth-authorization-server")
+    if settings.admin_enabled:
+        guard = "admin token required" if settings.admin_token else "open on loopback"
+        echo(f"  admin     {state.issuer}/admin  (test controls, {guard})")
     algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in state.clients}))
     echo(f"  signing   {algs} ({_keys_source(settings)})")
     demo = state.clients.get(DEMO_CLIENT_ID)

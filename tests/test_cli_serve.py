@@ -135,3 +135,27 @@ def test_keys_generate_prints_kids_and_refuses_overwrite(tmp_path):
     forced = runner.invoke(main, ["keys", "generate", str(tmp_path / "k"), "--alg", "ES256",
                                   "--force"])
     assert forced.exit_code == 0
+
+
+def test_banner_names_the_admin_api_and_its_guard(capsys):
+    from m2mauth.server import ServerSettings, create_app
+    from m2mauth.server.cli import _banner
+
+    for settings, guard in (
+        (ServerSettings(port=8000), "open on loopback"),
+        (ServerSettings(host="0.0.0.0", admin_token="t" * 20), "admin token required"),
+    ):
+        _banner(settings, create_app(settings).extensions["m2mauth"])
+        out = capsys.readouterr().out
+        assert f"admin     http://127.0.0.1:8000/admin  (test controls, {guard})" in out
+        assert "t" * 20 not in out
+    off = ServerSettings(host="0.0.0.0")
+    _banner(off, create_app(off).extensions["m2mauth"])
+    assert "/admin" not in capsys.readouterr().out
+
+
+def test_admin_token_flag_short_token_is_a_config_error():
+    result = CliRunner().invoke(main, ["serve", "--admin-token", "short", "--port", "0"])
+    assert result.exit_code == 2
+    assert "admin_token: must be at least 16 characters" in result.output
+    assert "short" not in result.output.replace("admin_token", "")
