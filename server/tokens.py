@@ -14,6 +14,7 @@ from typing import Any
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
 from joserfc.jwk import Key
+from joserfc.jws import JWSRegistry
 from joserfc.util import json_b64encode, urlsafe_b64decode, urlsafe_b64encode
 
 from .clients import Client
@@ -105,7 +106,18 @@ class _Generator(JWTBearerTokenGenerator):
         header = _overlay(header, self._overrides.headers)
         if key is None:
             return _unsigned(header, claims)
-        return jwt.encode(header, claims, key, algorithms=[header.get("alg", self.alg)])
+        algorithms = [header.get("alg", self.alg)]
+        if set(header) - _STANDARD_HEADERS:
+            # Only a test's header overrides get here: joserfc refuses unregistered header
+            # names by default, and a negative test may need one (e.g. a made-up crit).
+            registry = JWSRegistry(algorithms=algorithms, strict_check_header=False)
+            return jwt.encode(header, claims, key, registry=registry, default_type=None)
+        # default_type=None: joserfc would put back a typ that a test removed ("JWT").
+        return jwt.encode(header, claims, key, algorithms=algorithms, default_type=None)
+
+
+#: Header names joserfc's default JWS registry accepts (RFC 7515 section 4.1).
+_STANDARD_HEADERS = frozenset(JWSRegistry.default_header_registry)
 
 
 @dataclass(frozen=True)
