@@ -266,6 +266,14 @@ def test_issue_token_for_unknown_client_id(idp):
     assert "scope" not in claims
 
 
+def test_issue_token_any_scope_for_any_client(idp):
+    # Nothing is checked: not the client's allowed scopes, not whether it is registered.
+    assert verify(idp, idp.issue_token("nobody", scope="orders:write"))["scope"] == \
+        "orders:write"
+    assert verify(idp, idp.issue_token("basic-only", scope="admin"))["scope"] == "admin"
+    assert "scope" not in verify(idp, idp.issue_token("secret-client", scope=[]))
+
+
 def test_expired_token(idp):
     token = idp.issue_token("secret-client", expires_in=-10)
     with pytest.raises(jwt.ExpiredSignatureError):
