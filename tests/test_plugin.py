@@ -45,7 +45,9 @@ def test_examples_pass_as_a_user_runs_them(pytester, run, example, tests):
 
 def test_idp_resets_overrides_apply_and_idp_factory(pytester, run):
     """One run: m2mauth_algorithm and m2mauth_clients overridden in conftest.py; everything a
-    test changes is gone for the next test, whether the test passed or failed; idp_factory."""
+    test changes is gone for the next test, whether the test passed or failed; idp_factory;
+    a project with ``filterwarnings = error`` still gets EdDSA tokens."""
+    pytester.makeini("[pytest]\nfilterwarnings = error\n")
     write(pytester, conftest="""
         import pytest
 
@@ -144,11 +146,26 @@ def test_idp_resets_overrides_apply_and_idp_factory(pytester, run):
                                      auth=("only-on-one", added.client_secret))
                        for server in (one, two)]
             assert [a.status_code for a in answers] == [200, 401]
+        """, test_warnings="""
+        import jwt
+        import requests
+
+
+        def test_eddsa_tokens_under_filterwarnings_error(idp):
+            # joserfc warns on every EdDSA signature, in the server's thread: without the
+            # plugin's filter, "error" turned that into a 500.
+            client = idp.add_client(scopes=["read"], algorithm="EdDSA")
+            response = requests.post(idp.token_endpoint, timeout=10,
+                                     data={"grant_type": "client_credentials"},
+                                     auth=(client.client_id, client.client_secret))
+            assert response.status_code == 200, response.text
+            header = jwt.get_unverified_header(response.json()["access_token"])
+            assert header["alg"] == "EdDSA"
         """)
 
     result = run("-v")
 
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines(["*test_changes_everything_and_fails FAILED*"])
 
 
