@@ -114,6 +114,7 @@ def token() -> Response:
             body.pop("expires_in", None)
             response.set_data(json.dumps(body))
     _record(state, response, fault)
+    _drop_connection(fault)
     return response
 
 
@@ -132,12 +133,8 @@ def _fault_response(fault: Fault, malformed: bytes) -> Response | None:
     if fault.kind == "malformed":
         return Response(malformed, status=200, mimetype="application/json")
     if fault.kind == "drop":
-        sock = request.environ.get("werkzeug.socket")
-        if sock is not None:
-            # Close the connection under the response: the client sees it drop, no answer.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            return Response(b"", status=500)
+        if request.environ.get("werkzeug.socket") is not None:
+            return Response(b"", status=500)  # never sent: _drop_connection() closes first
         return _error(502, "server_error", "Connection dropped (injected; no socket here).")
     body = {"error": fault.error} if fault.error else {}
     if fault.error_description:
@@ -147,6 +144,16 @@ def _fault_response(fault: Fault, malformed: bytes) -> Response | None:
     if fault.retry_after is not None:
         response.headers["Retry-After"] = str(fault.retry_after)
     return response
+
+
+def _drop_connection(fault: Fault | None) -> None:
+    """Close the connection under a drop fault's response: the client sees it drop, no
+    answer. Called after the request is logged, so a client that sees the drop also sees
+    the log entry."""
+    sock = request.environ.get("werkzeug.socket")
+    if fault is not None and fault.kind == "drop" and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _record(state: ServerState, response: Response, fault: Fault | None = None) -> None:
@@ -204,6 +211,7 @@ def jwks() -> Response:
     state.jwks_requests.append(
         JwksRequest(state.clock.now(), response.status_code, fault.kind if fault else None)
     )
+    _drop_connection(fault)
     return response
 
 
