@@ -33,7 +33,7 @@ def write(pytester: pytest.Pytester, **files: str) -> None:
         (pytester.path / f"{name}.py").write_text(textwrap.dedent(text))
 
 
-@pytest.mark.parametrize(("example", "tests"), [("client_service", 7), ("resource_server", 16)])
+@pytest.mark.parametrize(("example", "tests"), [("client_service", 7), ("resource_server", 17)])
 def test_examples_pass_as_a_user_runs_them(pytester, run, example, tests):
     shutil.copytree(EXAMPLES / example, pytester.path, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))

@@ -48,14 +48,17 @@ class TokenValidator:
         """The token's claims, or :class:`InvalidToken`."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:
             raise InvalidToken("malformed token") from None
         if header.get("alg") not in ALGORITHMS:
             raise InvalidToken("signing algorithm not allowed")
         if str(header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
             raise InvalidToken("not an access token (typ must be at+jwt)")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("unknown signing key")  # without a kid, there is no key to fetch
         try:
-            key = self.jwks.get_signing_key(header.get("kid"))
+            key = self.jwks.get_signing_key(kid)
         except jwt.PyJWKClientConnectionError:
             raise  # our problem, not the caller's: let it be a 500
         except jwt.PyJWKClientError:

@@ -51,6 +51,8 @@ BAD_TOKENS = {
                       "missing claim exp"),
     "unpublished key": (lambda idp: idp.issue_token("orders-web", signing_key="unpublished"),
                         "unknown signing key"),
+    "no kid": (lambda idp: idp.issue_token("orders-web", headers={"kid": None}),
+               "unknown signing key"),
     "alg none": (lambda idp: idp.issue_token("orders-web", alg="none"),
                  "signing algorithm not allowed"),
     "tampered": (lambda idp: idp.tampered(idp.issue_token("orders-web")), "bad signature"),
