@@ -127,7 +127,7 @@ def add_client() -> Response:
     return _json(client.as_dict(), 201)
 
 
-@bp.delete("/clients/<client_id>")
+@bp.delete("/clients/<path:client_id>")
 def remove_client(client_id: str) -> Response:
     _controls().remove_client(client_id)
     return _json({"removed": client_id})

@@ -143,6 +143,9 @@ def _fault_response(fault: Fault, malformed: bytes) -> Response | None:
     response.headers["Cache-Control"] = "no-store"
     if fault.retry_after is not None:
         response.headers["Retry-After"] = str(fault.retry_after)
+    if fault.status == 401:  # RFC 9110 §15.5.2: a 401 always carries a challenge
+        realm = current_app.extensions["m2mauth"].issuer
+        response.headers["WWW-Authenticate"] = f'Basic realm="{realm}", charset="UTF-8"'
     return response
 
 

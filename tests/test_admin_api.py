@@ -455,3 +455,11 @@ def test_admin_api_can_be_switched_off():
         assert response.get_json()["error"] == "invalid_request"
     assert client.post("/admin/reset").status_code == 404
     assert client.get("/jwks.json").status_code == 200
+
+
+def test_remove_client_whose_id_has_a_slash(idp):
+    idp.add_client("team/orders", scopes=["read"])
+    r = requests.delete(idp.admin_url + "/clients/team/orders", timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"removed": "team/orders"}
+    assert "team/orders" not in [c.client_id for c in idp.clients()]

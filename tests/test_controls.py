@@ -460,6 +460,8 @@ def test_fail_next_default_error_for_each_status(idp, status, error):
     assert response.status_code == (status or 503) == fault.status
     assert response.json() == {"error": error, "error_description": "injected for a test"}
     assert "Retry-After" not in response.headers
+    # a 401 always carries a challenge (RFC 9110 section 15.5.2)
+    assert ("WWW-Authenticate" in response.headers) == (status == 401)
 
 
 def test_fail_next_delay_answers_normally(idp):
