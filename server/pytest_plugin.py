@@ -52,8 +52,9 @@ def m2mauth_clients() -> list[ClientSettings]:
 def m2mauth_settings(m2mauth_algorithm: str, m2mauth_clients: list[ClientSettings],
                      ) -> ServerSettings:
     """All settings of the session's server; override for full control (issuer, lifetimes,
-    keys...). The default issuer is http://127.0.0.1:<port>; signing uses the shipped public
-    test keys."""
+    keys...). The default issuer is http://127.0.0.1:<free port>; signing uses the shipped
+    public test keys. Settings with an ``issuer`` listen on their ``port`` (make them match;
+    with xdist, give each worker its own), since the issuer must name where the server is."""
     from m2mauth.server.settings import ServerSettings
 
     return ServerSettings(algorithm=m2mauth_algorithm, clients=list(m2mauth_clients))
@@ -65,7 +66,8 @@ def m2mauth_server(m2mauth_settings: ServerSettings) -> Iterator[IdentityProvide
     Prefer ``idp``, which also resets the server after each test."""
     from m2mauth.server.idp import IdentityProvider
 
-    server = IdentityProvider.start(m2mauth_settings)
+    port = m2mauth_settings.port if m2mauth_settings.issuer is not None else 0
+    server = IdentityProvider.start(m2mauth_settings, port=port)
     try:
         yield server
     finally:

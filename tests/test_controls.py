@@ -744,3 +744,23 @@ def test_issuers_from_the_factory_are_independent_of_idp(idp, idp_factory):
     with pytest.raises(AssertionError, match="not in the JWKS"):
         verify(other, token)
 
+
+
+def test_plugin_server_with_a_configured_issuer_listens_on_its_port():
+    # What m2mauth_server does with settings that name an issuer: bind the issuer's port.
+    import socket
+
+    from m2mauth.server import IdentityProvider, ServerSettings
+    from m2mauth.server.pytest_plugin import m2mauth_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = ServerSettings(issuer=f"http://127.0.0.1:{port}", port=port)
+    fixture = m2mauth_server.__wrapped__(settings)
+    server: IdentityProvider = next(fixture)
+    try:
+        assert server.url == server.issuer == f"http://127.0.0.1:{port}"
+        assert requests.get(server.metadata_url, timeout=5).json()["issuer"] == server.issuer
+    finally:
+        fixture.close()
