@@ -26,10 +26,13 @@ from .errors import (
     UnsupportedGrantTypeError,
     error_class,
 )
+from .provider import TokenCache, TokenProvider
+from .retry import RetryPolicy
 from .tokens import AUTH_METHODS, Token, fetch_token
 
 __all__ = [
     "AUTH_METHODS",
+    "AsyncTokenProvider",
     "DiscoveryError",
     "InvalidClientError",
     "InvalidGrantError",
@@ -38,12 +41,16 @@ __all__ = [
     "InvalidTargetError",
     "MetadataCache",
     "OAuthError",
+    "RetryPolicy",
     "ServerError",
     "TemporarilyUnavailableError",
     "Token",
+    "TokenCache",
+    "TokenProvider",
     "TransportError",
     "UnauthorizedClientError",
     "UnsupportedGrantTypeError",
+    "afetch_token",
     "client_secret_jwt_assertion",
     "discover",
     "error_class",
@@ -53,3 +60,12 @@ __all__ = [
     "metadata_urls",
     "private_key_jwt_assertion",
 ]
+
+
+def __getattr__(name: str):
+    # The asyncio side needs httpx (an optional dependency): imported on first use.
+    if name in ("AsyncTokenProvider", "afetch_token"):
+        from . import aio
+
+        return getattr(aio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -79,6 +79,8 @@ class OAuthError(Exception):
         self.error_uri: str | None = _clean(error_uri)
         self.status: int | None = status
         self.retry_after: float | None = retry_after
+        #: How many requests were made before this error was raised (retries give up > 1).
+        self.attempts: int = 1
         super().__init__(self.error, self.error_description, self.error_uri, status)
 
     def __str__(self) -> str:
@@ -87,6 +89,8 @@ class OAuthError(Exception):
             text += f": {self.error_description}"
         if self.status is not None:
             text += f" (HTTP {self.status})"
+        if self.attempts > 1:
+            text += f" [gave up after {self.attempts} attempts]"
         return text
 
     def __repr__(self) -> str:

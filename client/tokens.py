@@ -142,28 +142,9 @@ def fetch_token(
     :class:`TransportError` when no usable response arrived, :class:`DiscoveryError` when the
     issuer's metadata is unusable, and ``ValueError`` for inconsistent arguments.
     """
-    if auth_method not in AUTH_METHODS:
-        raise ValueError(f"auth_method must be one of {', '.join(AUTH_METHODS)}")
-    if not client_id:
-        raise ValueError("client_id is required")
-    if (token_url is None) == (issuer is None):
-        raise ValueError("give either token_url or issuer, not both or neither")
-    if auth_method == "private_key_jwt":
-        if private_key is None:
-            raise ValueError("private_key_jwt needs private_key")
-    elif not client_secret:
-        raise ValueError(f"{auth_method} needs client_secret")
+    check_arguments(token_url, issuer, client_id, client_secret, private_key, auth_method)
     now = clock or time.time
-
-    scopes = _as_list(scope, split=True)
-    params: list[tuple[str, str]] = [("grant_type", "client_credentials")]
-    if scopes:
-        params.append(("scope", " ".join(scopes)))
-    params += [("resource", r) for r in _as_list(resource, split=False)]
-    for name, value in (extra_params or {}).items():
-        if name in _RESERVED:
-            raise ValueError(f"extra_params may not set {name!r}; use the matching argument")
-        params += [(name, v) for v in _as_list(value, split=False)]
+    params, scopes = form_parameters(scope, resource, extra_params)
 
     if token_url is None:
         assert issuer is not None
@@ -175,25 +156,8 @@ def fetch_token(
     elif not _is_http_url(token_url):
         raise ValueError("token_url must be an absolute http(s) URL")
     assert isinstance(token_url, str)
-
-    headers = {"Accept": "application/json"}
-    if auth_method == "client_secret_basic":
-        assert client_secret is not None
-        headers["Authorization"] = _basic_header(client_id, client_secret)
-    elif auth_method == "client_secret_post":
-        assert client_secret is not None
-        params += [("client_id", client_id), ("client_secret", client_secret)]
-    else:
-        if auth_method == "private_key_jwt":
-            assert private_key is not None
-            assertion = private_key_jwt_assertion(client_id, token_url, private_key, kid=kid,
-                                                  clock=now)
-        else:
-            assert client_secret is not None
-            assertion = client_secret_jwt_assertion(client_id, token_url, client_secret,
-                                                    clock=now)
-        params += [("client_id", client_id), ("client_assertion_type", ASSERTION_TYPE),
-                   ("client_assertion", assertion)]
+    headers = authenticate(params, auth_method, client_id, client_secret, private_key, kid,
+                           token_url, now)
 
     log.debug("token request to %s client_id=%s auth_method=%s scope=%s", token_url,
               client_id, auth_method, " ".join(scopes) or "-")
@@ -214,17 +178,79 @@ def fetch_token(
     finally:
         if session is None:
             http.close()
-    token = _parse_response(response, token_url, requested_scope=scopes, started=started,
-                            now=now())
+    token = parse_response(response, token_url, requested_scope=scopes, started=started,
+                           now=now())
     log.debug("token received from %s client_id=%s token=%s expires_in=%s", token_url,
               client_id, _mask(token.access_token), token.expires_in)
     return token
 
 
-def _parse_response(
-    response: requests.Response, token_url: str, *, requested_scope: list[str], started: float,
-    now: float,
+def check_arguments(
+    token_url: str | None, issuer: str | None, client_id: str, client_secret: str | None,
+    private_key: object, auth_method: str,
+) -> None:
+    """``ValueError`` for arguments that cannot make a token request (before any I/O)."""
+    if auth_method not in AUTH_METHODS:
+        raise ValueError(f"auth_method must be one of {', '.join(AUTH_METHODS)}")
+    if not client_id:
+        raise ValueError("client_id is required")
+    if (token_url is None) == (issuer is None):
+        raise ValueError("give either token_url or issuer, not both or neither")
+    if auth_method == "private_key_jwt":
+        if private_key is None:
+            raise ValueError("private_key_jwt needs private_key")
+    elif not client_secret:
+        raise ValueError(f"{auth_method} needs client_secret")
+
+
+def form_parameters(
+    scope: str | Sequence[str] | None, resource: str | Sequence[str] | None,
+    extra_params: Mapping[str, str | Sequence[str]] | None,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The token request's form parameters (without client authentication) and the scopes."""
+    scopes = _as_list(scope, split=True)
+    params: list[tuple[str, str]] = [("grant_type", "client_credentials")]
+    if scopes:
+        params.append(("scope", " ".join(scopes)))
+    params += [("resource", r) for r in _as_list(resource, split=False)]
+    for name, value in (extra_params or {}).items():
+        if name in _RESERVED:
+            raise ValueError(f"extra_params may not set {name!r}; use the matching argument")
+        params += [(name, v) for v in _as_list(value, split=False)]
+    return params, scopes
+
+
+def authenticate(
+    params: list[tuple[str, str]], auth_method: str, client_id: str,
+    client_secret: str | None, private_key: PrivateKey | str | bytes | None, kid: str | None,
+    token_url: str, now: Callable[[], float],
+) -> dict[str, str]:
+    """Add the client authentication of ``auth_method`` to ``params``; return the headers."""
+    headers = {"Accept": "application/json"}
+    if auth_method == "client_secret_basic":
+        assert client_secret is not None
+        headers["Authorization"] = _basic_header(client_id, client_secret)
+    elif auth_method == "client_secret_post":
+        assert client_secret is not None
+        params += [("client_id", client_id), ("client_secret", client_secret)]
+    else:
+        if auth_method == "private_key_jwt":
+            assert private_key is not None
+            assertion = private_key_jwt_assertion(client_id, token_url, private_key, kid=kid,
+                                                  clock=now)
+        else:
+            assert client_secret is not None
+            assertion = client_secret_jwt_assertion(client_id, token_url, client_secret,
+                                                    clock=now)
+        params += [("client_id", client_id), ("client_assertion_type", ASSERTION_TYPE),
+                   ("client_assertion", assertion)]
+    return headers
+
+
+def parse_response(
+    response: Any, token_url: str, *, requested_scope: list[str], started: float, now: float,
 ) -> Token:
+    """A :class:`Token` from a ``requests`` or ``httpx`` response, or the typed error."""
     status = response.status_code
     try:
         body: Any = response.json()

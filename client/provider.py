@@ -1,0 +1,330 @@
+"""``TokenProvider``: a client-credentials token, cached until shortly before it expires,
+fetched once however many threads ask (single flight per cache key), refreshed with retries,
+and served from the cache while a refresh fails and the token is still valid."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import requests
+
+from .assertions import PrivateKey, load_private_key
+from .discovery import MetadataCache
+from .errors import OAuthError
+from .retry import RetryPolicy
+from .tokens import AuthMethod, Token, check_arguments, fetch_token
+
+__all__ = ["TokenCache", "TokenProvider"]
+
+log = logging.getLogger("m2mauth.client")
+
+#: Default refresh margin: refetch this many seconds before the token expires...
+DEFAULT_REFRESH_MARGIN = 60.0
+#: ...but never earlier than this fraction of the token's lifetime before expiry, so a token
+#: that arrives with little time left is still used (no refresh storm).
+MAX_MARGIN_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """A token in the cache: serve it until ``refresh_at``; it is usable until ``expires_at``."""
+
+    token: Token
+    refresh_at: float
+    expires_at: float
+
+
+_Lock = TypeVar("_Lock")
+
+
+class TokenCache(Generic[_Lock]):
+    """Tokens by cache key, with one lock per key: single flight for a key, no waiting across
+    keys. Providers that share one cache share tokens (same key, same token)."""
+
+    def __init__(self, lock_factory: Callable[[], _Lock] = threading.Lock) -> None:  # type: ignore[assignment]
+        self._guard = threading.Lock()
+        self._entries: dict[str, CachedToken] = {}
+        self._locks: dict[str, _Lock] = {}
+        self._lock_factory = lock_factory
+
+    def get(self, key: str) -> CachedToken | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, entry: CachedToken) -> None:
+        self._entries[key] = entry
+
+    def lock(self, key: str) -> _Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            with self._guard:
+                lock = self._locks.setdefault(key, self._lock_factory())
+        return lock
+
+    def discard(self, key: str, access_token: str | None = None) -> None:
+        """Drop the key's token – only if it is still ``access_token`` when one is given (a
+        token another caller already replaced stays)."""
+        with self._guard:
+            entry = self._entries.get(key)
+            if entry is not None and (access_token is None
+                                      or entry.token.access_token == access_token):
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._guard:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def cache_key(
+    *, endpoint: str, client_id: str, credential: object, auth_method: str, scopes: Sequence[str],
+    resources: Sequence[str], extra_params: Mapping[str, str | Sequence[str]] | None,
+) -> str:
+    """A key covering everything that changes which token the server gives: endpoint (or
+    issuer), client id, a hash of the credential, auth method, scopes (sorted), resources and
+    any extra parameters. The credential itself never appears in the key."""
+    extras = sorted((k, sorted([v] if isinstance(v, str) else list(v)))
+                    for k, v in (extra_params or {}).items())
+    material = json.dumps([endpoint, client_id, auth_method, sorted(set(scopes)),
+                           sorted(set(resources)), extras])
+    digest = hashlib.sha256(material.encode())
+    digest.update(b"\0" + _credential_fingerprint(credential))
+    return digest.hexdigest()
+
+
+def _credential_fingerprint(credential: object) -> bytes:
+    if credential is None:
+        return b""
+    if isinstance(credential, str):
+        credential = credential.encode()
+    if isinstance(credential, bytes):
+        return hashlib.sha256(credential).digest()
+    from cryptography.hazmat.primitives import serialization
+
+    # A key object: its public half names it.
+    public = credential.public_key().public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(public).digest()
+
+
+def jwt_expiry(access_token: str) -> float | None:
+    """The ``exp`` claim of a JWT access token, read without verification (only to time the
+    refresh); None when the token is not a JWT or has no numeric ``exp``."""
+    parts = access_token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 16_384:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return None
+    return float(exp)
+
+
+class _Timing:
+    """How long a token is served: shared by the sync and async providers."""
+
+    def __init__(self, refresh_margin: float, default_expires_in: float) -> None:
+        if refresh_margin < 0 or default_expires_in <= 0:
+            raise ValueError("refresh_margin must be >= 0 and default_expires_in > 0")
+        self.refresh_margin = refresh_margin
+        self.default_expires_in = default_expires_in
+        self._warned_no_expiry = False
+
+    def entry(self, token: Token, fetched_at: float) -> CachedToken:
+        expires_at = token.expires_at
+        if expires_at is None:
+            expires_at = jwt_expiry(token.access_token)
+            source = "the JWT's exp claim"
+            if expires_at is None:
+                expires_at = fetched_at + self.default_expires_in
+                source = f"the default of {self.default_expires_in:g} s"
+            if not self._warned_no_expiry:
+                self._warned_no_expiry = True
+                log.warning("token response has no expires_in; timing the refresh from %s",
+                            source)
+        lifetime = max(expires_at - fetched_at, 0.0)
+        margin = min(self.refresh_margin, MAX_MARGIN_FRACTION * lifetime)
+        return CachedToken(token, expires_at - margin, expires_at)
+
+
+def _failed_refresh(entry: CachedToken, now: float, exc: OAuthError) -> CachedToken:
+    """Keep serving a still-valid token after a failed refresh; try again halfway to expiry
+    (at most 30 s later) rather than on every call."""
+    log.warning("token refresh failed (%s); serving the cached token, valid for %.0f s more",
+                exc, entry.expires_at - now)
+    retry_at = now + min(30.0, (entry.expires_at - now) / 2)
+    return CachedToken(entry.token, retry_at, entry.expires_at)
+
+
+class _ProviderBase:
+    """What the threaded and asyncio providers share: arguments, cache key and timing."""
+
+    _kind = "TokenProvider"
+
+    def __init__(
+        self,
+        token_url: str | None,
+        client_id: str | None,
+        client_secret: str | None,
+        scope: str | Sequence[str] | None,
+        *,
+        issuer: str | None,
+        private_key: PrivateKey | str | bytes | None,
+        kid: str | None,
+        resource: str | Sequence[str] | None,
+        auth_method: AuthMethod | str | None,
+        extra_params: Mapping[str, str | Sequence[str]] | None,
+        refresh_margin: float,
+        default_expires_in: float,
+        timeout: float,
+        retry: RetryPolicy | None,
+        clock: Callable[[], float],
+        cache: TokenCache[Any],
+        metadata_cache: MetadataCache | None,
+    ) -> None:
+        if auth_method is None:
+            auth_method = "private_key_jwt" if private_key is not None else "client_secret_basic"
+        if isinstance(private_key, (str, bytes)):
+            private_key = load_private_key(private_key)  # parse PEM once, not per assertion
+        check_arguments(token_url, issuer, client_id or "", client_secret, private_key,
+                        auth_method)
+        assert client_id is not None
+        self.client_id = client_id
+        self.auth_method = auth_method
+        self._clock = clock
+        self._retry = retry or RetryPolicy()
+        self._timing = _Timing(refresh_margin, default_expires_in)
+        self._cache = cache
+        scopes = [s for item in ([scope] if isinstance(scope, str) else scope or [])
+                  for s in item.split()]
+        resources = [resource] if isinstance(resource, str) else list(resource or [])
+        self._request: dict[str, Any] = dict(
+            token_url=token_url, issuer=issuer, client_id=client_id,
+            client_secret=client_secret, private_key=private_key, kid=kid, scope=scopes,
+            resource=resources, auth_method=auth_method, timeout=timeout,
+            extra_params=extra_params, metadata_cache=metadata_cache or MetadataCache(),
+        )
+        self._key = cache_key(
+            endpoint=token_url or f"issuer:{issuer}", client_id=client_id,
+            credential=private_key if auth_method == "private_key_jwt" else client_secret,
+            auth_method=auth_method, scopes=scopes, resources=resources,
+            extra_params=extra_params,
+        )
+
+    def __repr__(self) -> str:
+        where = self._request["token_url"] or self._request["issuer"]
+        return (f"<{self._kind} client_id={self.client_id!r} auth_method={self.auth_method}"
+                f" scope={' '.join(self._request['scope'])!r} at {where}>")
+
+    @property
+    def cache_key(self) -> str:
+        """The key this provider's token is cached under (no secret can be read from it)."""
+        return self._key
+
+    def _fresh(self) -> CachedToken | None:
+        entry = self._cache.get(self._key)
+        if entry is not None and self._clock() < entry.refresh_at:
+            return entry
+        return None
+
+    def _store(self, token: Token, fetched_at: float) -> None:
+        self._cache.put(self._key, self._timing.entry(token, fetched_at))
+
+    def _keep_serving(self, entry: CachedToken | None, now: float, exc: OAuthError) -> bool:
+        """After a failed refresh: whether the cached ``entry`` may still be served."""
+        if entry is not None and now < entry.expires_at:
+            self._cache.put(self._key, _failed_refresh(entry, now, exc))
+            return True
+        return False
+
+    def invalidate(self, access_token: str | None = None) -> None:
+        """Forget the cached token (only if it is still ``access_token``, when given): for a
+        resource server's 401 ``invalid_token``, so the next call fetches a new one."""
+        self._cache.discard(self._key, access_token)
+
+
+class TokenProvider(_ProviderBase):
+    """Client-credentials tokens for one client, cached and refreshed.
+
+    ``TokenProvider(token_url, client_id, client_secret, scope)`` as in the tutorial, or with
+    ``issuer=`` to discover the token endpoint. ``get_token()`` returns the access token
+    string. The token is refetched ``refresh_margin`` seconds before it expires, but never
+    earlier than half its lifetime before expiry. Without ``expires_in`` in the response the
+    JWT's ``exp`` is used, else ``default_expires_in``. A failed refresh while the cached
+    token is still valid is logged and the cached token served; an expired one raises.
+    Providers given the same ``cache`` share tokens for the same cache key.
+    """
+
+    def __init__(
+        self,
+        token_url: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        scope: str | Sequence[str] | None = None,
+        *,
+        issuer: str | None = None,
+        private_key: PrivateKey | str | bytes | None = None,
+        kid: str | None = None,
+        resource: str | Sequence[str] | None = None,
+        auth_method: AuthMethod | str | None = None,
+        extra_params: Mapping[str, str | Sequence[str]] | None = None,
+        refresh_margin: float = DEFAULT_REFRESH_MARGIN,
+        default_expires_in: float = 300.0,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.time,
+        cache: TokenCache[Any] | None = None,
+        metadata_cache: MetadataCache | None = None,
+    ) -> None:
+        super().__init__(
+            token_url, client_id, client_secret, scope, issuer=issuer,
+            private_key=private_key, kid=kid, resource=resource, auth_method=auth_method,
+            extra_params=extra_params, refresh_margin=refresh_margin,
+            default_expires_in=default_expires_in, timeout=timeout, retry=retry, clock=clock,
+            cache=cache if cache is not None else TokenCache(threading.Lock),
+            metadata_cache=metadata_cache,
+        )
+        self._session = session or requests.Session()
+
+    def get_token(self) -> str:
+        """The access token string, from the cache while it is fresh."""
+        entry = self._fresh()
+        return entry.token.access_token if entry is not None else self.get().access_token
+
+    def get(self) -> Token:
+        """The whole :class:`Token`, fetching one if the cached one is due for refresh."""
+        entry = self._fresh()
+        if entry is not None:
+            return entry.token
+        with self._cache.lock(self._key):
+            # Another thread may have refreshed while this one waited: check again.
+            entry = self._fresh()
+            if entry is not None:
+                return entry.token
+            entry = self._cache.get(self._key)
+            now = self._clock()
+            try:
+                token = self._retry.call(self._fetch, self._clock)
+            except OAuthError as exc:
+                if self._keep_serving(entry, now, exc):
+                    assert entry is not None
+                    return entry.token
+                raise
+            self._store(token, now)
+            return token
+
+    def _fetch(self) -> Token:
+        return fetch_token(session=self._session, clock=self._clock, **self._request)
