@@ -69,3 +69,23 @@ def __getattr__(name: str):
 
         return getattr(aio, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# Resource-server side: access-token validation (RFC 9068) and the issuer's JWKS cache.
+from .errors import (  # noqa: E402
+    INVALID_TOKEN_REASONS,
+    InsufficientScopeError,
+    InvalidTokenError,
+    JWKSError,
+)
+from .jwks import JWKSCache  # noqa: E402
+from .validator import TokenValidator, ValidatedToken  # noqa: E402
+
+__all__ += [
+    "INVALID_TOKEN_REASONS",
+    "InsufficientScopeError",
+    "InvalidTokenError",
+    "JWKSCache",
+    "JWKSError",
+    "TokenValidator",
+    "ValidatedToken",
+]

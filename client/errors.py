@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 __all__ = [
+    "INVALID_TOKEN_REASONS",
     "DiscoveryError",
+    "InsufficientScopeError",
     "InvalidClientError",
     "InvalidGrantError",
     "InvalidRequestError",
     "InvalidScopeError",
     "InvalidTargetError",
+    "InvalidTokenError",
+    "JWKSError",
     "OAuthError",
     "ServerError",
     "TemporarilyUnavailableError",
@@ -181,3 +185,85 @@ _BY_CODE: Mapping[str, type[OAuthError]] = MappingProxyType({
 def error_class(error: str | None) -> type[OAuthError]:
     """The exception class for an RFC error code; :class:`OAuthError` for unknown codes."""
     return _BY_CODE.get(error or "", OAuthError)
+
+
+# -- resource-server side (RFC 6750 §3.1) ---------------------------------------------------
+
+#: Why :class:`InvalidTokenError` was raised: ``exc.reason`` is one of these.
+INVALID_TOKEN_REASONS = frozenset({
+    "malformed",          # not a compact JWS of three base64url segments, bad JSON, bad header
+    "too_large",          # longer than the validator's max_token_bytes (checked first)
+    "bad_signature",      # the signature does not verify with the issuer's key
+    "unknown_key",        # no key with the token's kid in the issuer's JWKS (or it was retired)
+    "key_mismatch",       # the kid names a key of another type/curve/alg than the token's alg
+    "algorithm_not_allowed",  # alg "none", HMAC without a configured secret, or off the list
+    "unsupported_crit",   # a "crit" header (RFC 7515 §4.1.11) the validator does not implement
+    "wrong_type",         # typ is not at+jwt (an ID token or another JWT), or is missing
+    "expired",            # exp is in the past by more than the leeway
+    "not_yet_valid",      # nbf or iat is in the future by more than the leeway
+    "wrong_issuer",       # iss is not exactly the configured issuer
+    "wrong_audience",     # aud does not contain this API's identifier
+    "missing_claim",      # a claim RFC 9068 §2.2 requires is absent
+    "invalid_claim",      # a claim has the wrong JSON type (e.g. exp as a string)
+})
+
+
+class InvalidTokenError(OAuthError):
+    """RFC 6750 ``invalid_token`` (HTTP 401): the bearer token cannot be accepted.
+
+    ``reason`` is a machine-readable cause from :data:`INVALID_TOKEN_REASONS`;
+    ``error_description`` a short human text safe for a ``WWW-Authenticate`` header (no
+    quotes, backslashes or control characters; never the token itself); ``claim`` names
+    the claim concerned, when there is one.
+    """
+
+    code = "invalid_token"
+
+    def __init__(self, reason: str, description: str | None = None, *,
+                 claim: str | None = None) -> None:
+        if reason not in INVALID_TOKEN_REASONS:
+            raise ValueError(f"unknown invalid_token reason {reason!r}")
+        super().__init__(self.code, description or reason.replace("_", " "), status=401)
+        self.reason = reason
+        self.claim = claim
+
+    def __reduce__(self):  # pickling/copying: the constructor's arguments differ from .args
+        return (type(self), (self.reason, self.error_description), {"claim": self.claim})
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(reason={self.reason!r}, "
+                f"error_description={self.error_description!r})")
+
+
+class InsufficientScopeError(OAuthError):
+    """RFC 6750 ``insufficient_scope`` (HTTP 403): a valid token without the scopes this
+    request needs. ``required`` are all scopes the resource asked for (what a
+    ``WWW-Authenticate`` ``scope="..."`` attribute lists), ``granted`` the token's,
+    ``missing`` the required ones it lacks. ``scope`` is ``required`` space-separated."""
+
+    code = "insufficient_scope"
+
+    def __init__(self, required: tuple[str, ...] | list[str],
+                 granted: tuple[str, ...] | list[str] | frozenset[str]) -> None:
+        self.required: tuple[str, ...] = tuple(required)
+        self.granted: tuple[str, ...] = tuple(sorted(granted))
+        have = set(self.granted)
+        self.missing: tuple[str, ...] = tuple(s for s in self.required if s not in have)
+        self.scope: str = " ".join(self.required)
+        shown = " ".join(self.missing)
+        super().__init__(self.code, f"the token lacks scope {_clean(shown, 200)}", status=403)
+
+    def __reduce__(self):
+        return (type(self), (self.required, self.granted))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(required={self.required!r}, "
+                f"granted={self.granted!r})")
+
+
+class JWKSError(OAuthError):
+    """The issuer's signing keys (JWKS) cannot be had: the fetch failed, or the document is
+    malformed, and no earlier key set may still be used (or a kid the cached set lacks could
+    not be looked up). Not the token's fault: a resource server answers 503, not 401."""
+
+    code = "jwks_unavailable"
