@@ -126,7 +126,7 @@ class AsyncTokenProvider(_ProviderBase):
             private_key=private_key, kid=kid, resource=resource, auth_method=auth_method,
             extra_params=extra_params, refresh_margin=refresh_margin,
             default_expires_in=default_expires_in, timeout=timeout, retry=retry, clock=clock,
-            cache=cache if cache is not None else TokenCache(asyncio.Lock),
+            cache=cache if cache is not None else TokenCache(),
             metadata_cache=metadata_cache,
         )
         self._client = client
@@ -146,15 +146,17 @@ class AsyncTokenProvider(_ProviderBase):
             if entry is not None:
                 return entry.token
             entry = self._cache.get(self._key)
-            now = self._clock()
             try:
                 token = await self._retry.acall(self._fetch, self._clock)
             except OAuthError as exc:
-                if self._keep_serving(entry, now, exc):
+                # Read the clock after the retries, which take time: the cached token may
+                # have expired meanwhile, and the next attempt is timed from now.
+                if self._keep_serving(entry, self._clock(), exc):
                     assert entry is not None
                     return entry.token
                 raise
-            self._store(token, now)
+            # The lifetime counts from the token's arrival, not from before the retries.
+            self._store(token, self._clock())
             return token
 
     async def _fetch(self) -> Token:

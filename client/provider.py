@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -45,11 +46,47 @@ class CachedToken:
 _Lock = TypeVar("_Lock")
 
 
+class KeyLock:
+    """One cache key's lock: ``with`` for threads, ``async with`` for asyncio tasks. The
+    asyncio side keeps one ``asyncio.Lock`` per event loop, since such a lock is bound to the
+    loop it first waited in and a provider may outlive one ``asyncio.run``."""
+
+    def __init__(self) -> None:
+        self._thread_lock = threading.Lock()
+        self._guard = threading.Lock()
+        self._loop_locks: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def __enter__(self) -> KeyLock:
+        self._thread_lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread_lock.release()
+
+    def _loop_lock(self) -> Any:
+        import asyncio  # only async callers pay for it
+
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            lock = self._loop_locks.get(loop)
+            if lock is None:
+                lock = self._loop_locks[loop] = asyncio.Lock()
+        return lock
+
+    async def __aenter__(self) -> KeyLock:
+        await self._loop_lock().acquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._loop_lock().release()
+
+
 class TokenCache(Generic[_Lock]):
     """Tokens by cache key, with one lock per key: single flight for a key, no waiting across
-    keys. Providers that share one cache share tokens (same key, same token)."""
+    keys. Providers that share one cache share tokens (same key, same token); the default
+    :class:`KeyLock` serves both threaded and asyncio providers."""
 
-    def __init__(self, lock_factory: Callable[[], _Lock] = threading.Lock) -> None:  # type: ignore[assignment]
+    def __init__(self, lock_factory: Callable[[], _Lock] = KeyLock) -> None:  # type: ignore[assignment]
         self._guard = threading.Lock()
         self._entries: dict[str, CachedToken] = {}
         self._locks: dict[str, _Lock] = {}
@@ -294,7 +331,7 @@ class TokenProvider(_ProviderBase):
             private_key=private_key, kid=kid, resource=resource, auth_method=auth_method,
             extra_params=extra_params, refresh_margin=refresh_margin,
             default_expires_in=default_expires_in, timeout=timeout, retry=retry, clock=clock,
-            cache=cache if cache is not None else TokenCache(threading.Lock),
+            cache=cache if cache is not None else TokenCache(),
             metadata_cache=metadata_cache,
         )
         self._session = session or requests.Session()
@@ -315,15 +352,17 @@ class TokenProvider(_ProviderBase):
             if entry is not None:
                 return entry.token
             entry = self._cache.get(self._key)
-            now = self._clock()
             try:
                 token = self._retry.call(self._fetch, self._clock)
             except OAuthError as exc:
-                if self._keep_serving(entry, now, exc):
+                # Read the clock after the retries, which take time: the cached token may
+                # have expired meanwhile, and the next attempt is timed from now.
+                if self._keep_serving(entry, self._clock(), exc):
                     assert entry is not None
                     return entry.token
                 raise
-            self._store(token, now)
+            # The lifetime counts from the token's arrival, not from before the retries.
+            self._store(token, self._clock())
             return token
 
     def _fetch(self) -> Token:
