@@ -210,6 +210,7 @@ class JWKSCache:
         self._in_flight = False
         self._next_attempt = float("-inf")     # after a failure: no new attempt before this
         self._next_unknown_refetch = float("-inf")
+        self._last_unknown_refetch = float("-inf")
         self._last_error: JWKSError | None = None
         self._unknown: dict[str, float] = {}   # negative cache: kid -> refuse-until
         #: Successful and failed fetches, for tests and metrics.
@@ -304,16 +305,18 @@ class JWKSCache:
                 until = None
             cooling = not self._in_flight and now < self._next_unknown_refetch
             if until is not None or cooling:
-                if until is None:
-                    self._remember_unknown(kid, now + self.cooldown)
+                if until is None:  # judged on the set of the last refetch: as fresh
+                    self._remember_unknown(kid, self._last_unknown_refetch + self.negative_ttl)
                 return self._keyset  # type: ignore[return-value]
         seen = self._attempts
         with self._fetch_lock:
             if self._attempts == seen:  # nobody fetched while we waited: our turn?
                 if now < self._next_unknown_refetch or now < self._next_attempt:
                     with self._lock:
-                        self._remember_unknown(kid, self._next_unknown_refetch)
+                        self._remember_unknown(kid, max(now, self._last_unknown_refetch
+                                                        + self.negative_ttl))
                     return self._keyset  # type: ignore[return-value]
+                self._last_unknown_refetch = now
                 self._next_unknown_refetch = now + self.cooldown
                 keyset = self._fetch(now)  # JWKSError: we could not check this kid
             else:
