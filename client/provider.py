@@ -153,20 +153,37 @@ def _credential_fingerprint(credential: object) -> bytes:
     return hashlib.sha256(public).digest()
 
 
-def jwt_expiry(access_token: str) -> float | None:
-    """The ``exp`` claim of a JWT access token, read without verification (only to time the
-    refresh); None when the token is not a JWT or has no numeric ``exp``."""
+def _jwt_claims(access_token: str) -> dict[str, Any]:
+    """A JWT's claims read without verification (only to time the refresh); {} when the token
+    is not a JWT."""
     parts = access_token.split(".")
     if len(parts) != 3 or len(parts[1]) > 16_384:
-        return None
+        return {}
     try:
         payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except (ValueError, UnicodeDecodeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    exp = payload.get("exp") if isinstance(payload, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-        return None
-    return float(exp)
+    return float(value)
+
+
+def jwt_expiry(access_token: str) -> float | None:
+    """The ``exp`` claim of a JWT access token, read without verification; None when the
+    token is not a JWT or has no numeric ``exp``."""
+    return _number(_jwt_claims(access_token).get("exp"))
+
+
+def jwt_lifetime(access_token: str) -> float | None:
+    """``exp - iat`` of a JWT access token: its lifetime on the issuer's clock, which holds on
+    ours however far the two clocks disagree; None without both claims."""
+    claims = _jwt_claims(access_token)
+    exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+    return exp - iat if exp is not None and iat is not None and exp > iat else None
 
 
 class _Timing:
@@ -182,8 +199,11 @@ class _Timing:
     def entry(self, token: Token, fetched_at: float) -> CachedToken:
         expires_at = token.expires_at
         if expires_at is None:
-            expires_at = jwt_expiry(token.access_token)
-            source = "the JWT's exp claim"
+            lifetime = jwt_lifetime(token.access_token)
+            if lifetime is not None:
+                expires_at, source = fetched_at + lifetime, "the JWT's exp - iat"
+            else:
+                expires_at, source = jwt_expiry(token.access_token), "the JWT's exp claim"
             if expires_at is None:
                 expires_at = fetched_at + self.default_expires_in
                 source = f"the default of {self.default_expires_in:g} s"

@@ -798,7 +798,25 @@ def test_no_expires_in_uses_the_jwt_exp_and_warns_once(frozen, sleeps, caplog):
     assert [r.fault for r in idp.token_requests] == ["no_expires_in"] * 3
     messages = [r.getMessage() for r in caplog.records if "expires_in" in r.getMessage()]
     assert len(messages) == 1
-    assert "exp claim" in messages[0]
+    assert "exp - iat" in messages[0]
+
+
+def test_no_expires_in_with_the_server_clock_far_behind_does_not_storm(frozen, sleeps):
+    # The token's exp is in the past on the service's clock (server 1000 s behind, lifetime
+    # 300 s): the lifetime exp - iat still times the refresh, so it is fetched once.
+    idp = frozen
+    client = idp.add_client(scopes=["read"], token_lifetime=300)
+    service_clock = [T0 + 1000]
+    provider = TokenProvider(idp.token_endpoint, client.client_id, client.client_secret, "read",
+                             clock=lambda: service_clock[0], retry=policy(sleeps))
+    idp.fail_next(3, kind="no_expires_in")
+    first = provider.get_token()
+    for _ in range(100):
+        assert provider.get_token() == first
+    assert len(idp.token_requests) == 1
+    service_clock[0] += 240  # 300 s lifetime, 60 s margin
+    assert provider.get_token() != first
+    assert len(idp.token_requests) == 2
 
 
 def test_opaque_token_without_expires_in_uses_the_default(caplog):
