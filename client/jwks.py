@@ -224,14 +224,7 @@ class JWKSCache:
         (``unknown_key`` / ``key_mismatch``) or :class:`JWKSError` when there is none."""
         now = self.clock()
         keyset = self.keyset(now)
-        found = keyset.by_kid.get(kid)
-        if found is None and kid is not None:
-            keyset = self._refetch_for(kid, now)
-            found = keyset.by_kid.get(kid)
-            if found is None:
-                raise InvalidTokenError(
-                    "unknown_key", f"no key {_shown(kid)} in the issuer's JWKS")
-        if found is None:  # no kid: only unambiguous when one key can verify this alg
+        if kid is None:  # no kid: only unambiguous when one key can verify this alg
             candidates = [k for keys in keyset.by_kid.values() for k in keys
                           if alg in k.algorithms]
             if len(candidates) != 1:
@@ -239,6 +232,13 @@ class JWKSCache:
                     "unknown_key", f"the token has no kid and the JWKS has "
                     f"{len(candidates)} keys for {alg}")
             return candidates[0]
+        found = keyset.by_kid.get(kid)
+        if found is None:
+            keyset = self._refetch_for(kid, now)
+            found = keyset.by_kid.get(kid)
+            if found is None:
+                raise InvalidTokenError(
+                    "unknown_key", f"no key {_shown(kid)} in the issuer's JWKS")
         for key in found:
             if alg in key.algorithms:
                 return key
