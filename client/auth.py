@@ -150,6 +150,10 @@ class RequestsBearerAuth(AuthBase):
         prep.prepare_cookies(prep._cookies)  # type: ignore[attr-defined]
         prep.headers["Authorization"] = _bearer(fresh)
         retried = r.connection.send(prep, **kwargs)  # type: ignore[attr-defined]
+        # requests follows a redirect of the resent response from a copy of the *original*
+        # request: give it the fresh token too, or the next hop would carry the rejected one.
+        # (So, as with httpx, the first response's ``.request`` shows the fresh header.)
+        sent.headers["Authorization"] = _bearer(fresh)
         retried.history.append(r)
         retried.request = prep
         return retried

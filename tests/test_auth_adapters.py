@@ -106,13 +106,13 @@ class ResourceServer:
             self.seen.append(seen)
         if self.on_request is not None:
             self.on_request(seen)
-        if request.path in self.redirects:
-            return Response(status=302, headers={"Location": self.redirects[request.path]})
         token = seen.token
         hook = self.before_answer.get(token or "")
         if hook is not None:
             hook()
         kind = self.answer_all or self.answers.get(token or "")
+        if kind is None and request.path in self.redirects:
+            return Response(status=302, headers={"Location": self.redirects[request.path]})
         if kind is None and token is None:
             kind = "no_error"  # RFC 6750 §3.1: no credentials, no error code
         if kind is None:
@@ -452,6 +452,35 @@ def test_cross_origin_redirect_gets_no_token_and_no_retry(idp, resource_servers,
     assert ours.tokens() == [token]
     assert [s.authorization for s in other.seen] == [None]  # stripped, and never added back
     assert issued(idp) == 1
+
+
+def test_a_redirect_after_the_resend_carries_the_fresh_token(idp, rs, caller):
+    first = caller.token()
+    rs.answers[first] = "invalid_token"
+    rs.redirects["/moved"] = rs.url + "/here"
+    kwargs = {} if caller.name == "requests" else {"follow_redirects": True}
+    result = caller.request("GET", rs.url + "/moved", **kwargs)
+    assert result.status == 200
+    second = caller.token()
+    assert [(s.path, s.token) for s in rs.seen] == [
+        ("/moved", first), ("/moved", second), ("/here", second)]
+    assert issued(idp) == 2
+
+
+def test_a_401_after_a_same_origin_redirect_is_retried_once(idp, rs, caller):
+    """/moved redirects whatever the token; /here rejects the first token. requests resends
+    the last hop, httpx the whole request (its auth flow wraps the redirects): either way one
+    refetch and the fresh token reaches /here."""
+    first = caller.token()
+    rs.redirects["/moved"] = rs.url + "/here"
+    rs.on_request = lambda seen: (rs.answers.__setitem__(first, "invalid_token")
+                                  if seen.path == "/here" else None)
+    kwargs = {} if caller.name == "requests" else {"follow_redirects": True}
+    result = caller.request("GET", rs.url + "/moved", **kwargs)
+    assert result.status == 200
+    second = caller.token()
+    assert [s.token for s in rs.seen if s.path == "/here"] == [first, second]
+    assert issued(idp) == 2
 
 
 def test_no_token_in_reprs_or_logs(idp, rs, caller, caplog):
