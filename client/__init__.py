@@ -1,5 +1,9 @@
-"""m2mauth's OAuth 2.0 client side: get client-credentials tokens (:func:`fetch_token`), look up
-authorization-server metadata (:func:`discover`), and typed errors (:class:`OAuthError`).
+"""m2mauth's OAuth 2.0 client side, for both ends of a call:
+
+- getting tokens: :func:`fetch_token`, :class:`TokenProvider` (cached, single flight, retries),
+  :class:`AsyncTokenProvider`, and the ``requests``/``httpx`` adapters that attach them;
+- checking them in a resource server: :class:`TokenValidator` with its :class:`JWKSCache`;
+- typed errors: :class:`OAuthError` and one subclass per error code.
 
 Independent of :mod:`m2mauth.server` by design: it never imports it.
 """
@@ -10,14 +14,20 @@ from .assertions import (
     load_private_key,
     private_key_jwt_assertion,
 )
+from .auth import HttpxBearerAuth, RequestsBearerAuth
+from .challenge import Challenge, parse_challenges, should_refetch
 from .discovery import MetadataCache, discover, metadata_urls
 from .errors import (
+    INVALID_TOKEN_REASONS,
     DiscoveryError,
+    InsufficientScopeError,
     InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
     InvalidTargetError,
+    InvalidTokenError,
+    JWKSError,
     OAuthError,
     ServerError,
     TemporarilyUnavailableError,
@@ -26,30 +36,42 @@ from .errors import (
     UnsupportedGrantTypeError,
     error_class,
 )
+from .jwks import JWKSCache
 from .provider import TokenCache, TokenProvider
 from .retry import RetryPolicy
 from .tokens import AUTH_METHODS, Token, fetch_token
+from .validator import TokenValidator, ValidatedToken
 
 __all__ = [
     "AUTH_METHODS",
+    "INVALID_TOKEN_REASONS",
     "AsyncTokenProvider",
+    "Challenge",
     "DiscoveryError",
+    "HttpxBearerAuth",
+    "InsufficientScopeError",
     "InvalidClientError",
     "InvalidGrantError",
     "InvalidRequestError",
     "InvalidScopeError",
     "InvalidTargetError",
+    "InvalidTokenError",
+    "JWKSCache",
+    "JWKSError",
     "MetadataCache",
     "OAuthError",
+    "RequestsBearerAuth",
     "RetryPolicy",
     "ServerError",
     "TemporarilyUnavailableError",
     "Token",
     "TokenCache",
     "TokenProvider",
+    "TokenValidator",
     "TransportError",
     "UnauthorizedClientError",
     "UnsupportedGrantTypeError",
+    "ValidatedToken",
     "afetch_token",
     "client_secret_jwt_assertion",
     "discover",
@@ -58,7 +80,9 @@ __all__ = [
     "key_algorithm",
     "load_private_key",
     "metadata_urls",
+    "parse_challenges",
     "private_key_jwt_assertion",
+    "should_refetch",
 ]
 
 
@@ -69,23 +93,3 @@ def __getattr__(name: str):
 
         return getattr(aio, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-# Resource-server side: access-token validation (RFC 9068) and the issuer's JWKS cache.
-from .errors import (  # noqa: E402
-    INVALID_TOKEN_REASONS,
-    InsufficientScopeError,
-    InvalidTokenError,
-    JWKSError,
-)
-from .jwks import JWKSCache  # noqa: E402
-from .validator import TokenValidator, ValidatedToken  # noqa: E402
-
-__all__ += [
-    "INVALID_TOKEN_REASONS",
-    "InsufficientScopeError",
-    "InvalidTokenError",
-    "JWKSCache",
-    "JWKSError",
-    "TokenValidator",
-    "ValidatedToken",
-]

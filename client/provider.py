@@ -96,7 +96,16 @@ class TokenCache(Generic[_Lock]):
         return self._entries.get(key)
 
     def put(self, key: str, entry: CachedToken) -> None:
-        self._entries[key] = entry
+        with self._guard:  # so discard()'s check-then-delete never removes a newer token
+            self._entries[key] = entry
+
+    def replace(self, key: str, old: CachedToken, new: CachedToken) -> bool:
+        """Put ``new`` only if the key still holds ``old`` (not discarded or replaced since)."""
+        with self._guard:
+            if self._entries.get(key) is not old:
+                return False
+            self._entries[key] = new
+            return True
 
     def lock(self, key: str) -> _Lock:
         lock = self._locks.get(key)
@@ -300,11 +309,10 @@ class _ProviderBase:
         self._cache.put(self._key, self._timing.entry(token, fetched_at))
 
     def _keep_serving(self, entry: CachedToken | None, now: float, exc: OAuthError) -> bool:
-        """After a failed refresh: whether the cached ``entry`` may still be served."""
-        if entry is not None and now < entry.expires_at:
-            self._cache.put(self._key, _failed_refresh(entry, now, exc))
-            return True
-        return False
+        """After a failed refresh: whether the cached ``entry`` may still be served – not if it
+        expired, and not if it was invalidated meanwhile (a resource server rejected it)."""
+        return (entry is not None and now < entry.expires_at
+                and self._cache.replace(self._key, entry, _failed_refresh(entry, now, exc)))
 
     def invalidate(self, access_token: str | None = None) -> None:
         """Forget the cached token (only if it is still ``access_token``, when given): for a

@@ -951,3 +951,24 @@ def test_secrets_absent_from_logs_reprs_and_errors(frozen, sleeps, client_keys, 
     for token in tokens:
         assert token not in text
         assert token[:40] not in text  # not even a usable part (header + claims start)
+
+
+def test_a_token_invalidated_during_a_failed_refresh_is_not_served_again(frozen, sleeps):
+    # A resource server rejects token A (invalidate) while A's refresh is failing: A must not
+    # come back from the cache; the caller gets the refresh error instead.
+    idp = frozen
+    client = idp.add_client(scopes=["read"], token_lifetime=300)
+    provider = provider_for(idp, client, sleeps, retry=policy(sleeps, max_attempts=1))
+    first = provider.get_token()
+    idp.clock.advance(250)  # inside the refresh margin, still valid
+    fetch = provider._fetch
+
+    def failing_fetch():
+        provider.invalidate(first)
+        raise ServerError("server_error", "down", status=503)
+
+    provider._fetch = failing_fetch
+    with pytest.raises(ServerError):
+        provider.get_token()
+    provider._fetch = fetch
+    assert provider.get_token() != first
