@@ -1,4 +1,5 @@
-"""The ``m2mauth`` command line: ``serve``, ``keys generate``, ``token`` and ``decode``."""
+"""The ``m2mauth`` command line: ``serve``, ``keys generate``, ``token``, ``decode`` and
+``demo-api``."""
 
 from __future__ import annotations
 
@@ -392,6 +393,62 @@ def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout
             ok = False
     if not ok:
         sys.exit(1)
+
+
+
+# -- the API side: a demo resource server -----------------------------------------------------
+
+
+@main.command("demo-api")
+@click.option("--issuer", required=True, help="Issuer URL whose tokens the API accepts; its "
+              "JWKS is discovered from its metadata (RFC 8414).")
+@click.option("--audience", required=True, help="This API's identifier: tokens must have it "
+              "in aud.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+              help="Port to listen on; 0 picks a free one.")
+@click.option("--leeway", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds of clock skew tolerated for exp, nbf and iat.")
+@click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
+def demo_api_command(issuer: str, audience: str, host: str, port: int, leeway: float,
+                     verbose: bool) -> None:
+    """Run a demo API: GET /hello needs scope read, GET /admin needs scope admin."""
+    from .demo_api import ENDPOINTS, bind_demo_api
+    from .serving import PortInUseError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if verbose:
+        logging.getLogger("m2mauth.access").setLevel(logging.DEBUG)
+    try:
+        server, _ = bind_demo_api(issuer, audience, host=host, port=port, leeway=leeway)
+    except PortInUseError as exc:
+        click.echo(f"Error: {exc} (choose another with --port, or 0 for any free port)", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(2)
+    except ValueError as exc:  # the validator's own checks (an empty issuer or audience)
+        raise click.UsageError(str(exc)) from None
+    bound = int(server.server_address[1])
+    shown_host = f"[{host}]" if ":" in host else host
+    base = f"http://{shown_host}:{bound}"
+    echo = click.echo
+    echo(f"m2mauth demo API listening on {host}:{bound}")
+    echo(f"  issuer    {issuer}  (signing keys from its JWKS)")
+    echo(f"  audience  {audience}")
+    for path, scope in ENDPOINTS.items():
+        echo(f"  GET       {base}{path}  needs scope {scope}")
+    echo("")
+    echo(f"  TOKEN=$(m2mauth token --issuer {issuer} --client-id {DEMO_CLIENT_ID} "
+         f"--client-secret {DEMO_CLIENT_SECRET} --scope read --resource {audience})")
+    echo(f'  curl -s -H "Authorization: Bearer $TOKEN" {base}/hello')
+    echo("Press Ctrl+C to stop.", err=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,85 @@
+"""A demo resource server for learning and examples: ``GET /hello`` needs scope ``read``,
+``GET /admin`` needs scope ``admin``. Built on :func:`m2mauth.client.flask.require_token` and a
+:class:`~m2mauth.client.TokenValidator` that finds the issuer's keys through its metadata –
+the API side of the flow, as a service of yours would do it.
+
+``m2mauth demo-api --issuer URL --audience AUD`` runs it; :func:`create_demo_api` is the app
+factory, :func:`bind_demo_api` binds it (port 0 picks a free one) like ``m2mauth serve``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, g, jsonify, request
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from m2mauth.client import TokenValidator, ValidatedToken
+from m2mauth.client.flask import require_token
+
+from .serving import _listen, _QuietHandler
+
+__all__ = ["ENDPOINTS", "bind_demo_api", "create_demo_api"]
+
+#: path -> the scope it needs
+ENDPOINTS = {"/hello": "read", "/admin": "admin"}
+
+
+def _caller(token: ValidatedToken) -> dict[str, Any]:
+    return {"sub": token.subject, "client_id": token.client_id, "scopes": list(token.scopes)}
+
+
+def create_demo_api(issuer: str, audience: str, *, validator: TokenValidator | None = None,
+                    realm: str | None = None, **validator_options: Any) -> Flask:
+    """The demo API's Flask app, trusting tokens of ``issuer`` for ``audience``.
+
+    ``validator``: a ready :class:`~m2mauth.client.TokenValidator` (else one is made from
+    ``issuer``, ``audience`` and ``validator_options`` such as ``jwks_uri``, ``leeway`` or
+    ``clock``; without ``jwks_uri`` it is discovered from the issuer on the first request).
+    ``realm``: of the ``WWW-Authenticate`` challenges (default: the audience).
+    """
+    if validator is None:
+        validator = TokenValidator(issuer, audience, **validator_options)
+    elif validator_options:
+        raise TypeError("give either a validator or options for one, not both")
+    app = Flask(__name__)
+    app.extensions["m2mauth_demo_api"] = validator
+
+    @app.get("/")
+    def index() -> Any:
+        base = request.host_url.rstrip("/")
+        return jsonify(
+            service="m2mauth demo API", issuer=validator.issuer,
+            audience=list(validator.audience),
+            endpoints={base + path: {"method": "GET", "scope": scope}
+                       for path, scope in ENDPOINTS.items()},
+        )
+
+    @app.get("/hello")
+    @require_token(validator, scopes=[ENDPOINTS["/hello"]], realm=realm)
+    def hello() -> Any:
+        token: ValidatedToken = g.token
+        return jsonify(message=f"hello, {token.subject}", **_caller(token))
+
+    @app.get("/admin")
+    @require_token(validator, scopes=[ENDPOINTS["/admin"]], realm=realm)
+    def admin() -> Any:
+        token: ValidatedToken = g.token
+        return jsonify(message=f"welcome to the admin area, {token.subject}", **_caller(token))
+
+    return app
+
+
+def bind_demo_api(issuer: str, audience: str, *, host: str = "127.0.0.1", port: int = 8001,
+                  **options: Any) -> tuple[BaseWSGIServer, Flask]:
+    """Listen on ``host:port`` (0 picks a free port; a taken one raises
+    :class:`~m2mauth.server.serving.PortInUseError`), then build the app with ``options`` for
+    :func:`create_demo_api`. Serve with ``server.serve_forever()``."""
+    sock = _listen(host, port)
+    try:
+        app = create_demo_api(issuer, audience, **options)
+        server = make_server(host, sock.getsockname()[1], app, threaded=True,
+                             request_handler=_QuietHandler, fd=sock.fileno())
+    finally:
+        sock.close()  # werkzeug keeps its own duplicate of the descriptor
+    return server, app
