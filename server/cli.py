@@ -413,6 +413,8 @@ def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout
 def demo_api_command(issuer: str, audience: str, host: str, port: int, leeway: float,
                      verbose: bool) -> None:
     """Run a demo API: GET /hello needs scope read, GET /admin needs scope admin."""
+    import shlex
+
     from .demo_api import ENDPOINTS, bind_demo_api
     from .serving import PortInUseError
 
@@ -439,9 +441,10 @@ def demo_api_command(issuer: str, audience: str, host: str, port: int, leeway: f
     for path, scope in ENDPOINTS.items():
         echo(f"  GET       {base}{path}  needs scope {scope}")
     echo("")
-    echo(f"  TOKEN=$(m2mauth token --issuer {issuer} --client-id {DEMO_CLIENT_ID} "
-         f"--client-secret {DEMO_CLIENT_SECRET} --scope read --resource {audience})")
-    echo(f'  curl -s -H "Authorization: Bearer $TOKEN" {base}/hello')
+    echo(f"  TOKEN=$(m2mauth token --issuer {shlex.quote(issuer)} --client-id "
+         f"{DEMO_CLIENT_ID} --client-secret {DEMO_CLIENT_SECRET} --scope read "
+         f"--resource {shlex.quote(audience)})")
+    echo(f'  curl -s -H "Authorization: Bearer $TOKEN" {shlex.quote(base + "/hello")}')
     echo("Press Ctrl+C to stop.", err=True)
     try:
         server.serve_forever(poll_interval=0.2)
