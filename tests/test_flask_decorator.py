@@ -523,3 +523,22 @@ def test_async_view(validator, token):
         assert requests.get(url + "/async", timeout=5).status_code == 401
         r = requests.get(url + "/async", headers=bearer(token), timeout=5)
     assert r.json() == {"client_id": "flask-client"}
+
+
+def test_async_wrapper_without_a_server(validator, token):
+    """The async wrapper itself (Flask needs asgiref to run it; called directly here)."""
+    import asyncio
+    import inspect
+
+    async def view():
+        return {"client_id": g.token.client_id}
+
+    wrapped = require_token(validator, "read")(view)
+    assert inspect.iscoroutinefunction(wrapped)
+    app = Flask(__name__)
+    with app.test_request_context("/", headers=bearer(token)):
+        assert asyncio.run(wrapped()) == {"client_id": "flask-client"}
+    with app.test_request_context("/"):
+        answer = asyncio.run(wrapped())
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"] == 'Bearer realm="https://api.test"'
