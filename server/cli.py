@@ -76,6 +76,11 @@ def serve(host, port, issuer, config_file, algorithm, token_lifetime, keys_dir, 
                    err=True)
         sys.exit(2)
     _banner(app.extensions["m2mauth"].settings, app.extensions["m2mauth"])
+    _serve_until_interrupted(server)
+
+
+def _serve_until_interrupted(server) -> None:
+    """Serve until Ctrl+C, then release the port."""
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -446,12 +451,7 @@ def demo_api_command(issuer: str, audience: str, host: str, port: int, leeway: f
          f"--resource {shlex.quote(audience)})")
     echo(f'  curl -s -H "Authorization: Bearer $TOKEN" {shlex.quote(base + "/hello")}')
     echo("Press Ctrl+C to stop.", err=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    _serve_until_interrupted(server)
 
 
 if __name__ == "__main__":  # pragma: no cover
