@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from .errors import KeyStoreError
 from .settings import ALGORITHMS
@@ -119,7 +119,6 @@ class KeyStore:
         self._keys: list[SigningKey] = list(keys)
         self._generate_missing = generate_missing
         self._jwks: dict[str, Any] | None = None
-        self._keysets: dict[str, KeySet] = {}
 
     # -- construction -----------------------------------------------------------------
 
@@ -174,14 +173,6 @@ class KeyStore:
                 return self.add(alg)
         raise KeyStoreError(f"no active {alg} signing key (the key directory has no {alg} key)")
 
-    def signing_keyset(self, alg: str) -> KeySet:
-        """A one-key KeySet holding the active ``alg`` key; joserfc then writes its ``kid``."""
-        with self._lock:
-            keyset = self._keysets.get(alg)
-            if keyset is None:
-                keyset = self._keysets[alg] = KeySet([self.active(alg).key])
-            return keyset
-
     def get(self, kid: str) -> SigningKey:
         with self._lock:
             for key in self._keys:
@@ -212,7 +203,6 @@ class KeyStore:
 
     def _changed(self) -> None:
         self._jwks = None
-        self._keysets.clear()
 
     def add(self, alg: str, key: Key | None = None) -> SigningKey:
         """Make ``key`` (or a newly generated key) the active ``alg`` key; the previous active

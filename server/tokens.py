@@ -1,4 +1,7 @@
-"""RFC 9068 access tokens, made by Authlib's ``JWTBearerTokenGenerator`` through its hooks.
+"""RFC 9068 access tokens through Authlib's ``JWTBearerTokenGenerator``: its ``generate()``
+makes the token response and its hooks supply audience, jti and claims; only the signing step
+is m2mauth's (joserfc's default registry refuses PS256 and EdDSA, see
+``access_token_generator``).
 
 Authlib's generator API passes no request, so the per-request inputs (audience, lifetime,
 the instant from the server's clock) are fixed on a short-lived generator for each token.
