@@ -9,8 +9,10 @@ On by default only when the server listens on loopback; otherwise only with an a
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, json, request
 
@@ -100,7 +102,32 @@ def _guard() -> Response | None:
             response = _fail(401, "invalid_token", "The admin API needs the admin token.")
             response.headers["WWW-Authenticate"] = 'Bearer realm="m2mauth admin"'
             return response
+    elif _from_a_browser_elsewhere():
+        return _fail(403, "access_denied", "The admin API without an admin token refuses "
+                     "cross-site browser requests (an Origin header, Sec-Fetch-Site, or a "
+                     "Host that is neither loopback nor the issuer's).")
     return None
+
+
+def _from_a_browser_elsewhere() -> bool:
+    """Whether a tokenless request may come from a web page rather than a local tool: a
+    cross-site form POST needs no preflight and carries an empty or form body, and a
+    DNS-rebound page talks to us under its own host name. Browsers send Origin on every
+    non-GET request; curl, requests and test code send none."""
+    if "Origin" in request.headers:
+        return True
+    if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+        return True
+    try:
+        host = urlsplit("//" + request.host).hostname or ""
+    except ValueError:  # "[::1" and the like
+        return True
+    if host in ("localhost", urlsplit(current_app.extensions["m2mauth"].issuer).hostname):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 @bp.errorhandler(ControlError)

@@ -463,3 +463,47 @@ def test_remove_client_whose_id_has_a_slash(idp):
     assert r.status_code == 200, r.text
     assert r.json() == {"removed": "team/orders"}
     assert "team/orders" not in [c.client_id for c in idp.clients()]
+
+
+# -- browsers: no cross-site requests to the tokenless loopback API ----------------------
+
+
+@pytest.mark.parametrize("headers", [
+    # A <form method=post> on any web page: form content type, an empty body, an Origin.
+    {"Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"},
+    {"Origin": "null"},
+    {"Sec-Fetch-Site": "cross-site"},
+    # DNS rebinding: the browser thinks it talks to evil.example (same origin), so the Host
+    # header names it.
+    {"Host": "evil.example:8000"},
+])
+def test_tokenless_admin_refuses_browser_cross_site_requests(headers):
+    app = create_app(ServerSettings(host="127.0.0.1"))
+    state = app.extensions["m2mauth"]
+    client = app.test_client()
+    keys_before = [k.kid for k in state.keys.all_keys()]
+    for path in ("/admin/faults", "/admin/keys/rotate", "/admin/clients", "/admin/reset"):
+        response = client.post(path, data=b"", headers=headers)
+        assert response.status_code == 403, (path, response.get_data(as_text=True))
+        assert response.get_json()["error"] == "access_denied"
+    assert client.get("/admin/clients", headers=headers).status_code == 403
+    assert state.faults.pending() == []
+    assert [k.kid for k in state.keys.all_keys()] == keys_before
+    assert [c.client_id for c in state.clients] == ["demo-client"]
+
+
+def test_tokenless_admin_still_serves_curl_and_the_issuer_host():
+    app = create_app(ServerSettings(host="127.0.0.1", issuer="http://idp.test:8000"))
+    client = app.test_client()
+    for host in ("localhost", "127.0.0.1:8000", "[::1]:8000", "idp.test:8000"):
+        assert client.post("/admin/reset", headers={"Host": host}).status_code == 200, host
+    assert client.post("/admin/faults", data=b"").status_code == 201  # curl -X POST, no body
+    assert client.get("/admin", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+
+
+def test_admin_token_makes_origin_and_host_irrelevant():
+    app = create_app(ServerSettings(host="0.0.0.0", admin_token=ADMIN_TOKEN))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Origin": "https://ui.example",
+               "Host": "idp.internal:8000"}
+    assert client.get("/admin", headers=headers).status_code == 200
