@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,9 +136,18 @@ class ServerSettings:
 
     @property
     def binds_loopback(self) -> bool:
-        """Whether ``host`` is a loopback address (only this machine can connect)."""
+        """Whether ``host`` is a loopback address (only this machine can connect). The name
+        "localhost" counts only while every address it resolves to is loopback: the server
+        binds what the resolver says, and /etc/hosts may say anything."""
         if self.host == "localhost":
-            return True
+            try:
+                found = socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                return False
+            return bool(found) and all(
+                ipaddress.ip_address(str(address[4][0]).split("%", 1)[0]).is_loopback
+                for address in found
+            )
         try:
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:

@@ -189,3 +189,34 @@ def test_pem_public_key_as_client_jwks(tmp_path):
     [client] = load_settings(path, env={}).clients
     assert client.jwks["keys"][0]["kty"] == "EC"
     create_app(ServerSettings(clients=[client]))  # the registry accepts it
+
+
+def test_admin_api_off_when_config_file_host_is_not_loopback(tmp_path):
+    config = tmp_path / "m2mauth.toml"
+    config.write_text('host = "0.0.0.0"\n')
+    settings = load_settings(config_file=config)
+    assert not settings.binds_loopback
+    assert not settings.admin_enabled
+
+
+@pytest.mark.parametrize(("resolved", "loopback"), [
+    (["127.0.0.1"], True), (["::1", "127.0.0.1"], True),
+    (["192.0.2.7"], False), (["127.0.0.1", "192.0.2.7"], False), ([], False),
+])
+def test_localhost_counts_as_loopback_only_when_it_resolves_to_loopback(
+        monkeypatch, resolved, loopback):
+    # /etc/hosts (or a container's resolver) may point "localhost" anywhere; the server binds
+    # what getaddrinfo says, so that is what decides whether the tokenless admin API is on.
+    import socket
+
+    def fake_getaddrinfo(host, *args, **kwargs):
+        assert host == "localhost"
+        if not resolved:
+            raise socket.gaierror(socket.EAI_NONAME, "no such host")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, 0)) for a in resolved]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    settings = ServerSettings(host="localhost")
+    assert settings.binds_loopback is loopback
+    assert settings.admin_enabled is loopback
