@@ -94,7 +94,14 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     if value is None:
         return None
     kind = type(value)
-    if kind is int or (kind is float and math.isfinite(value)):
+    if kind is float and math.isfinite(value):
+        return value
+    if kind is int:
+        try:
+            float(value)  # the time checks add float seconds: beyond this, OverflowError
+        except OverflowError:
+            raise InvalidTokenError("invalid_claim", f"claim {name} is out of range",
+                                    claim=name) from None
         return value
     raise InvalidTokenError("invalid_claim", f"claim {name} is not a number", claim=name)
 

@@ -652,3 +652,16 @@ def test_first_fetch_failing_fails_closed(idp, make_validator):
     assert len(idp.jwks_requests) == 1
     idp.clock.advance(validator.jwks.failure_backoff)
     assert validator.validate(token)
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**309], ids=["1e400", "-1e400", "1e309"])
+def test_numeric_date_beyond_float_range_is_invalid_claim(make_validator, idp, claim, value):
+    # A validly signed token whose time claim no float can hold: an InvalidTokenError, never
+    # Python's OverflowError (which a resource server would answer with a 500).
+    token = idp.issue_token("demo-client", claims={claim: value})
+    validator = make_validator()
+    with pytest.raises(InvalidTokenError) as info:
+        validator.validate(token)
+    assert info.value.reason == "invalid_claim"
+    assert info.value.claim == claim
