@@ -32,6 +32,8 @@ _DEFAULT_ERROR = {400: "invalid_request", 401: "invalid_client", 403: "access_de
                   429: "temporarily_unavailable", 503: "temporarily_unavailable"}
 _MAX_DELAY = 60.0
 _MAX_COUNT = 100_000
+#: Bound of clock values (seconds, ~3,000 years): sums of them stay far from float overflow.
+_MAX_CLOCK = 1e11
 
 
 class ControlError(ValueError):
@@ -74,11 +76,17 @@ def _int(name: str, value: object, *, low: int | None = None, high: int | None =
     return value
 
 
-def _number(name: str, value: object) -> float:
+def _number(name: str, value: object, limit: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ControlError(name, f"must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):  # JSON bodies may carry Infinity/NaN; the clock must not
+    try:
+        finite = math.isfinite(value)  # JSON bodies may carry Infinity/NaN; the clock must not
+    except OverflowError:  # an integer no float holds (10**400)
+        raise ControlError(name, "must be a finite number, got a huge integer") from None
+    if not finite:
         raise ControlError(name, f"must be a finite number, got {value}")
+    if limit is not None and not -limit <= value <= limit:
+        raise ControlError(name, f"must be between {-limit:g} and {limit:g}")
     return float(value)
 
 
@@ -123,9 +131,9 @@ class Controls:
             raise ControlError("freeze", "must be true or false")
         if not isinstance(reset, bool):
             raise ControlError("reset", "must be true or false")
-        at = None if at is None else _number("at", at)
-        advance = None if advance is None else _number("advance", advance)
-        offset = None if offset is None else _number("offset", offset)
+        at = None if at is None else _number("at", at, _MAX_CLOCK)
+        advance = None if advance is None else _number("advance", advance, _MAX_CLOCK)
+        offset = None if offset is None else _number("offset", offset, _MAX_CLOCK)
         if at is not None and freeze is False:
             raise ControlError("at", "freezes the clock; do not combine it with freeze=false")
         clock = self.state.clock

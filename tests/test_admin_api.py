@@ -507,3 +507,26 @@ def test_admin_token_makes_origin_and_host_irrelevant():
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Origin": "https://ui.example",
                "Host": "idp.internal:8000"}
     assert client.get("/admin", headers=headers).status_code == 200
+
+
+def test_clock_values_beyond_any_date_are_refused(changed_idp):
+    # A JSON integer too large for a float was a 500 (OverflowError); finite values that add up
+    # to infinity left a clock at Infinity, after which every token request was a 500.
+    before = state(changed_idp)
+    for body in ({"at": 10**400}, {"offset": -(10**400)}, {"advance": 10**309},
+                 {"at": 1e308, "advance": 1e308}, {"offset": 1e308, "advance": 1e308},
+                 {"at": 1e300}):
+        response = admin(changed_idp, "POST", "/clock", body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["field"] in body
+        assert state(changed_idp) == before
+    changed_idp.clear_faults()
+    assert fetch(changed_idp).status_code == 200
+
+
+def test_huge_integer_delay_is_refused(changed_idp):
+    before = state(changed_idp)
+    response = admin(changed_idp, "POST", "/faults", {"kind": "delay", "delay": 10**400})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "delay"
+    assert state(changed_idp) == before
