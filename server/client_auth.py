@@ -84,7 +84,7 @@ def unverified_part(assertion: str, index: int) -> dict | None:
     """The assertion's header (0) or claims (1), NOT verified; None when unreadable."""
     try:
         part = json.loads(base64.urlsafe_b64decode(_pad(assertion.split(".")[index])))
-    except (ValueError, IndexError, UnicodeDecodeError):
+    except (ValueError, IndexError, UnicodeDecodeError, RecursionError):
         return None
     return part if isinstance(part, dict) else None
 

@@ -8,10 +8,15 @@ import re
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, InvalidScopeError, grants
+from authlib.oauth2.rfc6749 import (
+    InvalidClientError,
+    InvalidRequestError,
+    InvalidScopeError,
+    grants,
+)
 from authlib.oauth2.rfc6749.hooks import hooked
 
-from .client_auth import basic_credentials
+from .client_auth import basic_credentials, unverified_part
 from .errors import InvalidTargetError
 from .settings import AUTH_METHODS
 from .tokens import IssuedToken
@@ -46,6 +51,12 @@ def _check_parameters(request) -> None:
             )
     if "client_secret" in form and "client_assertion" in form:
         raise InvalidRequestError("Use either client_secret or client_assertion, not both.")
+    assertion = form.get("client_assertion")
+    if assertion and (unverified_part(assertion, 0) is None
+                      or unverified_part(assertion, 1) is None):
+        # Authlib and joserfc parse these with json.loads too, but let a RecursionError (JSON
+        # nested too deeply) escape as a 500; unreadable is unreadable, whatever the reason.
+        raise InvalidClientError(description="Invalid JWT assertion.")
     scope = form.get("scope")
     if scope is not None and scope != "" and not _SCOPE.fullmatch(scope):
         raise InvalidScopeError(

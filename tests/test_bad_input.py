@@ -249,3 +249,21 @@ def test_errors_are_logged_in_the_request_log(live_server):
     post(live_server, json=GRANT, auth=("secret-client", SECRET))
     outcomes = [(e.outcome, e.status) for e in live_server.state.token_requests.snapshot()]
     assert outcomes == [("unsupported_grant_type", 400), ("invalid_request", 400)]
+
+
+def _deep(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("assertion", [
+    # JSON nested past Python's recursion limit, in the claims or the header: a RecursionError
+    # (a 500 with a traceback in the log) before the fix. Well under the body size limit.
+    _deep(b'{"alg":"HS256"}') + "." + _deep(b"[" * 30000) + ".AAAA",
+    _deep(b'{"alg":"RS256"}') + "." + _deep(b'{"sub":"secret-client","x":' + b"[" * 30000)
+    + ".AAAA",
+    _deep(b"[" * 30000) + "." + _deep(b'{"sub":"secret-client"}') + ".AAAA",
+], ids=["claims", "claim value", "header"])
+def test_deeply_nested_client_assertion(live_server, assertion):
+    r = post(live_server, {**GRANT, "client_assertion_type": ASSERTION_TYPE,
+                           "client_assertion": assertion})
+    assert_error(live_server, r, "invalid_client", 400)
