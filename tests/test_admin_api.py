@@ -530,3 +530,13 @@ def test_huge_integer_delay_is_refused(changed_idp):
     assert response.status_code == 400, response.text
     assert response.json()["field"] == "delay"
     assert state(changed_idp) == before
+
+
+@pytest.mark.parametrize("data", ["[" * 30000, '{"n": ' + "[" * 30000])
+def test_deeply_nested_json_body_is_400(changed_idp, data):
+    before = state(changed_idp)
+    response = requests.post(changed_idp.admin_url + "/faults", data=data, timeout=5,
+                             headers={"Content-Type": JSON})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "(body)"
+    assert state(changed_idp) == before
