@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -64,6 +65,9 @@ def serve(host, port, issuer, config_file, algorithm, token_lifetime, keys_dir, 
                      ephemeral_keys=ephemeral_keys, admin_token=admin_token)
     settings = load_settings(config_file, overrides=overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # joserfc prefers RFC 9864's "Ed25519" and warns on each "EdDSA" signature; m2mauth signs
+    # "EdDSA" on purpose (what PyJWT and today's validators know), so the notice is noise here.
+    warnings.filterwarnings("ignore", message="EdDSA is deprecated via RFC 9864")
     if verbose:
         logging.getLogger("m2mauth.access").setLevel(logging.DEBUG)
     try:

@@ -270,7 +270,8 @@ def generate_key_files(
             raise KeyStoreError(_unsupported(alg))
         target = directory / KEY_FILES[alg]
         if target.exists() and not overwrite:
-            raise KeyStoreError(f"{target} exists; pass overwrite (--force) to replace it")
+            raise KeyStoreError(f"{target} exists; refusing to replace it (use --force, or "
+                                "overwrite=True from Python)")
     created = []
     for alg in algs:
         key = generate_signing_key(alg)

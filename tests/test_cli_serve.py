@@ -131,7 +131,7 @@ def test_keys_generate_prints_kids_and_refuses_overwrite(tmp_path):
     assert result.output.count("kid=") == 4
     again = runner.invoke(main, ["keys", "generate", str(tmp_path / "k"), "--alg", "ES256"])
     assert again.exit_code == 2
-    assert "exists" in again.output
+    assert "exists; refusing to replace it (use --force" in again.output
     forced = runner.invoke(main, ["keys", "generate", str(tmp_path / "k"), "--alg", "ES256",
                                   "--force"])
     assert forced.exit_code == 0
