@@ -56,7 +56,7 @@ def _get_json(url: str, session: requests.Session, timeout: float) -> tuple[int,
         ) from exc
     try:
         return response.status_code, response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return response.status_code, None
 
 

@@ -254,7 +254,7 @@ def parse_response(
     status = response.status_code
     try:
         body: Any = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     retry_after = _retry_after(response, now)
 

@@ -549,3 +549,32 @@ def test_secrets_absent_from_errors_token_and_logs(token_url, client_keys, caplo
                    token.access_token.split(".")[2], pem.splitlines()[1]):
         assert secret not in text
     assert "token request to" in client_log  # the client does log, just not secrets
+
+
+def _nested_json_response(status: int = 200) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response._content = b"[" * 30000  # nested past json's recursion limit
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+def test_deeply_nested_json_from_a_server_is_a_typed_error_not_recursion():
+    # A broken or hostile token endpoint, metadata document or access token: the typed error
+    # (or "no usable value"), never a RecursionError out of json.
+    from m2mauth.client import TransportError
+    from m2mauth.client.discovery import _get_json
+    from m2mauth.client.provider import _jwt_claims
+    from m2mauth.client.tokens import parse_response
+
+    with pytest.raises(TransportError):
+        parse_response(_nested_json_response(), "http://127.0.0.1:1/token",
+                       requested_scope=[], started=0.0, now=0.0)
+
+    class Session:
+        def get(self, url, **kwargs):
+            return _nested_json_response()
+
+    assert _get_json("http://127.0.0.1:1/.well-known/x", Session(), 1.0) == (200, None)
+    payload = base64.urlsafe_b64encode(b"[" * 12000).rstrip(b"=").decode()
+    assert _jwt_claims(f"e30.{payload}.sig") == {}
