@@ -93,8 +93,9 @@ def _body(method: str, path: str) -> dict[str, Any]:
 
 @bp.before_request
 def _guard() -> Response | None:
-    settings = current_app.extensions["m2mauth"].settings
-    if not settings.admin_enabled:
+    state = current_app.extensions["m2mauth"]
+    settings = state.settings
+    if not state.admin_enabled:
         return _fail(403, "access_denied", "The admin API is off: the server listens on a "
                      "non-loopback address and no admin token is configured.")
     if settings.admin_token is not None:

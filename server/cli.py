@@ -100,7 +100,7 @@ def _banner(settings: ServerSettings, state) -> None:
     echo(f"  token     {state.token_endpoint}")
     echo(f"  jwks      {state.jwks_uri}")
     echo(f"  metadata  {state.issuer}/.well-known/oauth-authorization-server")
-    if settings.admin_enabled:
+    if state.admin_enabled:
         guard = "admin token required" if settings.admin_token else "open on loopback"
         echo(f"  admin     {state.issuer}/admin  (test controls, {guard})")
     algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in state.clients}))

@@ -40,6 +40,8 @@ class ServerState:
                  keys: KeyStore | None = None) -> None:
         self.settings = settings
         self.issuer = settings.issuer_url
+        # Decided once, like the address the server binds ("localhost" resolves only here).
+        self.admin_enabled = settings.admin_enabled
         self.clock = clock or Clock()
         self.keys = keys or load_keys(settings)
         for alg in settings.algorithms_in_use():
