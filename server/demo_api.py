@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, g, jsonify, request
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer
 
 from m2mauth.client import TokenValidator, ValidatedToken
 from m2mauth.client.flask import require_token
 
-from .serving import _listen, _QuietHandler
+from .serving import bind_app
 
 __all__ = ["ENDPOINTS", "bind_demo_api", "create_demo_api"]
 
@@ -75,11 +75,4 @@ def bind_demo_api(issuer: str, audience: str, *, host: str = "127.0.0.1", port: 
     """Listen on ``host:port`` (0 picks a free port; a taken one raises
     :class:`~m2mauth.server.serving.PortInUseError`), then build the app with ``options`` for
     :func:`create_demo_api`. Serve with ``server.serve_forever()``."""
-    sock = _listen(host, port)
-    try:
-        app = create_demo_api(issuer, audience, **options)
-        server = make_server(host, sock.getsockname()[1], app, threaded=True,
-                             request_handler=_QuietHandler, fd=sock.fileno())
-    finally:
-        sock.close()  # werkzeug keeps its own duplicate of the descriptor
-    return server, app
+    return bind_app(host, port, lambda _port: create_demo_api(issuer, audience, **options))

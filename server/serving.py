@@ -9,6 +9,7 @@ import errno
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -18,7 +19,7 @@ from .app import create_app
 from .clock import Clock
 from .settings import ServerSettings
 
-__all__ = ["PortInUseError", "ServerThread", "bind"]
+__all__ = ["BackgroundServer", "PortInUseError", "ServerThread", "bind", "bind_app"]
 
 
 class PortInUseError(OSError):
@@ -61,34 +62,39 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def bind(settings: ServerSettings, *, clock: Clock | None = None) -> tuple[BaseWSGIServer, Flask]:
-    """Listen on ``settings.host:port`` (0 picks a free port), then build the app; without a
-    configured issuer, the issuer names the port actually bound."""
-    sock = _listen(settings.host, settings.port)
+def bind_app(host: str, port: int, make_app: Callable[[int], Flask],
+             ) -> tuple[BaseWSGIServer, Flask]:
+    """Listen on ``host:port`` (0 picks a free port; a taken one raises
+    :class:`PortInUseError`), build the app knowing the port actually bound, and wrap it in
+    werkzeug's threaded server. Serve with ``server.serve_forever()`` or
+    :class:`BackgroundServer`."""
+    sock = _listen(host, port)
     try:
-        settings = dataclasses.replace(settings, port=sock.getsockname()[1])
-        app = create_app(settings, clock=clock)
-        server = make_server(settings.host, settings.port, app, threaded=True,
-                             request_handler=_QuietHandler, fd=sock.fileno())
+        bound = sock.getsockname()[1]
+        app = make_app(bound)
+        server = make_server(host, bound, app, threaded=True, request_handler=_QuietHandler,
+                             fd=sock.fileno())
     finally:
         sock.close()  # werkzeug keeps its own duplicate of the descriptor
     return server, app
 
 
-class ServerThread:
-    """A server in a background thread on a loopback port, for tests and fixtures.
+def bind(settings: ServerSettings, *, clock: Clock | None = None) -> tuple[BaseWSGIServer, Flask]:
+    """The authorization server for ``settings``, bound; without a configured issuer, the
+    issuer names the port actually bound."""
+    return bind_app(settings.host, settings.port, lambda port: create_app(
+        dataclasses.replace(settings, port=port), clock=clock))
 
-    ``with ServerThread() as srv: requests.get(srv.issuer + "/jwks.json")``
-    """
 
-    def __init__(self, settings: ServerSettings | None = None, *, clock: Clock | None = None,
-                 port: int = 0) -> None:
-        settings = dataclasses.replace(settings or ServerSettings(), port=port)
-        self.server, self.app = bind(settings, clock=clock)
-        self.state = self.app.extensions["m2mauth"]
+class BackgroundServer:
+    """A bound werkzeug server answering from a daemon thread until :meth:`stop` (also a
+    context manager): for tests, fixtures and benchmarks."""
+
+    def __init__(self, server: BaseWSGIServer) -> None:
+        self.server = server
         self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"m2mauth-server-{self.port}", daemon=True,
+            target=server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"m2mauth-http-{self.port}", daemon=True,
         )
         self._thread.start()
 
@@ -98,21 +104,35 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        """Where the server listens (may differ from the issuer when one was configured)."""
+        """Where the server listens."""
         host = self.server.server_address[0]
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
-
-    @property
-    def issuer(self) -> str:
-        return self.state.issuer
 
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> BackgroundServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerThread(BackgroundServer):
+    """An authorization server in a background thread on a loopback port.
+
+    ``with ServerThread() as srv: requests.get(srv.issuer + "/jwks.json")``
+    """
+
+    def __init__(self, settings: ServerSettings | None = None, *, clock: Clock | None = None,
+                 port: int = 0) -> None:
+        settings = dataclasses.replace(settings or ServerSettings(), port=port)
+        server, self.app = bind(settings, clock=clock)
+        self.state = self.app.extensions["m2mauth"]
+        super().__init__(server)
+
+    @property
+    def issuer(self) -> str:
+        return self.state.issuer

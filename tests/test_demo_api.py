@@ -10,7 +10,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +19,7 @@ from click.testing import CliRunner
 from m2mauth.client import RequestsBearerAuth, TokenProvider, TokenValidator
 from m2mauth.server.cli import main
 from m2mauth.server.demo_api import bind_demo_api, create_demo_api
-from m2mauth.server.serving import PortInUseError
+from m2mauth.server.serving import BackgroundServer, PortInUseError
 
 AUDIENCE = "https://demo.test"
 
@@ -30,15 +29,8 @@ def demo_url(idp) -> Iterator[str]:
     """The demo API for ``idp``'s tokens; its validator reads the server's clock, so moving
     ``idp.clock`` ages tokens for the API too (the client's provider keeps real time)."""
     server, _ = bind_demo_api(idp.issuer, AUDIENCE, port=0, clock=idp.clock.now)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with BackgroundServer(server) as running:
+        yield running.url
 
 
 def session_for(idp, client_id: str, scopes: list[str]) -> requests.Session:

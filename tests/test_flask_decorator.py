@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +17,10 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask, g, jsonify, request
-from werkzeug.serving import make_server
 
 from m2mauth.client import TokenValidator, ValidatedToken, parse_challenges
 from m2mauth.client.flask import bearer_challenge, require_token
+from m2mauth.server.serving import BackgroundServer, bind_app
 
 AUDIENCE = "https://api.test"
 REALM = 'realm="https://api.test"'
@@ -31,16 +30,9 @@ NEEDS_TOKEN = "this resource needs a bearer access token (Authorization: Bearer 
 @contextmanager
 def serving(app: Flask) -> Iterator[str]:
     """``app`` on a free loopback port in a background thread; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    server, _ = bind_app("127.0.0.1", 0, lambda _port: app)
+    with BackgroundServer(server) as running:
+        yield running.url
 
 
 def make_app(validator: Any, *, realm: str | None = None) -> tuple[Flask, list[ValidatedToken]]:
