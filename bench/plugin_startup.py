@@ -96,7 +96,7 @@ def main() -> None:
     rows.append(("  plugin module import alone (ms)", import_median, None, f"min {import_min:.2f}"))
 
     # 2. Session start with the shipped keys, imports excluded.
-    from m2mauth.server.idp import IdentityProvider
+    from m2mauth.server.lab.idp import IdentityProvider
     from m2mauth.server.settings import ServerSettings
 
     def session_start() -> float:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from m2mauth.client import TokenValidator
 from m2mauth.server import ServerSettings
-from m2mauth.server.idp import IdentityProvider
+from m2mauth.server.lab.idp import IdentityProvider
 
 AUDIENCE = "api://default"
 

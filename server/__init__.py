@@ -1,36 +1,48 @@
 """m2mauth's authorization server: a strict OAuth 2.0 client-credentials token endpoint that
-issues RFC 9068 JWT access tokens, with JWKS, RFC 8414 metadata and test controls.
+issues RFC 9068 JWT access tokens, with JWKS and RFC 8414 metadata (the core), and the lab
+beside it (clock, faults, request log, admin API, ``IdentityProvider``, the pytest plugin).
 
-Names are imported on first use, so that loading the pytest plugin (a submodule) does not
-import Flask and Authlib into test runs that never use it.
+:func:`create_app` composes the two the way Flask's own tutorial factory composes its
+extensions: the core app, then the lab when the settings ask for it. Other names are imported
+on first use, so that loading the pytest plugin does not import Flask and Authlib into test
+runs that never use it.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .app import create_app
+    from flask import Flask
+
+    from .app import create_core_app
     from .clock import Clock
-    from .control import ControlError, Controls, RegisteredClient
     from .errors import ConfigError, KeyStoreError
-    from .idp import IdentityProvider
+    from .issuer import Issuer
+    from .lab import ControlError, Controls, IdentityProvider, Lab, LabClock, RegisteredClient
     from .settings import ClientSettings, ServerSettings, load_settings
+    from .store import MemoryStore, StateStore
     from .tokens import tampered
 
 _EXPORTS = {
-    "create_app": "app",
+    "create_core_app": "app",
     "Clock": "clock",
-    "ControlError": "control",
-    "Controls": "control",
-    "RegisteredClient": "control",
     "ConfigError": "errors",
     "KeyStoreError": "errors",
-    "IdentityProvider": "idp",
+    "Issuer": "issuer",
+    "ControlError": "lab",
+    "Controls": "lab",
+    "IdentityProvider": "lab",
+    "Lab": "lab",
+    "LabClock": "lab",
+    "RegisteredClient": "lab",
     "ClientSettings": "settings",
     "ServerSettings": "settings",
     "load_settings": "settings",
+    "MemoryStore": "store",
+    "StateStore": "store",
     "tampered": "tokens",
 }
 
@@ -41,22 +53,44 @@ __all__ = [
     "ControlError",
     "Controls",
     "IdentityProvider",
+    "Issuer",
     "KeyStoreError",
+    "Lab",
+    "LabClock",
+    "MemoryStore",
     "RegisteredClient",
     "ServerSettings",
+    "StateStore",
     "create_app",
+    "create_core_app",
     "load_settings",
     "tampered",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+def create_app(settings: ServerSettings | None = None, *,
+               store: StateStore | None = None) -> Flask:
+    """A new, independent authorization server app, with the lab unless ``settings.lab`` is
+    false. Without ``settings`` they are loaded as `m2mauth serve` loads them
+    (``M2MAUTH_CONFIG`` naming a TOML file, then ``M2MAUTH_*`` variables), so
+    ``gunicorn -w 1 'm2mauth.server:create_app()'`` serves what ``m2mauth serve`` would.
+
+    The issuer is at ``app.extensions["m2mauth"]``, the lab at
+    ``app.extensions["m2mauth_lab"]`` (its ``controls``).
+    """
+    from .app import create_core_app
+    from .settings import load_settings
+
+    settings = settings if settings is not None else load_settings()
+    app = create_core_app(settings, store=store)
+    if settings.lab:
+        from .lab import Lab
+
+        Lab(app)
+    return app
+
+
+__getattr__, _ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -3,21 +3,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
+from .algorithms import ALGORITHMS
 from .errors import ConfigError, KeyStoreError
 from .settings import (
-    ALGORITHMS,
     AUTH_METHODS,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     ServerSettings,
+    env_name,
+    server_settings,
 )
 
 __all__ = ["main"]
@@ -39,48 +42,70 @@ def main() -> None:
     """m2mauth: an OAuth 2.0 client-credentials lab (authorization server, client, validator)."""
 
 
+def _setting_options(command):
+    """``m2mauth serve``'s options, one per setting declared with a flag (settings.py): the
+    option's name, type, help and the variable it also reads come from the declaration."""
+    for setting in reversed(list(server_settings())):
+        if not setting.flag:
+            continue
+        name = "--" + setting.name.replace("_", "-")
+        shown = "(secret)" if setting.secret else setting.default
+        help_text = setting.help if "[default:" in setting.help or setting.default is None \
+            else f"{setting.help}  [default: {shown}]"
+        help_text += f"  (also {env_name(setting.name)})" if setting.env else ""
+        kwargs: dict[str, Any] = {"default": None, "help": help_text}
+        if setting.kind is bool:
+            names = [f"{name}/--no-{name[2:]}"] if setting.default else [name]
+            kwargs["is_flag"] = True
+        else:
+            names = [name]
+            kwargs["type"] = (click.Choice(setting.choices) if setting.choices else
+                              click.Path(file_okay=False, path_type=Path)
+                              if setting.kind is Path else setting.kind)
+        command = click.option(*names, setting.name, **kwargs)(command)
+    return command
+
+
 @main.command()
-@click.option("--host", help="Address to listen on.  [default: 127.0.0.1]")
-@click.option("--port", type=int, help="Port to listen on; 0 picks a free one.  [default: 8000]")
-@click.option("--issuer", help="Issuer URL put in tokens and metadata.  [default: http://HOST:PORT]")
+@_setting_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML config file (also M2MAUTH_CONFIG).")
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), help="Default signing algorithm.")
-@click.option("--token-lifetime", type=click.IntRange(min=1), help="Token lifetime in seconds.")
-@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Directory of <alg>.pem signing keys.  [default: the shipped test keys]")
-@click.option("--ephemeral-keys", is_flag=True, default=None,
-              help="Generate fresh in-memory signing keys instead of loading any.")
-@click.option("--admin-token", envvar="M2MAUTH_ADMIN_TOKEN", show_envvar=True,
-              help="Bearer token the /admin test-control API requires (needed off loopback).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
-def serve(host, port, issuer, config_file, algorithm, token_lifetime, keys_dir, ephemeral_keys,
-          admin_token, verbose) -> None:
+def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
     """Run the authorization server (defaults: 127.0.0.1:8000, RS256, demo-client)."""
-    from .serving import PortInUseError, bind
+    from . import create_app
+    from .serving import bind_app
     from .settings import load_settings
 
-    overrides = dict(host=host, port=port, issuer=issuer, algorithm=algorithm,
-                     token_lifetime=token_lifetime, keys_dir=keys_dir,
-                     ephemeral_keys=ephemeral_keys, admin_token=admin_token)
     settings = load_settings(config_file, overrides=overrides)
+    _configure_logging(verbose)
+    server, app = _bind_or_exit(settings.host, settings.port, lambda port: create_app(
+        dataclasses.replace(settings, port=port)), bind_app)
+    _banner(app)
+    _serve_until_interrupted(server)
+
+
+def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # joserfc prefers RFC 9864's "Ed25519" and warns on each "EdDSA" signature; m2mauth signs
     # "EdDSA" on purpose (what PyJWT and today's validators know), so the notice is noise here.
     warnings.filterwarnings("ignore", message="EdDSA is deprecated via RFC 9864")
     if verbose:
         logging.getLogger("m2mauth.access").setLevel(logging.DEBUG)
+
+
+def _bind_or_exit(host: str, port: int, make_app, bind_app):
+    """Listen and build the app, or one line on stderr and exit 2 (port taken, bad host)."""
+    from .serving import PortInUseError
+
     try:
-        server, app = bind(settings)
+        return bind_app(host, port, make_app)
     except PortInUseError as exc:
         click.echo(f"Error: {exc} (choose another with --port, or 0 for any free port)", err=True)
         sys.exit(2)
     except OSError as exc:
-        click.echo(f"Error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-                   err=True)
+        click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         sys.exit(2)
-    _banner(app.extensions["m2mauth"].settings, app.extensions["m2mauth"])
-    _serve_until_interrupted(server)
 
 
 def _serve_until_interrupted(server) -> None:
@@ -93,27 +118,31 @@ def _serve_until_interrupted(server) -> None:
         server.server_close()
 
 
-def _banner(settings: ServerSettings, state) -> None:
+def _banner(app) -> None:
+    issuer = app.extensions["m2mauth"]
+    settings: ServerSettings = issuer.settings
     echo = click.echo
     echo(f"m2mauth authorization server listening on {settings.host}:{settings.port}")
-    echo(f"  issuer    {state.issuer}")
-    echo(f"  token     {state.token_endpoint}")
-    echo(f"  jwks      {state.jwks_uri}")
-    echo(f"  metadata  {state.issuer}/.well-known/oauth-authorization-server")
-    if state.admin_enabled:
+    echo(f"  issuer    {issuer.issuer}")
+    echo(f"  token     {issuer.token_endpoint}")
+    echo(f"  jwks      {issuer.jwks_uri}")
+    echo(f"  metadata  {issuer.issuer}/.well-known/oauth-authorization-server")
+    if not settings.lab:
+        echo("  lab       off (--no-lab): no /admin, no faults, no request log, real time")
+    elif settings.admin_enabled:
         guard = "admin token required" if settings.admin_token else "open on loopback"
-        echo(f"  admin     {state.issuer}/admin  (test controls, {guard})")
-    algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in state.clients}))
+        echo(f"  admin     {issuer.issuer}/admin  (test controls, {guard})")
+    algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in issuer.clients}))
     echo(f"  signing   {algs} ({_keys_source(settings)})")
-    demo = state.clients.get(DEMO_CLIENT_ID)
+    demo = issuer.clients.get(DEMO_CLIENT_ID)
     if demo is not None and demo.secret == DEMO_CLIENT_SECRET.encode():
         echo(f"  client    {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}  scopes: "
              f"{' '.join(demo.scopes)}  audience: {' '.join(demo.audiences)}")
         echo("")
         echo(f"  curl -s -u {DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET} "
-             f"-d grant_type=client_credentials {state.token_endpoint}")
+             f"-d grant_type=client_credentials {issuer.token_endpoint}")
     else:
-        echo(f"  clients   {', '.join(c.client_id for c in state.clients)}")
+        echo(f"  clients   {', '.join(c.client_id for c in issuer.clients)}")
     if settings.uses_shipped_keys:
         echo("  note      the shipped keys in keys/ are PUBLIC test keys: never trust these tokens"
              " outside a test")
@@ -157,8 +186,6 @@ def keys_generate(directory: Path, algorithms: tuple[str, ...], force: bool) -> 
 
 # -- client side: get a token, inspect a token -------------------------------------------------
 
-#: Signature algorithms `decode` accepts; never "none" or HMAC (RFC 8725 §3.1).
-_VERIFY_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
 #: Longer input is refused before any parsing (a token is a few hundred bytes to a few KiB).
 _MAX_TOKEN_CHARS = 64 * 1024
 
@@ -334,9 +361,12 @@ def _verify_signature(token: str, header: dict, jwks: dict) -> tuple[bool, str]:
     asymmetric algorithms, only keys from the JWKS (never jwk/jku/x5u/x5c from the token)."""
     import jwt
 
+    # Never "none" or HMAC (RFC 8725 section 3.1): the validator's asymmetric allow-list.
+    from m2mauth.client.validator import DEFAULT_ALGORITHMS
+
     alg = header.get("alg")
-    if alg not in _VERIFY_ALGS:
-        return False, f"algorithm {alg!r} not allowed (accepted: {', '.join(_VERIFY_ALGS)})"
+    if alg not in DEFAULT_ALGORITHMS:
+        return False, f"algorithm {alg!r} not allowed (accepted: {', '.join(DEFAULT_ALGORITHMS)})"
     kid = header.get("kid")
     keys = [k for k in jwks["keys"] if isinstance(k, dict)]
     if kid is not None:
@@ -424,20 +454,14 @@ def demo_api_command(issuer: str, audience: str, host: str, port: int, leeway: f
     """Run a demo API: GET /hello needs scope read, GET /admin needs scope admin."""
     import shlex
 
-    from .demo_api import ENDPOINTS, bind_demo_api
-    from .serving import PortInUseError
+    from m2mauth.client.demo_api import ENDPOINTS, create_demo_api
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if verbose:
-        logging.getLogger("m2mauth.access").setLevel(logging.DEBUG)
+    from .serving import bind_app
+
+    _configure_logging(verbose)
     try:
-        server, _ = bind_demo_api(issuer, audience, host=host, port=port, leeway=leeway)
-    except PortInUseError as exc:
-        click.echo(f"Error: {exc} (choose another with --port, or 0 for any free port)", err=True)
-        sys.exit(2)
-    except OSError as exc:
-        click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
-        sys.exit(2)
+        server, _ = _bind_or_exit(host, port, lambda _port: create_demo_api(
+            issuer, audience, leeway=leeway), bind_app)
     except ValueError as exc:  # the validator's own checks (an empty issuer or audience)
         raise click.UsageError(str(exc)) from None
     bound = int(server.server_address[1])

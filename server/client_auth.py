@@ -1,12 +1,12 @@
-"""JWT client authentication (RFC 7523 §2.2): ``private_key_jwt`` and ``client_secret_jwt``,
-on Authlib's ``JWTBearerClientAssertion`` with the server's clock and a replay cache."""
+"""Client authentication methods registered with Authlib: ``client_secret_basic`` (RFC 6749
+§2.3.1 decoding), and ``private_key_jwt``/``client_secret_jwt`` (RFC 7523 §2.2) on Authlib's
+``JWTBearerClientAssertion``, with the issuer's clock and the state store's replay cache."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-import threading
 from urllib.parse import unquote_plus
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError
@@ -15,12 +15,14 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
+from .algorithms import ALGORITHMS
 from .clock import Clock
-from .errors import safe_description
-from .settings import ALGORITHMS
+from .store import StateStore
+from .syntax import safe_description
 
 __all__ = [
-    "ClientSecretJWT", "JtiCache", "PrivateKeyJWT", "basic_credentials", "client_secret_basic",
+    "ClientSecretJWT", "PrivateKeyJWT", "basic_credentials", "client_secret_basic",
+    "is_hmac", "unverified_part",
 ]
 
 
@@ -48,36 +50,6 @@ def client_secret_basic(query_client, request):
     if client is not None and client.check_client_secret(secret):
         return client
     return None
-
-
-class JtiCache:
-    """Assertion ``jti`` values seen, kept until the assertion expires (RFC 7523 §3 item 7)."""
-
-    def __init__(self, clock: Clock, max_entries: int = 100_000) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], int] = {}
-        self._max = max_entries
-
-    def add(self, client_id: str, jti: str, exp: int) -> bool:
-        """Remember ``jti``; False if it was seen and has not expired yet."""
-        now = self._clock()
-        key = (client_id, jti)
-        with self._lock:
-            seen_until = self._seen.get(key)
-            if seen_until is not None and seen_until >= now:
-                return False
-            if len(self._seen) >= self._max:
-                self._seen = {k: v for k, v in self._seen.items() if v >= now}
-                if len(self._seen) >= self._max:
-                    # Full of live entries: refuse rather than forget one and allow a replay.
-                    return False
-            self._seen[key] = exp
-            return True
-
-    def clear(self) -> None:
-        with self._lock:
-            self._seen.clear()
 
 
 def unverified_part(assertion: str, index: int) -> dict | None:
@@ -111,12 +83,12 @@ class _ClientAssertion(JWTBearerClientAssertion):
     #: Signature algorithms accepted for this method's assertions.
     ALGORITHMS: tuple[str, ...] = ()
 
-    def __init__(self, *, audiences: list[str], clock: Clock, jti_cache: JtiCache,
+    def __init__(self, *, audiences: list[str], clock: Clock, store: StateStore,
                  leeway: int, max_lifetime: int) -> None:
         super().__init__(leeway=leeway)
         self._audiences = audiences
         self._clock = clock
-        self._jti_cache = jti_cache
+        self._store = store
         self._max_lifetime = max_lifetime
 
     def __call__(self, query_client, request):
@@ -169,11 +141,14 @@ class _ClientAssertion(JWTBearerClientAssertion):
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti:
             raise InvalidClientError(description="Client assertion: jti must be a string.")
-        if not self._jti_cache.add(claims["sub"], jti, exp + self.leeway):
+        if not self.validate_jti(claims, jti):
             raise InvalidClientError(description="Client assertion: jti was used before.")
 
-    def validate_jti(self, claims, jti) -> bool:  # verify_claims above checks jti itself
-        return True
+    def validate_jti(self, claims, jti) -> bool:
+        # Authlib's replay hook: kept in the state store until the assertion expires (RFC 7523
+        # section 3 item 7), so every worker sharing the store refuses a replay.
+        return self._store.remember_jti(claims["sub"], jti, claims["exp"] + self.leeway,
+                                        self._clock())
 
 
 class PrivateKeyJWT(_ClientAssertion):

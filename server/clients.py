@@ -1,17 +1,19 @@
-"""Registered clients as Authlib sees them (``ClientMixin``), and the registry that holds them."""
+"""Registered clients as Authlib sees them (``ClientMixin``), and the registry that builds them
+from the client settings in the state store."""
 
 from __future__ import annotations
 
 import hmac
-import threading
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any
 
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError
 from joserfc.jwk import KeySet
 
-from .errors import InvalidTargetError, safe_description
+from .errors import InvalidTargetError
 from .settings import ClientSettings
+from .store import StateStore
+from .syntax import safe_description
 
 __all__ = ["Client", "ClientRegistry"]
 
@@ -64,14 +66,6 @@ class Client(ClientMixin):
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         return endpoint == "token" and method in self.auth_methods
 
-    def get_allowed_scope(self, scope: str | None) -> str | None:
-        """The granted scope string; None (→ invalid_scope) when any requested scope is not
-        allowed. Strict, unlike the usual pattern that silently drops the extra scopes."""
-        try:
-            return " ".join(self.resolve_scope(scope))
-        except InvalidScopeError:
-            return None
-
     # -- m2mauth ----------------------------------------------------------------------
 
     @property
@@ -114,40 +108,32 @@ class Client(ClientMixin):
 
 
 class ClientRegistry:
-    """Clients by id; thread-safe so tests can add and remove clients while serving."""
+    """The issuer's clients, read from the state store. Each :class:`Client` is built once
+    per settings object (its JWKS parsed once) and rebuilt when the store holds new settings
+    for its id."""
 
-    def __init__(self, clients: Iterable[ClientSettings], *, default_audience: str) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, store: StateStore, *, default_audience: str) -> None:
+        self.store = store
         self._default_audience = default_audience
-        self._clients: dict[str, Client] = {}
-        for settings in clients:
-            self.add(settings)
-
-    def add(self, settings: ClientSettings) -> Client:
-        client = Client(settings, default_audience=self._default_audience)
-        with self._lock:
-            self._clients[client.client_id] = client
-        return client
-
-    def remove(self, client_id: str) -> None:
-        with self._lock:
-            self._clients.pop(client_id, None)
-
-    def snapshot(self) -> dict[str, Client]:
-        with self._lock:
-            return dict(self._clients)
-
-    def restore(self, snapshot: dict[str, Client]) -> None:
-        """Back to a :meth:`snapshot`: clients added since are gone, removed ones return."""
-        with self._lock:
-            self._clients = dict(snapshot)
+        self._built: dict[str, Client] = {}
 
     def get(self, client_id: str) -> Client | None:
-        return self._clients.get(client_id)
+        settings = self.store.client(client_id)
+        if settings is None:
+            self._built.pop(client_id, None)
+            return None
+        client = self._built.get(client_id)
+        if client is None or client.settings is not settings:
+            client = self._built[client_id] = self.build(settings)
+        return client
 
-    def __iter__(self):
-        with self._lock:
-            return iter(list(self._clients.values()))
+    def build(self, settings: ClientSettings) -> Client:
+        """A :class:`Client` for ``settings``; raises ``ValueError``/``JoseError`` for a JWKS
+        that cannot be read."""
+        return Client(settings, default_audience=self._default_audience)
+
+    def __iter__(self) -> Iterator[Client]:
+        return iter([c for s in self.store.clients() if (c := self.get(s.client_id))])
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return len(self.store.clients())

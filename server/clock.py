@@ -1,28 +1,41 @@
-"""The server's one clock: every timestamp the server issues or checks is read here.
+"""The issuer's one clock: every timestamp the server issues or checks is read here.
 
-Tests freeze, advance or offset it instead of sleeping; the default follows real time.
+It is real time, moved by the offset or freeze kept in the state store; the core only reads
+it. The lab's clock controls (:class:`m2mauth.server.lab.LabClock`) change that state, so a
+test that moves time moves it for issuing and validating alike, in every worker that shares
+the store.
 """
 
 from __future__ import annotations
 
-import threading
 import time
+from typing import TYPE_CHECKING
+
+from .store import ClockState
+
+if TYPE_CHECKING:
+    from .store import StateStore
+
+__all__ = ["Clock"]
+
+_REAL_TIME = ClockState()
 
 
 class Clock:
-    """Wall-clock time in seconds, with a settable offset and an optional frozen instant."""
+    """Seconds since the epoch as this issuer sees them; ``Clock()`` alone is real time."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._offset = 0.0
-        self._frozen: float | None = None
+    def __init__(self, store: StateStore | None = None) -> None:
+        self._store = store
+
+    def state(self) -> ClockState:
+        return self._store.clock_state() if self._store is not None else _REAL_TIME
 
     def now(self) -> float:
         """The current time as a POSIX timestamp, as this server sees it."""
-        frozen = self._frozen
-        if frozen is not None:
-            return frozen
-        return time.time() + self._offset
+        state = self.state()
+        if state.frozen_at is not None:
+            return state.frozen_at
+        return time.time() + state.offset
 
     def __call__(self) -> int:
         """Whole seconds, the unit of JWT NumericDate claims."""
@@ -31,46 +44,14 @@ class Clock:
     @property
     def offset(self) -> float:
         """Seconds this clock runs ahead of (positive) or behind (negative) real time."""
-        return self._offset
+        return self.state().offset
 
     @property
     def frozen(self) -> bool:
-        return self._frozen is not None
-
-    def set_offset(self, seconds: float) -> None:
-        """Run ahead of (positive) or behind (negative) real time – the clock-skew cases."""
-        with self._lock:
-            self._offset = float(seconds)
-            if self._frozen is not None:
-                self._frozen = time.time() + self._offset
-
-    def freeze(self, at: float | None = None) -> None:
-        """Stop the clock at ``at`` (a POSIX timestamp) or at the current time."""
-        with self._lock:
-            self._frozen = self.now() if at is None else float(at)
-
-    def unfreeze(self) -> None:
-        """Run again from the frozen instant (the offset keeps the time continuous)."""
-        with self._lock:
-            if self._frozen is not None:
-                self._offset = self._frozen - time.time()
-                self._frozen = None
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward (or back, with a negative value), frozen or not."""
-        with self._lock:
-            if self._frozen is not None:
-                self._frozen += seconds
-            else:
-                self._offset += seconds
-
-    def reset(self) -> None:
-        """Back to real time."""
-        with self._lock:
-            self._offset = 0.0
-            self._frozen = None
+        return self.state().frozen_at is not None
 
     def __repr__(self) -> str:
-        if self._frozen is not None:
-            return f"<Clock frozen at {self._frozen}>"
-        return f"<Clock offset {self._offset:+g}s>"
+        state = self.state()
+        if state.frozen_at is not None:
+            return f"<{type(self).__name__} frozen at {state.frozen_at}>"
+        return f"<{type(self).__name__} offset {state.offset:+g}s>"

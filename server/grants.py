@@ -4,7 +4,6 @@ rejected before any token is made."""
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -19,12 +18,11 @@ from authlib.oauth2.rfc6749.hooks import hooked
 from .client_auth import basic_credentials, unverified_part
 from .errors import InvalidTargetError
 from .settings import AUTH_METHODS
+from .syntax import is_scope, safe_description
 from .tokens import IssuedToken
 
 __all__ = ["ClientCredentialsGrant"]
 
-# RFC 6749 §3.3: scope = scope-token *( SP scope-token ); scope-token = 1*NQCHAR
-_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*")
 #: Parameters that may legitimately repeat (RFC 8707 §2: resource; the audience alias).
 _REPEATABLE = frozenset({"resource", "audience"})
 _ASSERTION_PARAMS = ("client_assertion", "client_assertion_type")
@@ -35,7 +33,8 @@ def _check_parameters(request) -> None:
     datalist = request.payload.datalist
     for name, values in datalist.items():
         if len(values) > 1 and name not in _REPEATABLE:
-            raise InvalidRequestError(f"Parameter '{_short(name)}' is repeated.")
+            raise InvalidRequestError(
+                f"Parameter '{safe_description(name, 40)}' is repeated.")
     form = request.payload.data
     has_header = request.headers.get("Authorization") is not None
     in_body = [p for p in ("client_secret", *_ASSERTION_PARAMS) if p in form]
@@ -58,17 +57,11 @@ def _check_parameters(request) -> None:
         # nested too deeply) escape as a 500; unreadable is unreadable, whatever the reason.
         raise InvalidClientError(description="Invalid JWT assertion.")
     scope = form.get("scope")
-    if scope is not None and scope != "" and not _SCOPE.fullmatch(scope):
+    if scope is not None and scope != "" and not is_scope(scope):
         raise InvalidScopeError(
             "Malformed scope: space-separated tokens of printable ASCII, without double"
             " quote or backslash (RFC 6749 section 3.3)."
         )
-
-
-def _short(name: str) -> str:
-    from .errors import safe_description
-
-    return safe_description(name, 40)
 
 
 def _requested_audience(request) -> list[str]:

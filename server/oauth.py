@@ -7,12 +7,13 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer as _FlaskAutho
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from flask import request as flask_request
 
 from .clients import ClientRegistry
-from .errors import safe_description
+from .syntax import safe_description
 from .tokens import TokenIssuer
 
-__all__ = ["AuthorizationServer"]
+__all__ = ["AuthorizationServer", "TokenEndpointRequest"]
 
 #: Authlib's invalid_client descriptions that are replaced by one generic message.
 _GENERIC_INVALID_CLIENT = (
@@ -29,7 +30,11 @@ class _FormPayload(BasicOAuth2Payload):
         self._datalist = {key: form.getlist(key) for key in form}
 
 
-class _Request(FlaskOAuth2Request):
+class TokenEndpointRequest(FlaskOAuth2Request):
+    """Authlib's request object for one token request. The grant records on it what it
+    decided (``client``, ``auth_method``, and m2mauth's ``issued`` token), so whoever made it
+    can read the outcome afterwards."""
+
     def __init__(self, request) -> None:
         # Authlib refuses plain-HTTP URLs off loopback; m2mauth is a lab server that is often
         # reached as http://idp:8000 on a container network, so the scheme is not checked.
@@ -39,12 +44,7 @@ class _Request(FlaskOAuth2Request):
         self.uri = request.url
         self._request = request
         self.payload = _FormPayload(request.form)
-
-
-def _flask_request():
-    from flask import request
-
-    return request
+        self.issued = None
 
 
 def _as_https(url: str) -> str:
@@ -54,7 +54,8 @@ def _as_https(url: str) -> str:
 class AuthorizationServer(_FlaskAuthorizationServer):
     """One issuer's token endpoint logic; no Flask app is bound (several may share a process)."""
 
-    def __init__(self, clients: ClientRegistry, token_issuer: TokenIssuer, realm: str) -> None:
+    def __init__(self, clients: ClientRegistry, token_issuer: TokenIssuer, *, realm: str,
+                 ) -> None:
         super().__init__()
         self.clients = clients
         self.token_issuer = token_issuer
@@ -66,13 +67,11 @@ class AuthorizationServer(_FlaskAuthorizationServer):
     def save_token(self, token, request) -> None:
         return None
 
-    def create_oauth2_request(self, request) -> _Request:
-        from flask import g
-        from flask import request as flask_request
-
-        # Kept on g so the view can log the outcome (client, auth method, jti) afterwards.
-        g.m2mauth_oauth_request = _Request(flask_request)
-        return g.m2mauth_oauth_request
+    def create_oauth2_request(self, request) -> TokenEndpointRequest:
+        # The token view passes the request object it made itself, to read the outcome.
+        if isinstance(request, TokenEndpointRequest):
+            return request
+        return TokenEndpointRequest(flask_request)
 
     def handle_error_response(self, request, error):
         if error.description:
@@ -83,7 +82,7 @@ class AuthorizationServer(_FlaskAuthorizationServer):
             # RFC 6749 §5.2: 401 with a challenge when the client authenticated with the
             # Authorization header (any scheme: Basic is the one this endpoint supports, so
             # that is the challenge); otherwise 400, as a 401 must carry WWW-Authenticate.
-            headers = request.headers if request is not None else _flask_request().headers
+            headers = request.headers if request is not None else flask_request.headers
             used_basic = bool(headers.get("Authorization"))
             error.status_code = 401 if used_basic else 400
             if error.description.startswith(_GENERIC_INVALID_CLIENT):
@@ -100,3 +99,4 @@ class AuthorizationServer(_FlaskAuthorizationServer):
                 )
             return response
         return super().handle_error_response(request, error)
+

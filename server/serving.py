@@ -1,10 +1,9 @@
-"""Running an authorization server over HTTP: bind first (so port 0 works and the issuer can
-name the real port), then serve with werkzeug's threaded server, in the foreground for
-`m2mauth serve` or in a background thread for tests."""
+"""Running a WSGI app over HTTP: bind first (so port 0 works and the issuer can name the
+real port), then serve with werkzeug's threaded server, in the foreground for `m2mauth serve`
+and `m2mauth demo-api`, or in a background thread for tests."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import socket
@@ -15,11 +14,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from .app import create_app
-from .clock import Clock
-from .settings import ServerSettings
-
-__all__ = ["BackgroundServer", "PortInUseError", "ServerThread", "bind", "bind_app"]
+__all__ = ["BackgroundServer", "PortInUseError", "bind_app"]
 
 
 class PortInUseError(OSError):
@@ -79,13 +74,6 @@ def bind_app(host: str, port: int, make_app: Callable[[int], Flask],
     return server, app
 
 
-def bind(settings: ServerSettings, *, clock: Clock | None = None) -> tuple[BaseWSGIServer, Flask]:
-    """The authorization server for ``settings``, bound; without a configured issuer, the
-    issuer names the port actually bound."""
-    return bind_app(settings.host, settings.port, lambda port: create_app(
-        dataclasses.replace(settings, port=port), clock=clock))
-
-
 class BackgroundServer:
     """A bound werkzeug server answering from a daemon thread until :meth:`stop` (also a
     context manager): for tests, fixtures and benchmarks."""
@@ -118,21 +106,3 @@ class BackgroundServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class ServerThread(BackgroundServer):
-    """An authorization server in a background thread on a loopback port.
-
-    ``with ServerThread() as srv: requests.get(srv.issuer + "/jwks.json")``
-    """
-
-    def __init__(self, settings: ServerSettings | None = None, *, clock: Clock | None = None,
-                 port: int = 0) -> None:
-        settings = dataclasses.replace(settings or ServerSettings(), port=port)
-        server, self.app = bind(settings, clock=clock)
-        self.state = self.app.extensions["m2mauth"]
-        super().__init__(server)
-
-    @property
-    def issuer(self) -> str:
-        return self.state.issuer

@@ -1,23 +1,30 @@
-"""Settings of one authorization server: plain dataclasses, loaded from built-in defaults,
-a TOML file, ``M2MAUTH_*`` environment variables and command-line flags, in that order of
-precedence (later wins). Every problem raises :class:`ConfigError` naming the source and key.
+"""Settings of one authorization server, each declared once.
+
+Every field of :class:`ServerSettings` carries its own declaration (``dataclasses.field``
+metadata, see :func:`_setting`): its help text, its kind, its check, and whether it has a
+command-line flag. The TOML key (the field name), the ``M2MAUTH_<NAME>`` environment variable,
+the ``m2mauth serve`` option and the validation all derive from it. Layers, later wins:
+built-in defaults, a TOML file, ``M2MAUTH_*`` variables, flags. Every problem raises
+:class:`ConfigError` naming the source and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
-import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .algorithms import ALGORITHMS, key_type, one_of
 from .errors import ConfigError
+from .syntax import is_client_id, is_scope_token
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,11 +36,12 @@ __all__ = [
     "AUTH_METHODS",
     "ClientSettings",
     "ServerSettings",
+    "Setting",
+    "env_name",
     "load_settings",
+    "server_settings",
 ]
 
-#: Signing algorithms the server can issue tokens with.
-ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 #: Client authentication methods at the token endpoint (RFC 6749 §2.3, RFC 7523).
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt")
 _SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt")
@@ -42,10 +50,86 @@ DEFAULT_AUDIENCE = "api://default"
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"  # a published demo credential, printed by `m2mauth serve`
 
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-# RFC 6749 Appendix A.1: client_id = *VSCHAR; we also refuse empty ids and very long ones.
-_CLIENT_ID = re.compile(r"[\x20-\x7e]{1,255}")
+#: Kinds of value a setting holds: how a TOML value is type-checked and a variable parsed.
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+               dict: "a table", Path: "a string"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The declaration of one setting (the metadata of its dataclass field)."""
+
+    name: str
+    help: str
+    kind: type
+    #: Raises ConfigError-style problems as a string, or returns None when the value is fine.
+    check: Callable[[Any], str | None] | None = None
+    #: Whether ``m2mauth serve`` has an option for it (``--name``; ``--name/--no-name`` for
+    #: a bool that defaults to True).
+    flag: bool = False
+    #: Whether an ``M2MAUTH_<NAME>`` variable sets it.
+    env: bool = True
+    #: Never echo the value (messages name its type instead).
+    secret: bool = False
+    #: The values it may take, when they are a fixed few.
+    choices: tuple[str, ...] | None = None
+    default: Any = None
+
+
+def _setting(default: Any = dataclasses.MISSING, *, help: str, kind: type,
+             check: Callable[[Any], str | None] | None = None, flag: bool = False,
+             env: bool = True, secret: bool = False, choices: tuple[str, ...] | None = None,
+             repr: bool = True, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that declares its setting (see :class:`Setting`)."""
+    if choices is not None:
+        check = _one_of(choices)
+    meta = {"setting": dict(help=help, kind=kind, check=check, flag=flag, env=env,
+                            secret=secret, choices=choices)}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta, repr=repr)
+    return field(default=default, metadata=meta, repr=repr)
+
+
+# -- checks: each returns the problem, or None ----------------------------------------------
+
+
+def _positive(value: int) -> str | None:
+    return None if value > 0 else "must be a positive integer"
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be a non-negative integer"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be between 0 and 65535"
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else one_of(value, choices)
+    return check
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _admin_token(value: str) -> str | None:
+    return None if len(value) >= 16 else "must be at least 16 characters"
+
+
+def _issuer(issuer: str) -> str | None:
+    parts = urlsplit(issuer)
+    if (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
+            or parts.fragment):
+        return f"{issuer!r} is not an http(s) URL without query or fragment"
+    if issuer.endswith("/"):
+        return "must not end with '/' (it is compared exactly)"
+    return None
+
+
+# -- clients ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -85,48 +169,125 @@ class ClientSettings:
             methods.append("private_key_jwt")
         return tuple(methods)
 
+    def validate(self, source: str, where: str) -> ClientSettings:
+        """Check every value; raise :class:`ConfigError` (key ``<where>.<field>``)."""
+        def fail(key: str, why: str) -> ConfigError:
+            return ConfigError(source, f"{where}.{key}" if key else where, why)
 
-def _demo_client() -> ClientSettings:
-    return ClientSettings(
+        if not is_client_id(self.client_id):
+            raise fail("client_id", "must be 1-255 printable ASCII characters")
+        if self.client_secret is not None and (
+                not isinstance(self.client_secret, str) or not self.client_secret):
+            raise fail("client_secret", "must be a non-empty string")
+        if self.jwks is not None:
+            if not isinstance(self.jwks, dict) or not isinstance(self.jwks.get("keys"), list):
+                raise fail("jwks", 'must be a JWKS: {"keys": [...]}')
+            if any(isinstance(k, dict) and "d" in k for k in self.jwks["keys"]):
+                raise fail("jwks", "contains a private key; register public keys only")
+        methods = self.allowed_auth_methods()
+        for method in methods:
+            if method not in AUTH_METHODS:
+                raise fail("auth_methods", one_of(method, AUTH_METHODS))
+            if method in _SECRET_METHODS and not self.client_secret:
+                raise fail("auth_methods", f"{method} needs a client_secret")
+            if method == "private_key_jwt" and not self.jwks:
+                raise fail("auth_methods", "private_key_jwt needs jwks")
+        if not methods:
+            raise fail("", "has no credentials: set client_secret or jwks")
+        for scope in self.scopes:
+            if not is_scope_token(scope):
+                raise fail("scopes", f"{scope!r} is not a valid scope token (RFC 6749 §3.3)")
+        _check_subset(fail, "default_scopes", self.default_scopes, self.scopes, "scopes")
+        for aud in self.audiences:
+            if not isinstance(aud, str) or not aud:
+                raise fail("audiences", "entries must be non-empty strings")
+        _check_subset(fail, "default_audience", self.default_audience, self.audiences,
+                      "audiences")
+        if self.token_lifetime is not None and (
+                not _is_int(self.token_lifetime) or self.token_lifetime <= 0):
+            raise fail("token_lifetime", "must be a positive integer")
+        if self.algorithm is not None and self.algorithm not in ALGORITHMS:
+            raise fail("algorithm", one_of(self.algorithm))
+        if not isinstance(self.claims, dict):
+            raise fail("claims", "must be a table of claim names to values")
+        return self
+
+
+def _check_subset(fail: Callable[[str, str], ConfigError], key: str,
+                  chosen: tuple[str, ...] | None, allowed: tuple[str, ...], what: str) -> None:
+    extra = set(chosen or ()) - set(allowed)
+    if extra:
+        raise fail(key, f"{sorted(extra)} not in the client's {what}")
+
+
+def _demo_clients() -> list[ClientSettings]:
+    return [ClientSettings(
         client_id=DEMO_CLIENT_ID,
         client_secret=DEMO_CLIENT_SECRET,
         scopes=("read", "write"),
         audiences=(DEFAULT_AUDIENCE,),
-    )
+    )]
+
+
+#: The TOML keys of a ``[[clients]]`` table and the kind of value each takes.
+_CLIENT_KEYS: dict[str, tuple[type, ...]] = {
+    "client_id": (str,), "client_secret": (str,), "jwks": (dict,), "jwks_file": (str,),
+    "auth_methods": (list,), "scopes": (list,), "default_scopes": (list,),
+    "audiences": (list,), "default_audience": (str, list), "claims": (dict,),
+    "token_lifetime": (int,), "algorithm": (str,),
+}
+_LIST_KEYS = ("auth_methods", "scopes", "default_scopes", "audiences", "default_audience")
+
+
+# -- the server ------------------------------------------------------------------------------
 
 
 @dataclass
 class ServerSettings:
     """Everything one authorization server instance needs; the defaults are `m2mauth serve`'s."""
 
-    #: Issuer URL; None means http://HOST:PORT of the address actually bound.
-    issuer: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    #: Default signing algorithm (clients may override).
-    algorithm: str = "RS256"
-    #: Default access-token lifetime in seconds.
-    token_lifetime: int = 300
-    #: Audience of tokens for clients that configure none.
-    default_audience: str = DEFAULT_AUDIENCE
-    #: Directory of PEM signing keys; None means the public test keys shipped with m2mauth.
-    keys_dir: Path | None = None
-    #: Generate fresh in-memory keys instead of loading any from disk.
-    ephemeral_keys: bool = False
-    #: ``Cache-Control: max-age`` of the JWKS response, in seconds.
-    jwks_max_age: int = 300
-    #: Largest accepted request body, in bytes; larger requests get 413.
-    max_body_bytes: int = 64 * 1024
-    #: Clock-skew allowance for client assertions (private_key_jwt, client_secret_jwt).
-    assertion_leeway: int = 60
-    #: Longest accepted client-assertion lifetime (exp - now), in seconds.
-    assertion_max_lifetime: int = 3600
-    #: Serve the test-control admin API under /admin (see admin_enabled).
-    admin_api: bool = True
-    #: Bearer token the admin API requires; needed to use it off loopback. Masked in repr().
-    admin_token: str | None = field(default=None, repr=False)
-    clients: list[ClientSettings] = field(default_factory=lambda: [_demo_client()])
-    #: The TOML file these settings came from, if any (for messages).
+    issuer: str | None = _setting(
+        None, kind=str, check=_issuer, flag=True,
+        help="Issuer URL put in tokens and metadata.  [default: http://HOST:PORT]")
+    host: str = _setting("127.0.0.1", kind=str, flag=True, help="Address to listen on.")
+    port: int = _setting(8000, kind=int, check=_port, flag=True,
+                         help="Port to listen on; 0 picks a free one.")
+    algorithm: str = _setting("RS256", kind=str, choices=ALGORITHMS, flag=True,
+                              help="Default signing algorithm (clients may override).")
+    token_lifetime: int = _setting(300, kind=int, check=_positive, flag=True,
+                                   help="Access-token lifetime in seconds.")
+    default_audience: str = _setting(DEFAULT_AUDIENCE, kind=str, check=_non_empty,
+                                     help="Audience of tokens for clients that configure none.")
+    keys_dir: Path | None = _setting(
+        None, kind=Path, flag=True,
+        help="Directory of <alg>.pem signing keys.  [default: the shipped test keys]")
+    ephemeral_keys: bool = _setting(
+        False, kind=bool, flag=True,
+        help="Generate fresh in-memory signing keys instead of loading any.")
+    jwks_max_age: int = _setting(300, kind=int, check=_positive,
+                                 help="Cache-Control max-age of the JWKS, in seconds.")
+    max_body_bytes: int = _setting(64 * 1024, kind=int, check=_positive,
+                                   help="Largest accepted request body; larger ones get 413.")
+    assertion_leeway: int = _setting(
+        60, kind=int, check=_non_negative,
+        help="Clock-skew allowance for client assertions, in seconds.")
+    assertion_max_lifetime: int = _setting(
+        3600, kind=int, check=_positive,
+        help="Longest accepted client-assertion lifetime (exp - now), in seconds.")
+    lab: bool = _setting(
+        True, kind=bool, flag=True,
+        help="Attach the lab: test controls, the /admin API, faults, request log, clock "
+             "control. --no-lab serves the authorization server alone.")
+    admin_api: bool = _setting(
+        True, kind=bool,
+        help="Serve the lab's admin API under /admin (tokenless on loopback only).")
+    admin_token: str | None = _setting(
+        None, kind=str, check=_admin_token, flag=True, secret=True, repr=False,
+        help="Bearer token the /admin test-control API requires (needed off loopback).")
+    clients: list[ClientSettings] = _setting(
+        kind=list, env=False, default_factory=_demo_clients,
+        help="Registered clients ([[clients]] tables).")
+    #: The TOML file these settings came from, if any (for messages); not itself a setting.
     config_file: Path | None = None
 
     @property
@@ -139,24 +300,13 @@ class ServerSettings:
         """Whether ``host`` is a loopback address (only this machine can connect). The name
         "localhost" counts only while every address it resolves to is loopback: the server
         binds what the resolver says, and /etc/hosts may say anything."""
-        if self.host == "localhost":
-            try:
-                found = socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
-            except (OSError, UnicodeError):
-                return False
-            return bool(found) and all(
-                ipaddress.ip_address(str(address[4][0]).split("%", 1)[0]).is_loopback
-                for address in found
-            )
-        try:
-            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host, resolve=True)
 
     @property
     def admin_enabled(self) -> bool:
         """The admin API answers with an admin token, or without one on loopback only."""
-        return self.admin_api and (self.admin_token is not None or self.binds_loopback)
+        return self.lab and self.admin_api and (
+            self.admin_token is not None or self.binds_loopback)
 
     @property
     def uses_shipped_keys(self) -> bool:
@@ -168,25 +318,21 @@ class ServerSettings:
 
     def validate(self, source: str = "settings") -> ServerSettings:
         """Check every value; raise :class:`ConfigError` on the first problem."""
-        if self.issuer is not None:
-            _check_issuer(source, "issuer", self.issuer)
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(source, "algorithm", _one_of(self.algorithm, ALGORITHMS))
-        for key in ("token_lifetime", "jwks_max_age", "max_body_bytes", "assertion_max_lifetime"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
-                raise ConfigError(source, key, "must be a positive integer")
-        if not isinstance(self.assertion_leeway, int) or self.assertion_leeway < 0:
-            raise ConfigError(source, "assertion_leeway", "must be a non-negative integer")
-        if not (0 <= self.port <= 65535):
-            raise ConfigError(source, "port", "must be between 0 and 65535")
-        if self.admin_token is not None and len(self.admin_token) < 16:
-            raise ConfigError(source, "admin_token", "must be at least 16 characters")
-        if not self.default_audience:
-            raise ConfigError(source, "default_audience", "must not be empty")
+        for setting in server_settings():
+            value = getattr(self, setting.name)
+            if value is None:
+                continue
+            if not _of_kind(value, setting.kind):
+                got = type(value).__name__ if setting.secret else repr(value)
+                raise ConfigError(source, setting.name,
+                                  f"must be {_KIND_NAMES[setting.kind]}, got {got}")
+            problem = setting.check(value) if setting.check is not None else None
+            if problem is not None:
+                raise ConfigError(source, setting.name, problem)
         seen: set[str] = set()
         for i, client in enumerate(self.clients):
             where = f"clients[{i}]"
-            validate_client(source, where, client)
+            client.validate(source, where)
             if client.client_id in seen:
                 raise ConfigError(
                     source, f"{where}.client_id", f"duplicate id {client.client_id!r}"
@@ -195,150 +341,70 @@ class ServerSettings:
         return self
 
 
-def _one_of(value: object, choices: tuple[str, ...]) -> str:
-    return f"{value!r} is not one of {', '.join(choices)}"
+def server_settings() -> Iterator[Setting]:
+    """The declaration of every setting of :class:`ServerSettings`, in field order."""
+    for f in dataclasses.fields(ServerSettings):
+        if "setting" in f.metadata:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+                else f.default
+            yield Setting(f.name, default=default, **f.metadata["setting"])
 
 
-def _check_issuer(source: str, key: str, issuer: str) -> None:
-    parts = urlsplit(issuer) if isinstance(issuer, str) else None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.netloc
-        or parts.query
-        or parts.fragment
-    ):
-        raise ConfigError(
-            source, key, f"{issuer!r} is not an http(s) URL without query or fragment"
-        )
-    if issuer.endswith("/"):
-        raise ConfigError(source, key, "must not end with '/' (it is compared exactly)")
+def env_name(name: str) -> str:
+    """The environment variable of setting ``name``."""
+    return "M2MAUTH_" + name.upper()
 
 
-def validate_client(source: str, where: str, client: ClientSettings) -> None:
-    if not isinstance(client.client_id, str) or not _CLIENT_ID.fullmatch(client.client_id):
-        raise ConfigError(source, f"{where}.client_id", "must be 1-255 printable ASCII characters")
-    if client.client_secret is not None and (
-        not isinstance(client.client_secret, str) or not client.client_secret
-    ):
-        raise ConfigError(source, f"{where}.client_secret", "must be a non-empty string")
-    if client.jwks is not None:
-        if not isinstance(client.jwks, dict) or not isinstance(client.jwks.get("keys"), list):
-            raise ConfigError(source, f"{where}.jwks", 'must be a JWKS: {"keys": [...]}')
-        if any(isinstance(k, dict) and "d" in k for k in client.jwks["keys"]):
-            raise ConfigError(
-                source, f"{where}.jwks", "contains a private key; register public keys only"
-            )
-    methods = client.allowed_auth_methods()
-    for method in methods:
-        if method not in AUTH_METHODS:
-            raise ConfigError(source, f"{where}.auth_methods", _one_of(method, AUTH_METHODS))
-        if method in _SECRET_METHODS and not client.client_secret:
-            raise ConfigError(source, f"{where}.auth_methods", f"{method} needs a client_secret")
-        if method == "private_key_jwt" and not client.jwks:
-            raise ConfigError(source, f"{where}.auth_methods", "private_key_jwt needs jwks")
-    if not methods:
-        raise ConfigError(source, where, "has no credentials: set client_secret or jwks")
-    for scope in client.scopes:
-        if not isinstance(scope, str) or not _SCOPE_TOKEN.fullmatch(scope):
-            raise ConfigError(
-                source, f"{where}.scopes", f"{scope!r} is not a valid scope token (RFC 6749 §3.3)"
-            )
-    if client.default_scopes is not None:
-        extra = set(client.default_scopes) - set(client.scopes)
-        if extra:
-            raise ConfigError(
-                source, f"{where}.default_scopes", f"{sorted(extra)} not in the client's scopes"
-            )
-    for aud in client.audiences:
-        if not isinstance(aud, str) or not aud:
-            raise ConfigError(source, f"{where}.audiences", "entries must be non-empty strings")
-    if client.default_audience is not None:
-        extra = set(client.default_audience) - set(client.audiences)
-        if extra:
-            raise ConfigError(
-                source, f"{where}.default_audience",
-                f"{sorted(extra)} not in the client's audiences",
-            )
-    if client.token_lifetime is not None and (
-        not isinstance(client.token_lifetime, int) or client.token_lifetime <= 0
-    ):
-        raise ConfigError(source, f"{where}.token_lifetime", "must be a positive integer")
-    if client.algorithm is not None and client.algorithm not in ALGORITHMS:
-        raise ConfigError(source, f"{where}.algorithm", _one_of(client.algorithm, ALGORITHMS))
-    if not isinstance(client.claims, dict):
-        raise ConfigError(source, f"{where}.claims", "must be a table of claim names to values")
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _of_kind(value: object, kind: type) -> bool:
+    """Whether ``value`` is of a setting's kind (a path may be given as a string; bool is an
+    int subclass, but a TOML ``true`` must not pass as a port number)."""
+    if kind is Path:
+        return isinstance(value, (str, Path))
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind)
+
+
+def is_loopback(host: str, *, resolve: bool = False) -> bool:
+    """Whether ``host`` is a loopback address; with ``resolve``, also the name "localhost"
+    while every address it resolves to is loopback."""
+    if host == "localhost" and resolve:
+        try:
+            found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return False
+        return bool(found) and all(
+            is_loopback(str(address[4][0]).split("%", 1)[0]) for address in found)
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def default_issuer(host: str, port: int) -> str:
+    """The issuer a server on host:port has when none is configured."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming it, not binding it: all interfaces
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 # ---------------------------------------------------------------------------
 # Loading
 
 
-_SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
-    "issuer": str,
-    "host": str,
-    "port": int,
-    "algorithm": str,
-    "token_lifetime": int,
-    "default_audience": str,
-    "keys_dir": str,
-    "ephemeral_keys": bool,
-    "jwks_max_age": int,
-    "max_body_bytes": int,
-    "assertion_leeway": int,
-    "assertion_max_lifetime": int,
-    "admin_api": bool,
-    "admin_token": str,
-    "clients": list,
-}
-_CLIENT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "client_id": str,
-    "client_secret": str,
-    "jwks": dict,
-    "jwks_file": str,
-    "auth_methods": list,
-    "scopes": list,
-    "default_scopes": list,
-    "audiences": list,
-    "default_audience": (str, list),
-    "claims": dict,
-    "token_lifetime": int,
-    "algorithm": str,
-}
-
-#: Environment variables and the setting each one sets.
-ENV_VARS = {
-    "M2MAUTH_ISSUER": "issuer",
-    "M2MAUTH_HOST": "host",
-    "M2MAUTH_PORT": "port",
-    "M2MAUTH_ALGORITHM": "algorithm",
-    "M2MAUTH_TOKEN_LIFETIME": "token_lifetime",
-    "M2MAUTH_DEFAULT_AUDIENCE": "default_audience",
-    "M2MAUTH_KEYS_DIR": "keys_dir",
-    "M2MAUTH_EPHEMERAL_KEYS": "ephemeral_keys",
-    "M2MAUTH_ADMIN_API": "admin_api",
-    "M2MAUTH_ADMIN_TOKEN": "admin_token",
-}
-
-
-def _typename(t: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
-             dict: "a table"}
-    if isinstance(t, tuple):
-        return " or ".join(names[x] for x in t)
-    return names[t]
-
-
-def _check_type(source: str, key: str, value: object, expected: type | tuple[type, ...]) -> None:
-    # bool is an int subclass; a TOML `true` must not pass as a port number.
-    ok = isinstance(value, expected) and not (
-        isinstance(value, bool) and expected in (int, (str, list))
-    )
-    if not ok:
+def _check_type(source: str, key: str, value: object, kinds: tuple[type, ...],
+                secret: bool = False) -> None:
+    if not any(_of_kind(value, kind) for kind in kinds):
         # A mistyped secret is still a secret: name its type, never its value.
-        secret = key.endswith(("client_secret", "admin_token"))
         got = type(value).__name__ if secret else repr(value)
-        raise ConfigError(source, key, f"must be {_typename(expected)}, got {got}")
+        expected = " or ".join(_KIND_NAMES[k] for k in kinds)
+        raise ConfigError(source, key, f"must be {expected}, got {got}")
 
 
 def _str_list(source: str, key: str, value: object) -> tuple[str, ...]:
@@ -360,13 +426,14 @@ def _client_from_table(source: str, where: str, table: object, base: Path) -> Cl
     if "client_id" not in table:
         raise ConfigError(source, f"{where}.client_id", "is required")
     for key, value in table.items():
-        _check_type(source, f"{where}.{key}", value, _CLIENT_KEYS[key])
+        _check_type(source, f"{where}.{key}", value, _CLIENT_KEYS[key],
+                    secret=key == "client_secret")
     values = dict(table)
     if "jwks_file" in values:
         if "jwks" in values:
             raise ConfigError(source, f"{where}.jwks_file", "give either jwks or jwks_file")
         values["jwks"] = _read_jwks(source, f"{where}.jwks_file", base / values.pop("jwks_file"))
-    for key in ("auth_methods", "scopes", "default_scopes", "audiences", "default_audience"):
+    for key in _LIST_KEYS:
         if key in values:
             values[key] = _str_list(source, f"{where}.{key}", values[key])
     return ClientSettings(**values)
@@ -379,10 +446,12 @@ def _read_jwks(source: str, key: str, path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(source, key, f"cannot read {path}: {exc.strerror}") from None
     if data.lstrip().startswith(b"-----BEGIN"):
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
         from joserfc.jwk import import_key
 
         try:
-            jwk = import_key(data, _pem_key_type(data)).as_dict(private=False)
+            kty = key_type(load_pem_public_key(data))
+            jwk = import_key(data, kty).as_dict(private=False)  # type: ignore[arg-type]
         except Exception as exc:  # joserfc/cryptography raise several types for bad PEM
             raise ConfigError(source, key, f"{path} is not a usable public key: {exc}") from None
         return {"keys": [jwk]}
@@ -393,28 +462,6 @@ def _read_jwks(source: str, key: str, path: Path) -> dict[str, Any]:
     if isinstance(parsed, dict) and "kty" in parsed:
         parsed = {"keys": [parsed]}
     return parsed
-
-
-def _pem_key_type(data: bytes) -> str:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    pub = load_pem_public_key(data)
-    if isinstance(pub, rsa.RSAPublicKey):
-        return "RSA"
-    if isinstance(pub, ec.EllipticCurvePublicKey):
-        return "EC"
-    if isinstance(pub, ed25519.Ed25519PublicKey):
-        return "OKP"
-    raise ValueError(f"unsupported key type {type(pub).__name__}")
-
-
-def _apply(values: dict[str, Any], settings: ServerSettings, source: str) -> None:
-    for key, value in values.items():
-        if key == "keys_dir" and value is not None:
-            value = Path(value)
-        setattr(settings, key, value)
-    settings.validate(source)
 
 
 def _file_values(path: Path) -> dict[str, Any]:
@@ -430,11 +477,13 @@ def _file_values(path: Path) -> dict[str, Any]:
         raise ConfigError(source, "(file)", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "(syntax)", str(exc)) from None
-    unknown = sorted(set(table) - set(_SERVER_KEYS))
+    declared = {s.name: s for s in server_settings()}
+    unknown = sorted(set(table) - set(declared))
     if unknown:
-        raise ConfigError(source, unknown[0], f"unknown key (known: {', '.join(_SERVER_KEYS)})")
+        raise ConfigError(source, unknown[0], f"unknown key (known: {', '.join(declared)})")
     for key, value in table.items():
-        _check_type(source, key, value, _SERVER_KEYS[key])
+        setting = declared[key]
+        _check_type(source, key, value, (setting.kind,), secret=setting.secret)
     values = dict(table)
     base = path.parent
     if "clients" in values:
@@ -447,26 +496,29 @@ def _file_values(path: Path) -> dict[str, Any]:
     return values
 
 
-def load_file(path: Path | str) -> ServerSettings:
-    """Settings from a TOML config file on top of the defaults."""
-    return load_settings(path, env={})
-
-
-def _parse_env(name: str, key: str, raw: str) -> Any:
-    expected = _SERVER_KEYS[key]
-    if expected is int:
+def _parse_env(setting: Setting, raw: str) -> Any:
+    name = env_name(setting.name)
+    if setting.kind is int:
         try:
             return int(raw)
         except ValueError:
             raise ConfigError("environment", name, f"must be an integer, got {raw!r}") from None
-    if expected is bool:
+    if setting.kind is bool:
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off", ""):
             return False
         raise ConfigError("environment", name, f"must be true or false, got {raw!r}")
+    if setting.kind is Path:
+        return Path(raw)
     return raw
+
+
+def _apply(values: Mapping[str, Any], settings: ServerSettings, source: str) -> None:
+    for key, value in values.items():
+        setattr(settings, key, value)
+    settings.validate(source)
 
 
 def load_settings(
@@ -483,26 +535,17 @@ def load_settings(
     env = os.environ if env is None else env
     settings = ServerSettings()
     path = config_file or env.get("M2MAUTH_CONFIG") or None
-    file_values: dict[str, Any] = {}
     if path:
         path = Path(path)
         file_values = _file_values(path)
         settings.config_file = path
         _apply(file_values, settings, str(path))
     env_values = {
-        key: _parse_env(name, key, env[name]) for name, key in ENV_VARS.items() if name in env
+        s.name: _parse_env(s, env[env_name(s.name)])
+        for s in server_settings() if s.env and env_name(s.name) in env
     }
     _apply(env_values, settings, "environment")
-    flag_values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    flag_values = {k: Path(v) if k == "keys_dir" else v
+                   for k, v in (overrides or {}).items() if v is not None}
     _apply(flag_values, settings, "command line")
     return settings
-
-
-def default_issuer(host: str, port: int) -> str:
-    """The issuer a server on host:port has when none is configured."""
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming it, not binding it  # all interfaces: name the loopback address
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-

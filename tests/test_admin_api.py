@@ -365,7 +365,7 @@ def test_body_that_is_not_a_json_object(changed_idp, data, content_type, field):
 
 
 def test_python_handle_refuses_alike(changed_idp):
-    from m2mauth.server.control import ControlError
+    from m2mauth.server.lab.controls import ControlError
 
     before = state(changed_idp)
     for call in (lambda: changed_idp.fail_next("2"), lambda: changed_idp.retire_key("nope"),
@@ -414,7 +414,7 @@ def test_admin_off_off_loopback_without_a_token(host):
         assert error["error"] == "access_denied"
         assert "admin token" in error["error_description"]
         assert "loopback" in error["error_description"]
-    assert app.extensions["m2mauth"].faults.pending() == []
+    assert app.extensions["m2mauth_lab"].controls.faults() == []
     # The OAuth endpoints are unaffected.
     assert client.get("/jwks.json").status_code == 200
 
@@ -434,11 +434,11 @@ def test_admin_token_is_required_once_set(host):
         assert response.status_code == 401, headers
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert response.get_json()["error"] == "invalid_token"
-    assert app.extensions["m2mauth"].faults.pending() == []
+    assert app.extensions["m2mauth_lab"].controls.faults() == []
     good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert client.get("/admin", headers=good).status_code == 200
     assert client.post("/admin/faults", json={"n": 1}, headers=good).status_code == 201
-    assert len(app.extensions["m2mauth"].faults.pending()) == 1
+    assert len(app.extensions["m2mauth_lab"].controls.faults()) == 1
     assert ADMIN_TOKEN not in repr(app.extensions["m2mauth"].settings)
 
 
@@ -487,7 +487,7 @@ def test_tokenless_admin_refuses_browser_cross_site_requests(headers):
         assert response.status_code == 403, (path, response.get_data(as_text=True))
         assert response.get_json()["error"] == "access_denied"
     assert client.get("/admin/clients", headers=headers).status_code == 403
-    assert state.faults.pending() == []
+    assert app.extensions["m2mauth_lab"].controls.faults() == []
     assert [k.kid for k in state.keys.all_keys()] == keys_before
     assert [c.client_id for c in state.clients] == ["demo-client"]
 

@@ -188,7 +188,7 @@ def test_one_megabyte_body(live_server):
 
 
 def test_body_just_under_the_limit_is_parsed(live_server):
-    limit = live_server.state.settings.max_body_bytes
+    limit = live_server.settings.max_body_bytes
     prefix = "grant_type=client_credentials&scope="
     body = prefix + "a" * (limit - len(prefix))
     r = post(live_server, body, auth=("secret-client", SECRET), headers={"Content-Type": FORM})
@@ -205,7 +205,7 @@ def test_ten_kilobyte_client_id(live_server, how):
         r = post(live_server, {**GRANT, "client_id": client_id, "client_secret": SECRET})
         body = assert_error(live_server, r, "invalid_client", 400)
     assert client_id not in json.dumps(body)
-    entry = [e for e in live_server.state.token_requests.snapshot()
+    entry = [e for e in live_server.token_requests
              if e.outcome == "invalid_client"][-1]
     assert entry.client_id == client_id
 
@@ -247,7 +247,7 @@ def test_unknown_parameters_are_ignored(live_server):
 def test_errors_are_logged_in_the_request_log(live_server):
     post(live_server, {"grant_type": "password"}, auth=("secret-client", SECRET))
     post(live_server, json=GRANT, auth=("secret-client", SECRET))
-    outcomes = [(e.outcome, e.status) for e in live_server.state.token_requests.snapshot()]
+    outcomes = [(e.outcome, e.status) for e in live_server.token_requests]
     assert outcomes == [("unsupported_grant_type", 400), ("invalid_request", 400)]
 
 

@@ -143,7 +143,7 @@ def test_token_private_key_jwt(run, live_server, client_keys, tmp_path, alg):
                  client_id, "--private-key", str(key_file), "--kid", client_keys[alg].jwk.kid)
     assert result.exit_code == 0, result.output
     assert claims_of(result.stdout.strip())["sub"] == client_id
-    assert live_server.state.token_requests.snapshot()[-1].auth_method == "private_key_jwt"
+    assert live_server.token_requests[-1].auth_method == "private_key_jwt"
 
 
 def test_token_unreadable_private_key(run, live_server, tmp_path):
@@ -229,7 +229,7 @@ def test_decode_reads_stdin(run, live_server):
 
 
 def test_decode_reports_an_expired_token(run, live_server):
-    live_server.state.clock.set_offset(-3600)  # reset after the test by conftest
+    live_server.clock.set_offset(-3600)  # reset after the test by conftest
     token = get_token(live_server)
     result = run("decode", token)
     assert result.exit_code == 0
@@ -294,7 +294,7 @@ def test_decode_unknown_kid_is_invalid(run, live_server):
 
 def test_decode_issuer_mismatch_fails_even_with_a_valid_signature(run, live_server):
     # The shipped keys are public test keys, so a test can sign what the server would.
-    signing = live_server.state.keys.active("RS256")
+    signing = live_server.core.keys.active("RS256")
     now = int(time.time())
     token = jwt.encode({"iss": "https://impostor.test", "sub": "x", "iat": now,
                         "exp": now + 60}, signing.pem(), algorithm="RS256",

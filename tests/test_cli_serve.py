@@ -94,7 +94,7 @@ def test_non_loopback_with_shipped_keys_warns_loudly(host, capsys):
     from m2mauth.server.cli import _banner
 
     settings = ServerSettings(host=host, port=8000)
-    _banner(settings, create_app(settings).extensions["m2mauth"])
+    _banner(create_app(settings))
     err = capsys.readouterr().err
     assert f"WARNING: listening on {host}, a non-loopback address" in err
     assert "PUBLIC test keys" in err
@@ -106,7 +106,7 @@ def test_loopback_with_shipped_keys_only_notes(host, capsys):
     from m2mauth.server.cli import _banner
 
     settings = ServerSettings(host=host, port=8000)
-    _banner(settings, create_app(settings).extensions["m2mauth"])
+    _banner(create_app(settings))
     out = capsys.readouterr()
     assert "WARNING" not in out.err
     assert "PUBLIC test keys" in out.out
@@ -145,12 +145,12 @@ def test_banner_names_the_admin_api_and_its_guard(capsys):
         (ServerSettings(port=8000), "open on loopback"),
         (ServerSettings(host="0.0.0.0", admin_token="t" * 20), "admin token required"),
     ):
-        _banner(settings, create_app(settings).extensions["m2mauth"])
+        _banner(create_app(settings))
         out = capsys.readouterr().out
         assert f"admin     http://127.0.0.1:8000/admin  (test controls, {guard})" in out
         assert "t" * 20 not in out
     off = ServerSettings(host="0.0.0.0")
-    _banner(off, create_app(off).extensions["m2mauth"])
+    _banner(create_app(off))
     assert "/admin" not in capsys.readouterr().out
 
 

@@ -25,7 +25,7 @@ def post(live_server, data=None, **kwargs) -> requests.Response:
 
 def assertion(live_server, client_id: str, key, alg: str, *, headers=None, **claims) -> str:
     """A client assertion; ``claims`` override the defaults (a value of None drops the claim)."""
-    now = live_server.state.clock()
+    now = live_server.clock()
     payload = {"iss": client_id, "sub": client_id, "aud": live_server.issuer + "/token",
                "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
     payload.update(claims)
@@ -73,7 +73,7 @@ def assert_invalid_client(response: requests.Response, *, basic: bool) -> None:
 
 
 def last_entry(live_server):
-    return live_server.state.token_requests.snapshot()[-1]
+    return live_server.token_requests[-1]
 
 
 # -- each method works ---------------------------------------------------------------------
@@ -93,14 +93,14 @@ def test_client_secret_basic_with_form_encoded_credentials(live_server):
     """RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding, so '+' is
     a space and a literal '+' arrives as %2B (clients that skip the encoding, e.g. curl -u,
     work as long as their credentials hold none of '+', '%')."""
-    live_server.state.clients.add(_settings("odd id:1", "p@ss:wörd%+ x"))
+    live_server.core.store.add_client(_settings("odd id:1", "p@ss:wörd%+ x"))
     try:
         creds = "odd+id%3A1:p%40ss%3Aw%C3%B6rd%25%2B+x"
         header = "Basic " + base64.b64encode(creds.encode()).decode()
         issued_token(live_server, post(live_server, GRANT, headers={"Authorization": header}),
                      "odd id:1")
     finally:
-        live_server.state.clients.remove("odd id:1")
+        live_server.core.store.remove_client("odd id:1")
 
 
 def _settings(client_id, secret):
@@ -237,18 +237,18 @@ def test_assertion_with_wrong_audience(live_server, client_keys):
 def test_assertion_expired_on_the_server_clock(live_server, client_keys):
     _, token = key_assertion(live_server, client_keys, "ES256")
     # exp is now + 60 and the leeway is 60 s: two minutes and a bit later it is expired.
-    live_server.state.clock.advance(60 + live_server.state.settings.assertion_leeway + 1)
+    live_server.clock.advance(60 + live_server.settings.assertion_leeway + 1)
     assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
 
 
 def test_assertion_expiring_within_leeway_is_accepted(live_server, client_keys):
     _, token = key_assertion(live_server, client_keys, "ES256")
-    live_server.state.clock.advance(60 + live_server.state.settings.assertion_leeway - 5)
+    live_server.clock.advance(60 + live_server.settings.assertion_leeway - 5)
     assert post(live_server, with_assertion(token)).status_code == 200
 
 
 def test_assertion_not_yet_valid(live_server, client_keys):
-    now = live_server.state.clock()
+    now = live_server.clock()
     _, token = key_assertion(live_server, client_keys, "ES256", nbf=now + 600, iat=now + 600,
                              exp=now + 660)
     assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
@@ -273,7 +273,7 @@ def test_assertion_with_unusable_jti(live_server, client_keys, jti):
 
 @pytest.mark.parametrize("sub", [42, ["jwt-es256"], None, {"id": "jwt-es256"}])
 def test_assertion_with_non_string_sub(live_server, client_keys, sub):
-    now = live_server.state.clock()
+    now = live_server.clock()
     claims = {"iss": sub, "sub": sub, "aud": live_server.issuer + "/token", "exp": now + 60,
               "jti": uuid.uuid4().hex}
     # PyJWT's jwt.encode refuses a non-string iss/sub; sign the raw payload instead.
@@ -304,10 +304,10 @@ def test_assertion_jti_reuse_after_expiry(live_server, client_keys):
     """Once the first assertion has expired (plus leeway), the jti may be used again in a
     new, unexpired assertion: the old one itself can no longer be replayed, so remembering
     the jti longer buys nothing (RFC 7523 §3 item 7 only asks for it within the lifetime)."""
-    live_server.state.clock.freeze()
+    live_server.clock.freeze()
     _, first = key_assertion(live_server, client_keys, "ES256", jti="again")
     assert post(live_server, with_assertion(first)).status_code == 200
-    live_server.state.clock.advance(60 + live_server.state.settings.assertion_leeway + 1)
+    live_server.clock.advance(60 + live_server.settings.assertion_leeway + 1)
     assert_invalid_client(post(live_server, with_assertion(first)), basic=False)  # expired
     _, second = key_assertion(live_server, client_keys, "ES256", jti="again")
     assert post(live_server, with_assertion(second)).status_code == 200
@@ -326,7 +326,7 @@ def test_rejected_assertion_does_not_burn_its_jti(live_server, client_keys):
 
 def test_assertion_alg_none(live_server):
     header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
-    now = live_server.state.clock()
+    now = live_server.clock()
     claims = {"iss": "jwt-es256", "sub": "jwt-es256", "aud": live_server.issuer + "/token",
               "exp": now + 60, "jti": uuid.uuid4().hex}
     body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
@@ -355,7 +355,7 @@ def _hs256(live_server, client_id: str, secret: bytes) -> str:
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
-    now = live_server.state.clock()
+    now = live_server.clock()
     claims = {"iss": client_id, "sub": client_id, "aud": live_server.issuer + "/token",
               "exp": now + 60, "jti": uuid.uuid4().hex}
     signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
@@ -375,8 +375,8 @@ def test_client_secret_jwt_refuses_an_asymmetric_assertion(live_server, client_k
 
 
 def test_assertion_exp_too_far_in_the_future(live_server, client_keys):
-    now = live_server.state.clock()
-    far = now + live_server.state.settings.assertion_max_lifetime + 3600
+    now = live_server.clock()
+    far = now + live_server.settings.assertion_max_lifetime + 3600
     _, token = key_assertion(live_server, client_keys, "ES256", exp=far)
     assert_invalid_client(post(live_server, with_assertion(token)), basic=False)
 
@@ -423,7 +423,7 @@ def test_request_log_records_failures_with_claimed_identity(live_server, client_
     post(live_server, {**GRANT, "client_id": "post-only", "client_secret": "wrong"})
     _, token = key_assertion(live_server, client_keys, "ES256", aud="https://other.test")
     post(live_server, with_assertion(token))
-    entries = live_server.state.token_requests.snapshot()[-3:]
+    entries = live_server.token_requests[-3:]
     assert [(e.client_id, e.auth_method, e.outcome, e.status, e.jti) for e in entries] == [
         ("secret-client", "client_secret_basic", "invalid_client", 401, None),
         ("post-only", "client_secret_post", "invalid_client", 400, None),
@@ -443,7 +443,7 @@ def _hostile_assertions(live_server, client_keys):
     ck = client_keys["ES256"]
     aud = live_server.issuer + "/token"
     claims = {"iss": "jwt-es256", "sub": "jwt-es256", "aud": aud, "jti": uuid.uuid4().hex,
-              "exp": live_server.state.clock() + 60}
+              "exp": live_server.clock() + 60}
     signed = jwt.encode(claims, ck.pem(), algorithm="ES256")
     return {
         # joserfc quotes header names in its message; '"' and '\' are forbidden there

@@ -51,7 +51,7 @@ def claims_of(token: str) -> dict:
 
 
 def last_request(server):
-    return server.state.token_requests.snapshot()[-1]
+    return server.token_requests[-1]
 
 
 @pytest.fixture
@@ -107,22 +107,22 @@ def test_basic_credentials_are_form_urlencoded(live_server, token_url):
     """RFC 6749 §2.3.1: id and secret are form-urlencoded before Base64, so ':' '%' '+' '/'
     in them survive the trip."""
     client_id, secret = "odd:id%2F+", "p@ss:w%rd+/="
-    live_server.state.clients.add(ClientSettings(client_id, secret, scopes=("read",)))
+    live_server.core.store.add_client(ClientSettings(client_id, secret, scopes=("read",)))
     try:
         token = fetch_token(token_url, client_id=client_id, client_secret=secret)
     finally:
-        live_server.state.clients.remove(client_id)
+        live_server.core.store.remove_client(client_id)
     assert claims_of(token.access_token)["client_id"] == client_id
 
 
 def test_basic_credentials_with_a_space(live_server, token_url):
     """A space is form-encoded as '+', which the server must decode back to a space."""
     client_id, secret = "space client", "two words"
-    live_server.state.clients.add(ClientSettings(client_id, secret, scopes=("read",)))
+    live_server.core.store.add_client(ClientSettings(client_id, secret, scopes=("read",)))
     try:
         token = fetch_token(token_url, client_id=client_id, client_secret=secret)
     finally:
-        live_server.state.clients.remove(client_id)
+        live_server.core.store.remove_client(client_id)
     assert claims_of(token.access_token)["client_id"] == client_id
 
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from m2mauth.server.control import ControlError
+from m2mauth.server.lab.controls import ControlError
 
 SECRET = "s3cret-for-tests"  # conftest's shared secret for its session clients
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -751,7 +751,7 @@ def test_plugin_server_with_a_configured_issuer_listens_on_its_port():
     import socket
 
     from m2mauth.server import IdentityProvider, ServerSettings
-    from m2mauth.server.pytest_plugin import m2mauth_server
+    from m2mauth.server.lab.pytest_plugin import m2mauth_server
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

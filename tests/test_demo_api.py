@@ -1,5 +1,5 @@
 """End to end: client → server → demo API. A TokenProvider with RequestsBearerAuth gets tokens
-from the real authorization server (``idp``) and calls the demo API (server/demo_api.py) running
+from the real authorization server (``idp``) and calls the demo API (client/demo_api.py) running
 in a background thread on a free loopback port; plus ``m2mauth demo-api`` through click's
 runner and as a real subprocess."""
 
@@ -17,9 +17,9 @@ import requests
 from click.testing import CliRunner
 
 from m2mauth.client import RequestsBearerAuth, TokenProvider, TokenValidator
+from m2mauth.client.demo_api import create_demo_api
 from m2mauth.server.cli import main
-from m2mauth.server.demo_api import bind_demo_api, create_demo_api
-from m2mauth.server.serving import BackgroundServer, PortInUseError
+from m2mauth.server.serving import BackgroundServer, PortInUseError, bind_app
 
 AUDIENCE = "https://demo.test"
 
@@ -28,7 +28,8 @@ AUDIENCE = "https://demo.test"
 def demo_url(idp) -> Iterator[str]:
     """The demo API for ``idp``'s tokens; its validator reads the server's clock, so moving
     ``idp.clock`` ages tokens for the API too (the client's provider keeps real time)."""
-    server, _ = bind_demo_api(idp.issuer, AUDIENCE, port=0, clock=idp.clock.now)
+    server, _ = bind_app("127.0.0.1", 0, lambda _port: create_demo_api(
+        idp.issuer, AUDIENCE, clock=idp.clock.now))
     with BackgroundServer(server) as running:
         yield running.url
 
@@ -124,12 +125,13 @@ def test_create_demo_api_with_a_validator(idp):
         create_demo_api(idp.issuer, AUDIENCE, validator=validator, leeway=5)
 
 
-def test_bind_demo_api_port_in_use():
+def test_bind_app_port_in_use():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with pytest.raises(PortInUseError):
-            bind_demo_api("http://127.0.0.1:1", AUDIENCE, port=busy.getsockname()[1])
+            bind_app("127.0.0.1", busy.getsockname()[1],
+                     lambda _port: create_demo_api("http://127.0.0.1:1", AUDIENCE))
 
 
 # -- the command ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from m2mauth.client import InsufficientScopeError, InvalidTokenError, JWKSCache, TokenValidator
 from m2mauth.server import ServerSettings, create_app
-from m2mauth.server.admin import OPERATIONS
+from m2mauth.server.lab.admin import OPERATIONS
 from m2mauth.server.settings import ClientSettings
 
 FUZZ = settings(derandomize=True, max_examples=100, deadline=None, database=None,
@@ -156,7 +156,7 @@ def test_admin_bodies_never_fail_with_a_5xx(app, op, data):
 
 @pytest.fixture(scope="module")
 def tokens_and_validator(app):
-    controls = app.extensions["m2mauth_controls"]
+    controls = app.extensions["m2mauth_lab"].controls
     state = app.extensions["m2mauth"]
     jwks = JWKSCache(None, fetch=lambda: (controls.jwks, None))
     validator = TokenValidator(state.issuer, state.settings.default_audience, jwks_cache=jwks,
@@ -222,11 +222,11 @@ def test_validator_raises_only_token_errors(tokens_and_validator, data, scopes):
        scopes=st.sampled_from([(), ("read",)]))
 def test_validator_on_signed_tokens_with_random_claims(app, tokens_and_validator, claims,
                                                         headers, scopes):
-    from m2mauth.server.control import ControlError
+    from m2mauth.server.lab.controls import ControlError
 
     _, validator = tokens_and_validator
     try:
-        token = app.extensions["m2mauth_controls"].issue_token(
+        token = app.extensions["m2mauth_lab"].controls.issue_token(
             "fuzz", claims=claims, headers=headers, alg="ES256")
     except ControlError:
         return

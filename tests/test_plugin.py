@@ -226,7 +226,7 @@ def test_unused_plugin_imports_nothing_heavy(pytester, run):
 
         def test_plugin_loaded_but_flask_and_authlib_not(pytestconfig):
             assert pytestconfig.pluginmanager.has_plugin("m2mauth")  # the pytest11 entry point
-            assert "m2mauth.server.pytest_plugin" in sys.modules
+            assert "m2mauth.server.lab.pytest_plugin" in sys.modules
             loaded = {name.partition(".")[0] for name in sys.modules}
             assert not loaded & {"flask", "authlib", "werkzeug", "joserfc"}
         """)

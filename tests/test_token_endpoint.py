@@ -75,7 +75,7 @@ def test_repeated_scope_tokens_are_granted_once(live_server):
 def test_scope_outside_allowed_is_invalid_scope(live_server, scope):
     """Strict: a request with any scope the client may not have is refused, not trimmed."""
     assert_error(post(live_server, {**GRANT, "scope": scope}), "invalid_scope")
-    entry = live_server.state.token_requests.snapshot()[-1]
+    entry = live_server.token_requests[-1]
     assert entry.outcome == "invalid_scope" and entry.jti is None
 
 
@@ -121,7 +121,7 @@ def test_default_audience_is_the_first_allowed(live_server):
 
 def test_server_default_audience_for_clients_without_audiences(live_server):
     r = post(live_server, GRANT, client_id="basic-only")
-    assert aud_list(claims_of(live_server, r)) == [live_server.state.settings.default_audience]
+    assert aud_list(claims_of(live_server, r)) == [live_server.settings.default_audience]
 
 
 def test_one_resource(live_server):
@@ -155,7 +155,7 @@ def test_resource_and_audience_mixed(live_server):
     data = {**GRANT, "resource": "https://orders.test", "audience": "payments"}
     r = post(live_server, data, client_id="aud-client")
     assert claims_of(live_server, r)["aud"] == ["https://orders.test", "payments"]
-    entry = live_server.state.token_requests.snapshot()[-1]
+    entry = live_server.token_requests[-1]
     assert entry.audience == ("https://orders.test", "payments")
 
 
@@ -227,7 +227,7 @@ def test_log_line_never_holds_the_client_assertion(live_server, client_keys, ser
     import uuid
 
     ck = client_keys["ES256"]
-    now = live_server.state.clock()
+    now = live_server.clock()
     assertion = jwt.encode(
         {"iss": "jwt-es256", "sub": "jwt-es256", "aud": live_server.issuer + "/token",
          "exp": now + 60, "jti": uuid.uuid4().hex}, ck.pem(), algorithm="ES256",

@@ -34,7 +34,7 @@ def _verify(live_server, token: str, alg: str, audience: str | list[str]) -> dic
 
 @pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256", "EdDSA"])
 def test_token_signed_with_each_algorithm(live_server, alg):
-    live_server.state.clock.freeze()  # iat is the server's instant; exp - iat is exact anyway
+    live_server.clock.freeze()  # iat is the server's instant; exp - iat is exact anyway
     body = _token(live_server, f"alg-{alg.lower()}")
     assert body["token_type"].lower() == "bearer"
     assert body["scope"] == "read"
@@ -43,13 +43,13 @@ def test_token_signed_with_each_algorithm(live_server, alg):
     assert header["typ"] == "at+jwt"
     assert header["alg"] == alg
     assert header["kid"] in {k["kid"] for k in _jwks(live_server)["keys"]}
-    live_server.state.clock.reset()  # PyJWT checks iat/nbf against real time
+    live_server.clock.reset()  # PyJWT checks iat/nbf against real time
     claims = _verify(live_server, token, alg, "api://default")
     assert claims.keys() >= CLAIMS
     assert claims["iss"] == live_server.issuer
     assert claims["sub"] == claims["client_id"] == f"alg-{alg.lower()}"
     assert claims["aud"] == "api://default"
-    assert claims["exp"] - claims["iat"] == live_server.state.settings.token_lifetime
+    assert claims["exp"] - claims["iat"] == live_server.settings.token_lifetime
     assert claims["exp"] - claims["iat"] == body["expires_in"]
     assert claims["nbf"] == claims["iat"]
     assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16
@@ -83,13 +83,13 @@ def test_per_client_lifetime_and_static_claims(live_server):
 
 def test_lifetime_follows_the_server_clock(live_server):
     """A token issued on a clock moved an hour ahead is stamped with that hour."""
-    live_server.state.clock.freeze()
-    now = live_server.state.clock()
-    live_server.state.clock.advance(3600)
+    live_server.clock.freeze()
+    now = live_server.clock()
+    live_server.clock.advance(3600)
     token = _token(live_server, "alg-es256")["access_token"]
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["iat"] == claims["nbf"] == now + 3600
-    assert claims["exp"] == now + 3600 + live_server.state.settings.token_lifetime
+    assert claims["exp"] == now + 3600 + live_server.settings.token_lifetime
 
 
 def test_jwks_is_public_and_cacheable(live_server):

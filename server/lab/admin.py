@@ -2,23 +2,26 @@
 `m2mauth serve` from Docker, CI or another language. It calls the same :class:`Controls`
 methods as the Python handle, so both validate alike and a bad request changes nothing.
 
-On by default only when the server listens on loopback; otherwise only with an admin token
-(``Authorization: Bearer <admin_token>``), which is also required on loopback once set.
+With an admin token configured, every request needs ``Authorization: Bearer <admin_token>``.
+Without one, it answers only requests whose peer (``REMOTE_ADDR``) is a loopback address,
+on a server configured to listen on loopback, that do not look like a web page's request –
+decided per request, so it holds under any WSGI server.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, json, request
+from flask import Blueprint, Response, current_app, request
 
-from .control import ControlError, Controls
+from ..responses import json_error, json_response
+from ..settings import is_loopback
+from .controls import ControlError, Controls
 
-__all__ = ["ADMIN_PREFIX", "bp"]
+__all__ = ["ADMIN_PREFIX", "EXTENSION", "OPERATIONS", "bp"]
 
 ADMIN_PREFIX = "/admin"
 
@@ -55,18 +58,14 @@ OPERATIONS: list[dict[str, Any]] = [
 _FIELDS = {(op["method"], op["path"]): op.get("fields", []) for op in OPERATIONS}
 
 
+#: Where a Flask app keeps the lab's controls.
+EXTENSION = "m2mauth_lab"
+
+
 def _controls() -> Controls:
-    return current_app.extensions["m2mauth_controls"]
+    return current_app.extensions[EXTENSION].controls
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    response = Response(json.dumps(body), status=status, mimetype="application/json")
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _fail(status: int, error: str, description: str, **extra: Any) -> Response:
-    return _json({"error": error, "error_description": description, **extra}, status)
 
 
 def _body(method: str, path: str) -> dict[str, Any]:
@@ -93,21 +92,26 @@ def _body(method: str, path: str) -> dict[str, Any]:
 
 @bp.before_request
 def _guard() -> Response | None:
-    state = current_app.extensions["m2mauth"]
-    settings = state.settings
-    if not state.admin_enabled:
-        return _fail(403, "access_denied", "The admin API is off: the server listens on a "
+    lab = current_app.extensions[EXTENSION]
+    token = lab.controls.settings.admin_token
+    if not lab.admin_enabled:
+        return json_error(403, "access_denied", "The admin API is off: the server listens on a "
                      "non-loopback address and no admin token is configured.")
-    if settings.admin_token is not None:
+    if token is not None:
         scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), settings.admin_token.encode()
+            given.strip().encode(), token.encode()
         ):
-            response = _fail(401, "invalid_token", "The admin API needs the admin token.")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="m2mauth admin"'
-            return response
+            return json_error(401, "invalid_token", "The admin API needs the admin token.",
+                         {"WWW-Authenticate": 'Bearer realm="m2mauth admin"'})
+    elif not is_loopback(request.remote_addr or ""):
+        # Where the server listens says nothing under another WSGI server (gunicorn binds
+        # what its command line says), nor behind a proxy: the peer itself must be local.
+        return json_error(403, "access_denied", "The admin API without an admin token answers "
+                     "only requests from a loopback address; configure an admin token to "
+                     "use it from elsewhere.")
     elif _from_a_browser_elsewhere():
-        return _fail(403, "access_denied", "The admin API without an admin token refuses "
+        return json_error(403, "access_denied", "The admin API without an admin token refuses "
                      "cross-site browser requests (an Origin header, Sec-Fetch-Site, or a "
                      "Host that is neither loopback nor the issuer's).")
     return None
@@ -126,27 +130,24 @@ def _from_a_browser_elsewhere() -> bool:
         host = urlsplit("//" + request.host).hostname or ""
     except ValueError:  # "[::1" and the like
         return True
-    if host in ("localhost", urlsplit(current_app.extensions["m2mauth"].issuer).hostname):
+    if host in ("localhost", urlsplit(_controls().core.issuer).hostname):
         return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
+    return not is_loopback(host)
 
 
 @bp.errorhandler(ControlError)
 def _control_error(exc: ControlError) -> Response:
-    return _fail(400, "invalid_request", str(exc), field=exc.field)
+    return json_error(400, "invalid_request", str(exc), field=exc.field)
 
 
 @bp.get("")
 def index() -> Response:
-    return _json({"operations": OPERATIONS})
+    return json_response({"operations": OPERATIONS})
 
 
 @bp.get("/clients")
 def list_clients() -> Response:
-    return _json({"clients": [
+    return json_response({"clients": [
         {k: v for k, v in c.as_dict().items() if k != "client_secret"}
         for c in _controls().clients()
     ]})
@@ -155,13 +156,13 @@ def list_clients() -> Response:
 @bp.post("/clients")
 def add_client() -> Response:
     client = _controls().add_client(**_body("POST", "/admin/clients"))
-    return _json(client.as_dict(), 201)
+    return json_response(client.as_dict(), 201)
 
 
 @bp.delete("/clients/<path:client_id>")
 def remove_client(client_id: str) -> Response:
     _controls().remove_client(client_id)
-    return _json({"removed": client_id})
+    return json_response({"removed": client_id})
 
 
 @bp.post("/tokens")
@@ -169,72 +170,72 @@ def issue_token() -> Response:
     body = _body("POST", "/admin/tokens")
     if "client_id" not in body:
         raise ControlError("client_id", "is required")
-    return _json({"access_token": _controls().issue_token(**body)})
+    return json_response({"access_token": _controls().issue_token(**body)})
 
 
 @bp.get("/clock")
 def get_clock() -> Response:
-    return _json(_controls().clock_status())
+    return json_response(_controls().clock_status())
 
 
 @bp.post("/clock")
 def set_clock() -> Response:
-    return _json(_controls().set_clock(**_body("POST", "/admin/clock")))
+    return json_response(_controls().set_clock(**_body("POST", "/admin/clock")))
 
 
 @bp.get("/faults")
 def list_faults() -> Response:
-    return _json({"faults": [f.as_dict() for f in _controls().faults()]})
+    return json_response({"faults": [f.as_dict() for f in _controls().faults()]})
 
 
 @bp.post("/faults")
 def add_fault() -> Response:
     fault = _controls().fail_next(**_body("POST", "/admin/faults"))
-    return _json(fault.as_dict(), 201)
+    return json_response(fault.as_dict(), 201)
 
 
 @bp.delete("/faults")
 def clear_faults() -> Response:
     _controls().clear_faults()
-    return _json({"faults": []})
+    return json_response({"faults": []})
 
 
 @bp.get("/requests/token")
 def token_requests() -> Response:
-    return _json({"requests": [asdict(r) for r in _controls().token_requests]})
+    return json_response({"requests": [asdict(r) for r in _controls().token_requests]})
 
 
 @bp.get("/requests/jwks")
 def jwks_requests() -> Response:
-    return _json({"requests": [asdict(r) for r in _controls().jwks_requests]})
+    return json_response({"requests": [asdict(r) for r in _controls().jwks_requests]})
 
 
 @bp.delete("/requests")
 def clear_requests() -> Response:
     _controls().clear_requests()
-    return _json({"requests": []})
+    return json_response({"requests": []})
 
 
 @bp.get("/keys")
 def list_keys() -> Response:
-    return _json({"keys": _controls().keys()})
+    return json_response({"keys": _controls().keys()})
 
 
 @bp.post("/keys/rotate")
 def rotate_key() -> Response:
     kid = _controls().rotate_key(**_body("POST", "/admin/keys/rotate"))
-    return _json({"kid": kid, "keys": _controls().keys()}, 201)
+    return json_response({"kid": kid, "keys": _controls().keys()}, 201)
 
 
 @bp.post("/keys/<kid>/retire")
 def retire_key(kid: str) -> Response:
     _body("POST", "/admin/keys/<kid>/retire")
     _controls().retire_key(kid)
-    return _json({"retired": kid, "keys": _controls().keys()})
+    return json_response({"retired": kid, "keys": _controls().keys()})
 
 
 @bp.post("/reset")
 def reset() -> Response:
     _body("POST", "/admin/reset")
     _controls().reset()
-    return _json({"reset": True})
+    return json_response({"reset": True})

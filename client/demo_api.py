@@ -4,7 +4,8 @@
 the API side of the flow, as a service of yours would do it.
 
 ``m2mauth demo-api --issuer URL --audience AUD`` runs it; :func:`create_demo_api` is the app
-factory, :func:`bind_demo_api` binds it (port 0 picks a free one) like ``m2mauth serve``.
+factory (serve it with any WSGI server). It lives on the client side: a resource server is a
+client of the issuer, and needs nothing of the server package.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, g, jsonify, request
-from werkzeug.serving import BaseWSGIServer
 
-from m2mauth.client import TokenValidator, ValidatedToken
-from m2mauth.client.flask import require_token
+from .flask import require_token
+from .validator import TokenValidator, ValidatedToken
 
-from .serving import bind_app
-
-__all__ = ["ENDPOINTS", "bind_demo_api", "create_demo_api"]
+__all__ = ["ENDPOINTS", "create_demo_api"]
 
 #: path -> the scope it needs
 ENDPOINTS = {"/hello": "read", "/admin": "admin"}
@@ -68,11 +66,3 @@ def create_demo_api(issuer: str, audience: str, *, validator: TokenValidator | N
         return jsonify(message=f"welcome to the admin area, {token.subject}", **_caller(token))
 
     return app
-
-
-def bind_demo_api(issuer: str, audience: str, *, host: str = "127.0.0.1", port: int = 8001,
-                  **options: Any) -> tuple[BaseWSGIServer, Flask]:
-    """Listen on ``host:port`` (0 picks a free port; a taken one raises
-    :class:`~m2mauth.server.serving.PortInUseError`), then build the app with ``options`` for
-    :func:`create_demo_api`. Serve with ``server.serve_forever()``."""
-    return bind_app(host, port, lambda _port: create_demo_api(issuer, audience, **options))

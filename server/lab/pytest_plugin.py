@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from m2mauth.server.idp import IdentityProvider
+    from m2mauth.server.lab.idp import IdentityProvider
     from m2mauth.server.settings import ClientSettings, ServerSettings
 
 
@@ -64,7 +64,7 @@ def m2mauth_settings(m2mauth_algorithm: str, m2mauth_clients: list[ClientSetting
 def m2mauth_server(m2mauth_settings: ServerSettings) -> Iterator[IdentityProvider]:
     """The session's authorization server on a free 127.0.0.1 port (one per xdist worker).
     Prefer ``idp``, which also resets the server after each test."""
-    from m2mauth.server.idp import IdentityProvider
+    from m2mauth.server.lab.idp import IdentityProvider
 
     port = m2mauth_settings.port if m2mauth_settings.issuer is not None else 0
     server = IdentityProvider.start(m2mauth_settings, port=port)
@@ -92,7 +92,7 @@ def idp_factory() -> Iterator[Callable[..., IdentityProvider]]:
     default is fresh in-memory ES256 keys, so no two issuers share a key."""
     from dataclasses import replace
 
-    from m2mauth.server.idp import IdentityProvider
+    from m2mauth.server.lab.idp import IdentityProvider
     from m2mauth.server.settings import ServerSettings
 
     started: list[IdentityProvider] = []

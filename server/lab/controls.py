@@ -1,11 +1,11 @@
-"""Test controls: one Python API over a running server's state – clients, minted tokens, the
+"""Test controls: one Python API over a running issuer's state – clients, minted tokens, the
 clock, injected faults, the request logs and key rotation. The HTTP admin API (admin.py)
-calls the same methods, so both validate alike and a bad request changes nothing."""
+calls the same methods, so both validate alike and a bad request changes nothing. Every
+change goes through the issuer's state store."""
 
 from __future__ import annotations
 
 import math
-import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,20 +14,21 @@ from typing import Any
 from joserfc.errors import JoseError
 from joserfc.jwk import Key
 
-from .clients import Client
-from .clock import Clock
-from .errors import ConfigError, KeyStoreError
+from ..algorithms import ALGORITHMS, one_of
+from ..clients import Client
+from ..errors import ConfigError, KeyStoreError
+from ..issuer import Issuer
+from ..keys import SigningKey, generate_signing_key
+from ..settings import ClientSettings, ServerSettings
+from ..syntax import is_error_text
+from ..tokens import ACTIVE_KEY, tampered
+from . import requestlog
+from .clock import LabClock
 from .faults import ENDPOINTS, KINDS, Fault
-from .keys import SigningKey, generate_signing_key
 from .requestlog import JwksRequest, TokenRequest
-from .settings import ALGORITHMS, ClientSettings, validate_client
-from .state import ServerState
-from .tokens import ACTIVE_KEY, tampered
 
 __all__ = ["ControlError", "Controls", "RegisteredClient"]
 
-# RFC 6749 §5.2: error = 1*( %x20-21 / %x23-5B / %x5D-7E )
-_ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
 _DEFAULT_ERROR = {400: "invalid_request", 401: "invalid_client", 403: "access_denied",
                   429: "temporarily_unavailable", 503: "temporarily_unavailable"}
 _MAX_DELAY = 60.0
@@ -109,18 +110,25 @@ class Controls:
     """Drive one server's state from a test. Everything done here is undone by :meth:`reset`,
     which restores the clients and keys the server started with."""
 
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self._clients_at_start = state.clients.snapshot()
-        self._keys_at_start = state.keys.snapshot()
+    def __init__(self, core: Issuer) -> None:
+        #: The core issuer these controls drive.
+        self.core = core
+        self._store = core.store
+        self._clients_at_start = core.store.clients()
+        self._keys_at_start = core.store.signing_keys()
         self._unpublished: dict[str, SigningKey] = {}
+        self._clock = LabClock(core.store)
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.core.settings
 
     # -- clock ------------------------------------------------------------------------
 
     @property
-    def clock(self) -> Clock:
+    def clock(self) -> LabClock:
         """The server's one clock: freeze, advance or offset it; tokens and checks follow."""
-        return self.state.clock
+        return self._clock
 
     def set_clock(self, *, freeze: bool | None = None, at: float | None = None,
                   advance: float | None = None, offset: float | None = None,
@@ -136,7 +144,7 @@ class Controls:
         offset = None if offset is None else _number("offset", offset, _MAX_CLOCK)
         if at is not None and freeze is False:
             raise ControlError("at", "freezes the clock; do not combine it with freeze=false")
-        clock = self.state.clock
+        clock = self._clock
         if reset:
             clock.reset()
         if offset is not None:
@@ -150,7 +158,7 @@ class Controls:
         return self.clock_status()
 
     def clock_status(self) -> dict[str, Any]:
-        clock = self.state.clock
+        clock = self._clock
         return {"now": clock.now(), "offset": clock.offset, "frozen": clock.frozen}
 
     # -- clients ----------------------------------------------------------------------
@@ -184,27 +192,27 @@ class Controls:
             token_lifetime=token_lifetime, algorithm=algorithm,
         )
         try:
-            validate_client("add_client", "client", settings)
+            settings.validate("add_client", "client")
         except ConfigError as exc:
             raise ControlError(exc.key.removeprefix("client."), exc.why) from None
-        if self.state.clients.get(client_id) is not None:
+        if self._store.client(client_id) is not None:
             raise ControlError("client_id", f"{client_id!r} is already registered")
         try:
-            client = self.state.clients.add(settings)
+            client = self.core.clients.build(settings)  # an unreadable JWKS fails here
             if settings.algorithm:
-                self.state.keys.active(settings.algorithm)
+                self.core.keys.active(settings.algorithm)
         except (ValueError, JoseError, KeyStoreError) as exc:  # unreadable JWKS, missing key
-            self.state.clients.remove(client_id)
             raise ControlError("jwks" if jwks is not None else "algorithm", str(exc)) from None
+        if not self._store.add_client(settings):  # another caller registered the id meanwhile
+            raise ControlError("client_id", f"{client_id!r} is already registered")
         return _registered(client)
 
     def remove_client(self, client_id: str) -> None:
-        if not isinstance(client_id, str) or self.state.clients.get(client_id) is None:
+        if not isinstance(client_id, str) or not self._store.remove_client(client_id):
             raise ControlError("client_id", f"no client {client_id!r}")
-        self.state.clients.remove(client_id)
 
     def clients(self) -> list[RegisteredClient]:
-        return [_registered(c) for c in self.state.clients]
+        return [_registered(c) for c in self.core.clients]
 
     # -- tokens without HTTP ------------------------------------------------------------
 
@@ -221,8 +229,8 @@ class Controls:
         """
         if not isinstance(client_id, str) or not client_id:
             raise ControlError("client_id", "must be a non-empty string")
-        client = self.state.clients.get(client_id) or Client(
-            ClientSettings(client_id), default_audience=self.state.settings.default_audience)
+        client = self.core.clients.get(client_id) or self.core.clients.build(
+            ClientSettings(client_id))
         scopes = client.default_scopes if scope is None else _strings("scope", scope)
         audiences = client.default_audience if audience is None else _strings(
             "audience", audience)
@@ -230,8 +238,8 @@ class Controls:
         claims = None if claims is None else _mapping("claims", claims)
         headers = None if headers is None else _mapping("headers", headers)
         if alg is not None and alg != "none" and alg not in ALGORITHMS:
-            raise ControlError("alg", f"{alg!r} is not one of none, {', '.join(ALGORITHMS)}")
-        alg = alg or client.settings.algorithm or self.state.settings.algorithm
+            raise ControlError("alg", one_of(alg, ("none", *ALGORITHMS)))
+        alg = alg or client.settings.algorithm or self.settings.algorithm
         key: Any
         if alg == "none":
             key = None
@@ -244,7 +252,7 @@ class Controls:
         else:
             key = signing_key
         try:
-            issued = self.state.token_issuer.issue(
+            issued = self.core.token_issuer.issue(
                 client, scope=list(scopes), audience=list(audiences), lifetime=lifetime,
                 claims=claims, headers=headers, alg=alg, key=key,
             )
@@ -276,12 +284,12 @@ class Controls:
         "no_expires_in" (token endpoint: a real token without ``expires_in``).
         """
         _int("n", n, low=1, high=_MAX_COUNT)
-        if endpoint not in ENDPOINTS:
-            raise ControlError("endpoint", f"{endpoint!r} is not one of {', '.join(ENDPOINTS)}")
+        if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
+            raise ControlError("endpoint", one_of(endpoint, tuple(ENDPOINTS)))
         if kind is None:
             kind = "delay" if delay is not None and status is None else "error"
         if kind not in KINDS:
-            raise ControlError("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+            raise ControlError("kind", one_of(kind, KINDS))
         if kind == "no_expires_in" and endpoint != "token":
             raise ControlError("kind", "no_expires_in applies to the token endpoint only")
         if kind != "error":
@@ -305,8 +313,7 @@ class Controls:
                 error = _DEFAULT_ERROR.get(status, "server_error" if status >= 500
                                            else "invalid_request")
             for name, value in (("error", error), ("error_description", error_description)):
-                if value is not None and (not isinstance(value, str)
-                                          or not _ERROR_CODE.fullmatch(value)):
+                if value is not None and not is_error_text(value):
                     raise ControlError(name, "must be printable ASCII without '\"' or '\\'"
                                        " (RFC 6749 section 5.2)")
             if retry_after is not None:
@@ -315,15 +322,20 @@ class Controls:
                           remaining=n)
         else:
             fault = Fault(endpoint, kind, status=200, error=None, remaining=n)
-        self.state.faults.add(fault)
+        self._store.push_fault(endpoint, fault.as_dict())
         return fault
 
     def faults(self) -> list[Fault]:
         """Faults still queued, with the number of responses each will still spoil."""
-        return self.state.faults.pending()
+        return [Fault(**f) for f in self._store.faults()]
+
+    def take_fault(self, endpoint: str) -> Fault | None:
+        """The fault for the response being made now, if any (consumes one use)."""
+        fault = self._store.take_fault(endpoint)
+        return Fault(**fault) if fault is not None else None
 
     def clear_faults(self) -> None:
-        self.state.faults.clear()
+        self._store.clear_faults()
 
     # -- request logs -------------------------------------------------------------------
 
@@ -331,53 +343,45 @@ class Controls:
     def token_requests(self) -> list[TokenRequest]:
         """What the token endpoint received, in order (client id, auth method, scope,
         resource, status, outcome, jti ...)."""
-        return self.state.token_requests.snapshot()
+        return requestlog.read(self._store, requestlog.TOKEN_LOG)
 
     @property
     def jwks_requests(self) -> list[JwksRequest]:
         """Every JWKS fetch, in order: how often a service under test refreshed its keys."""
-        return self.state.jwks_requests.snapshot()
+        return requestlog.read(self._store, requestlog.JWKS_LOG)
 
     def clear_requests(self) -> None:
-        self.state.token_requests.clear()
-        self.state.jwks_requests.clear()
+        self._store.clear_records()
 
     # -- keys -------------------------------------------------------------------------
 
     def rotate_key(self, alg: str | None = None) -> str:
         """A new active signing key for ``alg`` (default: the server's algorithm); the old one
         stays published until :meth:`retire_key`. Returns the new kid."""
-        alg = self.state.settings.algorithm if alg is None else alg
+        alg = self.settings.algorithm if alg is None else alg
         if alg not in ALGORITHMS:
-            raise ControlError("alg", f"{alg!r} is not one of {', '.join(ALGORITHMS)}")
-        return self.state.keys.rotate(alg).kid
+            raise ControlError("alg", one_of(alg))
+        return self.core.keys.rotate(alg).kid
 
     def retire_key(self, kid: str) -> None:
         """Take a rotated-out key out of the JWKS: tokens it signed stop validating."""
         if not isinstance(kid, str):
             raise ControlError("kid", "must be a string")
         try:
-            self.state.keys.retire(kid)
+            self.core.keys.retire(kid)
         except KeyStoreError as exc:
             raise ControlError("kid", str(exc)) from None
 
     def keys(self) -> list[dict[str, Any]]:
         return [{"kid": k.kid, "alg": k.alg, "status": k.status}
-                for k in self.state.keys.all_keys()]
+                for k in self.core.keys.all_keys()]
 
     @property
     def jwks(self) -> dict[str, Any]:
-        return self.state.keys.jwks()
+        return self.core.keys.jwks()
 
     # -- all of it ----------------------------------------------------------------------
 
     def reset(self) -> None:
         """Undo everything a test changed: clients, keys, clock, faults, logs, seen jtis."""
-        state = self.state
-        state.clients.restore(self._clients_at_start)
-        state.keys.restore(self._keys_at_start)
-        state.clock.reset()
-        state.faults.clear()
-        state.token_requests.clear()
-        state.jwks_requests.clear()
-        state.jti_cache.clear()
+        self._store.restore(self._clients_at_start, self._keys_at_start)

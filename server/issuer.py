@@ -1,0 +1,111 @@
+"""One issuer: its settings, its state store, and the pieces built on them once (clock, keys,
+clients, token issuance, Authlib's authorization server with m2mauth's grant and client
+authentication registered). Nothing here is module-level, so several issuers can live in one
+process; everything mutable is in the store, so several processes can share one issuer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+
+from .algorithms import ALGORITHMS
+from .client_auth import ClientSecretJWT, PrivateKeyJWT, client_secret_basic
+from .clients import ClientRegistry
+from .clock import Clock
+from .grants import ClientCredentialsGrant
+from .keys import KeyStore, SigningKey, generate_signing_key, load_signing_keys, shipped_keys_dir
+from .oauth import AuthorizationServer
+from .settings import AUTH_METHODS, ServerSettings
+from .store import MemoryStore, StateStore
+from .tokens import TokenIssuer
+
+__all__ = ["JWKS_PATH", "METADATA_PATHS", "TOKEN_PATH", "Issuer", "current_issuer",
+           "initial_keys"]
+
+TOKEN_PATH = "/token"
+JWKS_PATH = "/jwks.json"
+METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
+#: Where a Flask app keeps its issuer.
+EXTENSION = "m2mauth"
+
+
+def initial_keys(settings: ServerSettings) -> list[SigningKey]:
+    """The signing keys ``settings`` start with: ephemeral, a directory, or the shipped
+    public test keys."""
+    if settings.ephemeral_keys:
+        return [generate_signing_key(alg) for alg in settings.algorithms_in_use()]
+    if settings.keys_dir is not None:
+        return load_signing_keys(settings.keys_dir)
+    return load_signing_keys(shipped_keys_dir(), trusted=True)
+
+
+def current_issuer() -> Issuer:
+    """The issuer of the Flask app handling the current request."""
+    return current_app.extensions[EXTENSION]
+
+
+class Issuer:
+    """Everything one issuer needs to answer requests. ``store`` holds its state; without
+    one, a :class:`MemoryStore` with the settings' clients and keys."""
+
+    def __init__(self, settings: ServerSettings, *, store: StateStore | None = None) -> None:
+        self.settings = settings
+        self.issuer = settings.issuer_url
+        self.store = store if store is not None else MemoryStore(
+            settings.clients, initial_keys(settings))
+        self.clock = Clock(self.store)
+        self.keys = KeyStore(self.store, generate_missing=settings.ephemeral_keys)
+        for alg in settings.algorithms_in_use():
+            self.keys.active(alg)  # fail at start, not at the first token, if a key is missing
+        self.clients = ClientRegistry(self.store, default_audience=settings.default_audience)
+        self.token_issuer = TokenIssuer(
+            self.issuer, self.keys, self.clock,
+            algorithm=settings.algorithm, token_lifetime=settings.token_lifetime,
+        )
+        self.authorization = self._authorization_server()
+
+    def _authorization_server(self) -> AuthorizationServer:
+        server = AuthorizationServer(self.clients, self.token_issuer, realm=self.issuer)
+        server.register_grant(ClientCredentialsGrant)
+        assertion_options: dict[str, Any] = dict(
+            audiences=[self.token_endpoint, self.issuer], clock=self.clock, store=self.store,
+            leeway=self.settings.assertion_leeway,
+            max_lifetime=self.settings.assertion_max_lifetime,
+        )
+        server.register_client_auth_method("client_secret_basic", client_secret_basic)
+        server.register_client_auth_method(
+            "client_secret_jwt", ClientSecretJWT(**assertion_options))
+        server.register_client_auth_method(
+            "private_key_jwt", PrivateKeyJWT(**assertion_options))
+        return server
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.issuer + TOKEN_PATH
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.issuer + JWKS_PATH
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 8414 metadata; every URL is absolute and built from the configured issuer."""
+        scopes = sorted({s for c in self.store.clients() for s in c.scopes})
+        metadata = {
+            "issuer": self.issuer,
+            "token_endpoint": self.token_endpoint,
+            "jwks_uri": self.jwks_uri,
+            "grant_types_supported": ["client_credentials"],
+            # No response_types_supported: no grant here uses the authorization endpoint, and
+            # RFC 8414 section 3.2 says claims with zero elements MUST be omitted (erratum 7793).
+            "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "token_endpoint_auth_signing_alg_values_supported": [
+                *ALGORITHMS, *ClientSecretJWT.ALGORITHMS
+            ],
+        }
+        if scopes:
+            metadata["scopes_supported"] = scopes
+        return metadata
+
+    def __repr__(self) -> str:
+        return f"<Issuer {self.issuer} {self.store!r}>"

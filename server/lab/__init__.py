@@ -1,0 +1,49 @@
+"""The lab: what only a test or a learner needs, attached to the core as a Flask extension
+(:class:`Lab`) – clock controls, fault injection, the request log, :class:`Controls`, the
+``/admin`` API, :class:`IdentityProvider` and the pytest plugin. The core never imports it.
+
+Names are imported on first use: the pytest plugin (a submodule) must not import Flask.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .clock import LabClock
+    from .controls import ControlError, Controls, RegisteredClient
+    from .extension import Lab, LabState
+    from .faults import Fault
+    from .idp import IdentityProvider
+    from .requestlog import JwksRequest, TokenRequest
+
+_EXPORTS = {
+    "LabClock": "clock",
+    "ControlError": "controls",
+    "Controls": "controls",
+    "RegisteredClient": "controls",
+    "Lab": "extension",
+    "LabState": "extension",
+    "Fault": "faults",
+    "IdentityProvider": "idp",
+    "JwksRequest": "requestlog",
+    "TokenRequest": "requestlog",
+}
+
+__all__ = [
+    "ControlError",
+    "Controls",
+    "Fault",
+    "IdentityProvider",
+    "JwksRequest",
+    "Lab",
+    "LabClock",
+    "LabState",
+    "RegisteredClient",
+    "TokenRequest",
+]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

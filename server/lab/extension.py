@@ -1,0 +1,118 @@
+"""``Lab``: the test controls attached to an authorization server app as a Flask extension.
+
+``Lab(app)`` or ``lab.init_app(app)`` on an app made by
+:func:`~m2mauth.server.app.create_core_app`. It adds, without the core knowing:
+
+- fault injection, as request hooks on the token and JWKS endpoints (``before_request``
+  answers in the endpoint's place or waits; ``after_request`` strips ``expires_in`` or drops
+  the connection);
+- the request log, fed by the core's ``token_request_handled`` signal and by the same hooks
+  for JWKS fetches and requests a fault answered;
+- :class:`Controls` at ``app.extensions["m2mauth_lab"].controls``, and the ``/admin``
+  blueprint over them.
+
+Request hooks for faults, because a fault changes or replaces a response, which signals must
+not do; a signal for the log, because the token endpoint's record (what the grant verified,
+the issued token's jti) exists only inside the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from flask import Flask, Response, g, request
+
+from ..issuer import EXTENSION as CORE_EXTENSION
+from ..issuer import Issuer
+from ..signals import token_request_handled
+from ..store import StateStore
+from ..token_request import TokenRequest, describe, log_token_request
+from . import requestlog
+from .admin import EXTENSION
+from .admin import bp as admin_bp
+from .controls import Controls
+from .faults import (
+    ANSWERING_KINDS,
+    ENDPOINTS,
+    Fault,
+    drop_connection,
+    response_for,
+    strip_expires_in,
+)
+
+__all__ = ["Lab", "LabState"]
+
+_VIEWS = {view: endpoint for endpoint, view in ENDPOINTS.items()}
+#: Per request, on flask.g: the fault spoiling this request (the lab's own request state).
+_FAULT = "_m2mauth_lab_fault"
+
+
+class Lab:
+    """The lab of one app (``Lab(app)``) or, Flask style, of any number of them
+    (``lab = Lab(); lab.init_app(app)``: each app gets its own controls)."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> LabState:
+        core: Issuer = app.extensions[CORE_EXTENSION]
+        state = app.extensions[EXTENSION] = LabState(core)
+        app.before_request(state.before_request)
+        app.after_request(state.after_request)
+        # weak=False: the app holds the state, the signal must not let it go first.
+        token_request_handled.connect(state.on_token_request, sender=app, weak=False)
+        if core.settings.admin_api:
+            app.register_blueprint(admin_bp)
+        return state
+
+
+class LabState:
+    """What the lab keeps for one app: its controls (replaceable: an ``IdentityProvider``
+    puts itself here), and whether the admin API answers."""
+
+    def __init__(self, core: Issuer) -> None:
+        self.controls = Controls(core)
+        # Decided once, like the address the server binds ("localhost" resolves only here).
+        self.admin_enabled = core.settings.admin_enabled
+
+    @property
+    def store(self) -> StateStore:
+        return self.controls.core.store
+
+    def before_request(self) -> Response | None:
+        endpoint = _VIEWS.get(request.endpoint or "")
+        fault = self.controls.take_fault(endpoint) if endpoint is not None else None
+        if fault is None:
+            return None
+        setattr(g, _FAULT, fault)
+        return response_for(fault, request, self.controls.core.issuer)
+
+    def after_request(self, response: Response) -> Response:
+        endpoint = _VIEWS.get(request.endpoint or "")
+        if endpoint is None:
+            return response
+        fault: Fault | None = g.pop(_FAULT, None)
+        kind = fault.kind if fault is not None else None
+        if kind == "no_expires_in":
+            strip_expires_in(response)
+        now = self.controls.clock.now()
+        if endpoint == "jwks":
+            requestlog.append(self.store, requestlog.JwksRequest(now, response.status_code,
+                                                                 kind))
+        elif kind in ANSWERING_KINDS:
+            # The token endpoint never ran: the lab writes its record and log line.
+            record = describe(request, response, None, now,
+                              outcome=None if kind == "error" else kind)
+            record = replace(record, fault=kind)
+            log_token_request(record)
+            requestlog.append(self.store, record)
+        if kind == "drop":  # after the record: a client that sees the drop sees the entry
+            drop_connection(request)
+        return response
+
+    def on_token_request(self, app: Flask, record: TokenRequest) -> None:
+        fault: Fault | None = g.get(_FAULT)
+        if fault is not None:
+            record = replace(record, fault=fault.kind)
+        requestlog.append(self.store, record)

@@ -1,0 +1,88 @@
+"""``IdentityProvider``: a running m2mauth server plus the test controls, in one object – what
+the pytest plugin's ``idp`` fixture hands to a test."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from flask import Flask
+
+from ..app import create_core_app
+from ..issuer import METADATA_PATHS
+from ..serving import BackgroundServer, bind_app
+from ..settings import ServerSettings
+from ..store import StateStore
+from .admin import ADMIN_PREFIX, EXTENSION
+from .controls import Controls
+from .extension import Lab
+
+__all__ = ["IdentityProvider"]
+
+
+class IdentityProvider(Controls):
+    """An authorization server with its lab on a loopback port, driven from the test that
+    owns it.
+
+    ``with IdentityProvider.start() as idp: ...`` or the ``idp`` pytest fixture.
+    """
+
+    def __init__(self, server: BackgroundServer, app: Flask) -> None:
+        lab = app.extensions[EXTENSION]
+        super().__init__(lab.controls.core)
+        self.server = server
+        self.app = app
+        # One controls object per server: the admin API then acts on this very handle.
+        lab.controls = self
+
+    @classmethod
+    def start(cls, settings: ServerSettings | None = None, *, host: str = "127.0.0.1",
+              port: int = 0, store: StateStore | None = None) -> IdentityProvider:
+        """Start a server in a background thread (port 0: any free port). ``store`` holds
+        its state (default: in memory)."""
+        settings = replace(settings or ServerSettings(), host=host)
+
+        def make_app(bound: int) -> Flask:
+            app = create_core_app(replace(settings, port=bound), store=store)
+            Lab(app)
+            return app
+
+        server, app = bind_app(host, port, make_app)
+        return cls(BackgroundServer(server), app)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def __enter__(self) -> IdentityProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def issuer(self) -> str:
+        """The issuer URL: ``iss`` of every token, and where metadata is discovered."""
+        return self.core.issuer
+
+    @property
+    def url(self) -> str:
+        """Where the server listens (the issuer, unless one was configured)."""
+        return self.server.url
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.core.token_endpoint
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.core.jwks_uri
+
+    @property
+    def metadata_url(self) -> str:
+        return self.core.issuer + METADATA_PATHS[0]
+
+    @property
+    def admin_url(self) -> str:
+        return self.core.issuer + ADMIN_PREFIX
+
+    def __repr__(self) -> str:
+        return f"<IdentityProvider {self.issuer}>"

@@ -1,0 +1,44 @@
+"""What the token and JWKS endpoints received, in order, kept in the issuer's state store:
+for tests to assert on. The token endpoint's records come from the core's
+``token_request_handled`` signal; JWKS fetches and fault-answered requests from the lab's
+request hooks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeVar
+
+from ..store import StateStore
+from ..token_request import TokenRequest
+
+__all__ = ["JWKS_LOG", "TOKEN_LOG", "JwksRequest", "TokenRequest", "append", "read"]
+
+TOKEN_LOG = "token"
+JWKS_LOG = "jwks"
+
+
+@dataclass(frozen=True)
+class JwksRequest:
+    """One JWKS fetch: when, the answer's status, and the injected fault if any."""
+
+    time: float
+    status: int
+    fault: str | None = None
+
+
+_Record = TypeVar("_Record", TokenRequest, JwksRequest)
+_TYPES: dict[str, type] = {TOKEN_LOG: TokenRequest, JWKS_LOG: JwksRequest}
+
+
+def append(store: StateStore, record: TokenRequest | JwksRequest) -> None:
+    log = TOKEN_LOG if isinstance(record, TokenRequest) else JWKS_LOG
+    store.append_record(log, asdict(record))
+
+
+def read(store: StateStore, log: str) -> list[Any]:
+    """The records of ``log`` as their dataclass (lists back to tuples: a shared store keeps
+    JSON)."""
+    cls = _TYPES[log]
+    tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
+    return [cls(**{k: tuple(v) if k in tuples else v for k, v in r.items()})
+            for r in store.records(log)]

@@ -1,0 +1,288 @@
+"""The state store: everything mutable that a running issuer holds, behind one interface.
+
+Clients, signing keys and their status, the clock's offset and freeze, the fault queue, the
+request logs and the client-assertion ``jti`` replay cache live here and nowhere else, so that
+a store shared by several processes or hosts (a later SQLite or Redis implementation of the
+same interface) makes them all see one issuer. Endpoints and the lab reach state only through
+a :class:`StateStore`; changing how state is kept means another implementation, never an
+endpoint change.
+
+Values crossing the interface are immutable (frozen dataclasses, tuples) or plain JSON-shaped
+dicts (faults, request records), so that a shared implementation can serialise them. Every
+operation that reads and then writes is atomic in the store, not in its caller.
+
+:class:`MemoryStore` is the one implementation today: one process, a lock for writes, and
+lock-free reads of immutable snapshots on the token path.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .keys import SigningKey
+    from .settings import ClientSettings
+
+__all__ = ["ClockState", "MemoryStore", "StateStore"]
+
+
+@dataclass(frozen=True)
+class ClockState:
+    """How the issuer's clock differs from real time: an offset, or a frozen instant."""
+
+    offset: float = 0.0
+    frozen_at: float | None = None
+
+
+class StateStore(abc.ABC):
+    """The state of one issuer. Implementations must be safe to call from many threads."""
+
+    # -- clients ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def client(self, client_id: str) -> ClientSettings | None:
+        """The registered client ``client_id``, or None."""
+
+    @abc.abstractmethod
+    def clients(self) -> tuple[ClientSettings, ...]:
+        """Every registered client, in registration order."""
+
+    @abc.abstractmethod
+    def add_client(self, client: ClientSettings) -> bool:
+        """Register ``client`` unless its id is taken (then False); check and insert are one
+        step, so two concurrent adds of one id cannot both succeed."""
+
+    @abc.abstractmethod
+    def remove_client(self, client_id: str) -> bool:
+        """Forget a client; False if there was none."""
+
+    # -- signing keys -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def signing_keys(self) -> tuple[SigningKey, ...]:
+        """Every key with its status, oldest first. The same tuple object is returned until
+        the keys change, so callers may cache what they derive from it by identity."""
+
+    @abc.abstractmethod
+    def add_signing_key(self, key: SigningKey) -> None:
+        """Add ``key`` as the active key of its algorithm; the key that was active for that
+        algorithm becomes published, in the same step."""
+
+    @abc.abstractmethod
+    def set_key_status(self, kid: str, status: str) -> SigningKey | None:
+        """Change a key's status; the changed key, or None if there is no such kid."""
+
+    # -- clock ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def clock_state(self) -> ClockState:
+        """The clock's offset and freeze; read on every timestamp, so it must be cheap."""
+
+    @abc.abstractmethod
+    def update_clock(self, change: Callable[[ClockState], ClockState]) -> ClockState:
+        """Apply ``change`` to the clock state atomically; the new state."""
+
+    # -- faults -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def push_fault(self, endpoint: str, fault: Mapping[str, Any]) -> None:
+        """Queue ``fault`` (a JSON-shaped dict with an int ``remaining``) for ``endpoint``."""
+
+    @abc.abstractmethod
+    def take_fault(self, endpoint: str) -> dict[str, Any] | None:
+        """The fault for the response being made now, if any, as it was before this use:
+        ``remaining`` goes down by one, and the fault leaves the queue at zero. A fault is
+        taken by exactly one request, however many serve at once."""
+
+    @abc.abstractmethod
+    def faults(self) -> list[dict[str, Any]]:
+        """Every queued fault, in order."""
+
+    @abc.abstractmethod
+    def clear_faults(self) -> None: ...
+
+    # -- request logs -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def append_record(self, log: str, record: Mapping[str, Any]) -> None:
+        """Append ``record`` (a JSON-shaped dict) to the bounded log named ``log``."""
+
+    @abc.abstractmethod
+    def records(self, log: str) -> list[dict[str, Any]]:
+        """The log named ``log``, oldest first."""
+
+    @abc.abstractmethod
+    def clear_records(self) -> None:
+        """Empty every log."""
+
+    # -- client-assertion replay ------------------------------------------------------
+
+    @abc.abstractmethod
+    def remember_jti(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
+        """Record an assertion ``jti`` of ``client_id`` until ``expires_at``; False if it was
+        seen before and has not expired (a replay), or if no room is left for it."""
+
+    # -- all of it --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def restore(self, clients: Iterable[ClientSettings], keys: Iterable[SigningKey]) -> None:
+        """Back to a start: exactly these clients and keys, real time, no faults, empty logs,
+        no remembered jtis – in one step."""
+
+
+class MemoryStore(StateStore):
+    """The state of one issuer in this process's memory: the default, and the pytest
+    plugin's. Bounded: each log keeps its newest ``max_records``, the replay cache at most
+    ``max_jtis`` live entries."""
+
+    def __init__(self, clients: Iterable[ClientSettings] = (), keys: Iterable[SigningKey] = (),
+                 *, max_records: int = 10_000, max_jtis: int = 100_000) -> None:
+        self._lock = threading.RLock()
+        self._max_records = max_records
+        self._max_jtis = max_jtis
+        # Read without the lock on the token path: each is replaced whole, never mutated.
+        self._clients: dict[str, ClientSettings] = {}
+        self._keys: tuple[SigningKey, ...] = ()
+        self._clock = ClockState()
+        self._faults: dict[str, deque[dict[str, Any]]] = {}
+        self._logs: dict[str, deque[dict[str, Any]]] = {}
+        self._jtis: dict[tuple[str, str], float] = {}
+        self.restore(clients, keys)
+
+    # -- clients ----------------------------------------------------------------------
+
+    def client(self, client_id: str) -> ClientSettings | None:
+        return self._clients.get(client_id)
+
+    def clients(self) -> tuple[ClientSettings, ...]:
+        return tuple(self._clients.values())
+
+    def add_client(self, client: ClientSettings) -> bool:
+        with self._lock:
+            if client.client_id in self._clients:
+                return False
+            self._clients = {**self._clients, client.client_id: client}
+            return True
+
+    def remove_client(self, client_id: str) -> bool:
+        with self._lock:
+            if client_id not in self._clients:
+                return False
+            self._clients = {k: v for k, v in self._clients.items() if k != client_id}
+            return True
+
+    # -- signing keys -----------------------------------------------------------------
+
+    def signing_keys(self) -> tuple[SigningKey, ...]:
+        return self._keys
+
+    def add_signing_key(self, key: SigningKey) -> None:
+        from .keys import ACTIVE, PUBLISHED
+
+        with self._lock:
+            demoted = tuple(replace(k, status=PUBLISHED)
+                            if k.alg == key.alg and k.status == ACTIVE else k
+                            for k in self._keys)
+            self._keys = (*demoted, replace(key, status=ACTIVE))
+
+    def set_key_status(self, kid: str, status: str) -> SigningKey | None:
+        with self._lock:
+            changed = None
+            keys = []
+            for key in self._keys:
+                if key.kid == kid and changed is None:
+                    key = changed = replace(key, status=status)
+                keys.append(key)
+            if changed is not None:
+                self._keys = tuple(keys)
+            return changed
+
+    # -- clock ------------------------------------------------------------------------
+
+    def clock_state(self) -> ClockState:
+        return self._clock
+
+    def update_clock(self, change: Callable[[ClockState], ClockState]) -> ClockState:
+        with self._lock:
+            self._clock = change(self._clock)
+            return self._clock
+
+    # -- faults -----------------------------------------------------------------------
+
+    def push_fault(self, endpoint: str, fault: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._faults.setdefault(endpoint, deque()).append(dict(fault))
+
+    def take_fault(self, endpoint: str) -> dict[str, Any] | None:
+        if not self._faults.get(endpoint):  # the usual case: nothing queued, no lock taken
+            return None
+        with self._lock:
+            queue = self._faults.get(endpoint)
+            if not queue:
+                return None
+            fault = queue[0]
+            if fault["remaining"] <= 1:
+                queue.popleft()
+            else:
+                queue[0] = {**fault, "remaining": fault["remaining"] - 1}
+            return dict(fault)
+
+    def faults(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(f) for queue in self._faults.values() for f in queue]
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    # -- request logs -----------------------------------------------------------------
+
+    def append_record(self, log: str, record: Mapping[str, Any]) -> None:
+        with self._lock:
+            entries = self._logs.get(log)
+            if entries is None:
+                entries = self._logs[log] = deque(maxlen=self._max_records)
+            entries.append(dict(record))
+
+    def records(self, log: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._logs.get(log, ())]
+
+    def clear_records(self) -> None:
+        with self._lock:
+            self._logs.clear()
+
+    # -- client-assertion replay ------------------------------------------------------
+
+    def remember_jti(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
+        key = (client_id, jti)
+        with self._lock:
+            seen_until = self._jtis.get(key)
+            if seen_until is not None and seen_until >= now:
+                return False
+            if len(self._jtis) >= self._max_jtis:
+                self._jtis = {k: v for k, v in self._jtis.items() if v >= now}
+                if len(self._jtis) >= self._max_jtis:
+                    # Full of live entries: refuse rather than forget one and allow a replay.
+                    return False
+            self._jtis[key] = expires_at
+            return True
+
+    # -- all of it --------------------------------------------------------------------
+
+    def restore(self, clients: Iterable[ClientSettings], keys: Iterable[SigningKey]) -> None:
+        with self._lock:
+            self._clients = {c.client_id: c for c in clients}
+            self._keys = tuple(keys)
+            self._clock = ClockState()
+            self._faults.clear()
+            self._logs.clear()
+            self._jtis.clear()
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore clients={len(self._clients)} keys={len(self._keys)}>"

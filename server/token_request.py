@@ -1,0 +1,160 @@
+"""The token endpoint's request handling around Authlib: the checks Authlib does not make
+(or answers with a misleading error or a 500), the record of what was asked and answered,
+and the one log line per request."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
+from flask import Request, Response, current_app
+
+from .client_auth import basic_credentials, is_hmac, unverified_part
+from .oauth import AuthorizationServer, TokenEndpointRequest
+from .signals import token_request_handled
+
+__all__ = ["TokenRequest", "describe", "handle_token_request", "log_token_request"]
+
+log = logging.getLogger("m2mauth.server")
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One token request and its outcome. ``client_id`` is what the caller claimed, verified
+    only when ``outcome`` is ``"issued"``; secrets and assertions are never recorded."""
+
+    time: float
+    client_id: str | None
+    auth_method: str | None
+    grant_type: str | None
+    scope: str | None
+    resource: tuple[str, ...]
+    status: int
+    outcome: str  # "issued", the RFC 6749 error code, or what an injected fault did
+    jti: str | None = None
+    granted_scope: tuple[str, ...] = field(default=())
+    audience: tuple[str, ...] = field(default=())
+    #: The injected fault that answered this request, if any (set by the lab; see its faults).
+    fault: str | None = None
+
+
+def precheck(request: Request) -> None:
+    """What Authlib does not check, or answers with a misleading error or a 500."""
+    if request.query_string:
+        raise InvalidRequestError("Send token request parameters in the body, not the URL.")
+    body = request.get_data(cache=True)
+    if body and request.mimetype != FORM:
+        raise InvalidRequestError(f"The request body must be {FORM} (RFC 6749 section 4.4.2).")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("The request body is not valid UTF-8.") from None
+    if "grant_type" not in request.form:
+        raise InvalidRequestError("Missing 'grant_type' parameter.")
+    if len(request.form.getlist("grant_type")) > 1:
+        # Checked before Authlib picks a grant by the first value (RFC 6749 section 3.2).
+        raise InvalidRequestError("Parameter 'grant_type' is repeated.")
+    header = request.headers.get("Authorization")
+    if header is not None and basic_credentials(header) is None:
+        # A failed attempt to authenticate with the header (unsupported scheme, or Basic
+        # credentials that do not decode): RFC 6749 section 5.2 invalid_client, 401.
+        raise InvalidClientError(
+            description="Malformed Authorization header: expected Basic credentials,"
+            " base64 of UTF-8 client_id:client_secret (RFC 6749 section 2.3.1)."
+        )
+
+
+def handle_token_request(server: AuthorizationServer, request: Request, now: float,
+                         ) -> Response:
+    """Answer one token request through Authlib, log it, and send
+    :data:`~m2mauth.server.signals.token_request_handled` with its record."""
+    oauth_request: TokenEndpointRequest | None = None
+    try:
+        precheck(request)
+    except OAuth2Error as error:
+        response = server.handle_error_response(None, error)
+    else:
+        oauth_request = TokenEndpointRequest(request)
+        response = server.create_token_response(oauth_request)
+    record = describe(request, response, oauth_request, now)
+    log_token_request(record)
+    token_request_handled.send(current_app._get_current_object(), record=record)
+    return response
+
+
+def describe(request: Request, response: Response, oauth_request: TokenEndpointRequest | None,
+             now: float, *, outcome: str | None = None) -> TokenRequest:
+    """The record of one token request: what the grant verified, else what the caller
+    claimed; ``outcome`` when something other than the endpoint answered."""
+    form = request.form if request.mimetype == FORM else None
+    issued = oauth_request.issued if oauth_request is not None else None
+    if outcome is None:
+        outcome = "issued" if response.status_code == 200 and issued is not None else \
+            str((response.get_json(silent=True) or {}).get("error", "error"))
+    verified_id = oauth_request.client.client_id if oauth_request and issued else None
+    return TokenRequest(
+        time=now,
+        client_id=verified_id or _claimed_client_id(request),
+        # Authlib sets auth_method once the client authenticated, whatever came next.
+        auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(request),
+        grant_type=form.get("grant_type") if form else None,
+        scope=form.get("scope") if form else None,
+        resource=tuple(form.getlist("resource") + form.getlist("audience")) if form else (),
+        status=response.status_code,
+        outcome=outcome,
+        jti=issued.jti if issued else None,
+        granted_scope=tuple(issued.scope) if issued else (),
+        audience=tuple(issued.audience) if issued else (),
+    )
+
+
+def log_token_request(record: TokenRequest) -> None:
+    """The one log line of a token request: ids, method, scopes, audience, outcome and the
+    token's jti – never a secret or a whole token."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    issued = record.outcome == "issued"
+    log.info(
+        "token request client_id=%s auth_method=%s scope=%s audience=%s outcome=%s jti=%s",
+        _printable(record.client_id), record.auth_method,
+        _printable(" ".join(record.granted_scope) if issued else record.scope),
+        _printable(" ".join(record.audience) if issued else " ".join(record.resource)),
+        record.outcome, record.jti,
+    )
+
+
+def _claimed_client_id(request: Request) -> str | None:
+    """The client id the caller claims (unverified), for the log only."""
+    header = request.headers.get("Authorization")
+    if header:
+        creds = basic_credentials(header)
+        return creds[0] if creds else None
+    if request.mimetype != FORM:
+        return None
+    if request.form.get("client_id"):
+        return request.form["client_id"]
+    subject = (unverified_part(request.form.get("client_assertion", ""), 1) or {}).get("sub")
+    return subject if isinstance(subject, str) else None
+
+
+def _claimed_auth_method(request: Request) -> str | None:
+    """The auth method the request's shape names (unverified), for the log only."""
+    if (request.headers.get("Authorization") or "").lower().startswith("basic "):
+        return "client_secret_basic"
+    if request.mimetype != FORM:
+        return None
+    if "client_assertion" in request.form:
+        return "client_secret_jwt" if is_hmac(request.form["client_assertion"]) \
+            else "private_key_jwt"
+    return "client_secret_post" if "client_secret" in request.form else None
+
+
+def _printable(value: str | None, limit: int = 80) -> str:
+    """A log-safe rendering of caller input: quoted, escaped, cut (no log injection)."""
+    if value is None:
+        return "-"
+    text = value if len(value) <= limit else value[:limit] + "..."
+    return ascii(text)
