@@ -23,28 +23,36 @@ _GENERIC_INVALID_CLIENT = (
 
 class _FormPayload(BasicOAuth2Payload):
     """The token request's parameters, from the body only: RFC 6749 §3.2 requires POST,
-    and Flask's ``request.values`` would also take credentials from the query string."""
+    and Flask's ``request.values`` would also take credentials from the query string.
+    ``data`` is a plain dict of first values (the grant refuses repeats, from ``datalist``):
+    a MultiDict raises and catches a KeyError for every parameter that is absent."""
 
     def __init__(self, form) -> None:
-        super().__init__(form)
+        super().__init__(form.to_dict())
         self._datalist = {key: form.getlist(key) for key in form}
 
 
 class TokenEndpointRequest(FlaskOAuth2Request):
     """Authlib's request object for one token request. The grant records on it what it
     decided (``client``, ``auth_method``, and m2mauth's ``issued`` token), so whoever made it
-    can read the outcome afterwards."""
+    can read the outcome afterwards. ``uri`` is the configured token endpoint, not one
+    rebuilt from the request's Host header."""
 
-    def __init__(self, request) -> None:
+    def __init__(self, request, uri: str | None = None) -> None:
+        uri = uri or request.base_url
         # Authlib refuses plain-HTTP URLs off loopback; m2mauth is a lab server that is often
         # reached as http://idp:8000 on a container network, so the scheme is not checked.
         OAuth2Request.__init__(
-            self, method=request.method, uri=_as_https(request.url), headers=request.headers
+            self, method=request.method, uri=_as_https(uri), headers=request.headers
         )
-        self.uri = request.url
+        self.uri = uri
         self._request = request
         self.payload = _FormPayload(request.form)
         self.issued = None
+
+    @property
+    def form(self):
+        return self.payload.data
 
 
 def _as_https(url: str) -> str:

@@ -67,8 +67,8 @@ def precheck(request: Request) -> None:
         )
 
 
-def handle_token_request(server: AuthorizationServer, request: Request, now: float,
-                         ) -> Response:
+def handle_token_request(server: AuthorizationServer, request: Request, token_endpoint: str,
+                         now: float) -> Response:
     """Answer one token request through Authlib, log it, and send
     :data:`~m2mauth.server.signals.token_request_handled` with its record."""
     oauth_request: TokenEndpointRequest | None = None
@@ -77,7 +77,7 @@ def handle_token_request(server: AuthorizationServer, request: Request, now: flo
     except OAuth2Error as error:
         response = server.handle_error_response(None, error)
     else:
-        oauth_request = TokenEndpointRequest(request)
+        oauth_request = TokenEndpointRequest(request, token_endpoint)
         response = server.create_token_response(oauth_request)
     record = describe(request, response, oauth_request, now)
     log_token_request(record)

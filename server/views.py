@@ -27,7 +27,9 @@ bp = Blueprint("m2mauth", __name__)
 @bp.post(TOKEN_PATH)
 def token() -> Response:
     issuer = current_issuer()
-    return handle_token_request(issuer.authorization, request, issuer.clock.now())
+    # The request object itself, not Flask's proxy: it is read a few dozen times.
+    return handle_token_request(issuer.authorization, request._get_current_object(),  # type: ignore[attr-defined]
+                                issuer.token_endpoint, issuer.clock.now())
 
 
 @bp.get(JWKS_PATH)
@@ -54,19 +56,22 @@ def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     if status == 413:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        return json_error(413, "invalid_request", f"Request body larger than {limit} bytes.",
-                          {"Pragma": "no-cache"})
+        return _error(413, "invalid_request", f"Request body larger than {limit} bytes.")
     if status == 405:
         allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m != "OPTIONS"))
         description = f"Method {request.method} not allowed; use {allowed}."
-        return json_error(405, "invalid_request", description,
-                          {"Allow": allowed, "Pragma": "no-cache"})
-    return json_error(status, "invalid_request" if status < 500 else "server_error",
-                      safe_description(exc.description or exc.name), {"Pragma": "no-cache"})
+        return _error(405, "invalid_request", description, {"Allow": allowed})
+    return _error(status, "invalid_request" if status < 500 else "server_error",
+                  safe_description(exc.description or exc.name))
 
 
 @bp.app_errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.path)
-    return json_error(500, "server_error", "Internal error; see the server log.",
-                      {"Pragma": "no-cache"})
+    return _error(500, "server_error", "Internal error; see the server log.")
+
+
+def _error(status: int, error: str, description: str,
+           headers: dict[str, str] | None = None) -> Response:
+    # Pragma as Authlib's own error responses have it, for HTTP/1.0 caches (RFC 6749 §5.1).
+    return json_error(status, error, description, {"Pragma": "no-cache", **(headers or {})})

@@ -5,8 +5,8 @@ request hooks."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any
 
 from ..store import StateStore
 from ..token_request import TokenRequest
@@ -26,13 +26,12 @@ class JwksRequest:
     fault: str | None = None
 
 
-_Record = TypeVar("_Record", TokenRequest, JwksRequest)
 _TYPES: dict[str, type] = {TOKEN_LOG: TokenRequest, JWKS_LOG: JwksRequest}
 
 
 def append(store: StateStore, record: TokenRequest | JwksRequest) -> None:
     log = TOKEN_LOG if isinstance(record, TokenRequest) else JWKS_LOG
-    store.append_record(log, asdict(record))
+    store.append_record(log, dict(vars(record)))  # shallow: every field is immutable
 
 
 def read(store: StateStore, log: str) -> list[Any]:
