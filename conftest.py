@@ -90,3 +90,56 @@ def m2mauth_clients(client_keys) -> list[ClientSettings]:
 def live_server(idp):
     """The plugin's session server, reset after each test (the ``idp`` fixture)."""
     return idp
+
+
+class CliProcess:
+    """``m2mauth ARGS`` as a real process, its start-up banner read (bounded) up to the line
+    that starts with ``until``."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, until: str = "curl ",
+                 max_lines: int = 30) -> None:
+        import os
+        import subprocess
+        import sys
+
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
+        clean.update(env or {}, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the test
+            [sys.executable, "-m", "m2mauth.server.cli", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=clean)
+        self.banner: list[str] = []
+        for _ in range(max_lines):
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.banner.append(line)
+            if line.lstrip().startswith(until):
+                break
+        self.text = "".join(self.banner)
+
+    def field(self, name: str) -> str:
+        """The last word of the banner line that starts with ``name``."""
+        return next(li.split()[-1] for li in self.banner if li.strip().startswith(name))
+
+    def stop(self) -> str:
+        """Terminate; what it wrote to stderr."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        _, err = self.proc.communicate(timeout=10)
+        return err
+
+
+@pytest.fixture
+def cli_process():
+    """``cli_process(*args, env=None, until="curl ")``: a :class:`CliProcess`, stopped when
+    the test ends."""
+    started: list[CliProcess] = []
+
+    def start(*args: str, **options) -> CliProcess:
+        started.append(CliProcess(*args, **options))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,8 +1,6 @@
 """`m2mauth serve` and `m2mauth keys generate`: click's runner, plus one real subprocess."""
 
-import os
 import socket
-import subprocess
 import sys
 
 import jwt
@@ -17,37 +15,23 @@ def _m2mauth() -> list[str]:
     return [sys.executable, "-m", "m2mauth.server.cli"]
 
 
-def test_serve_subprocess_prints_banner_and_issues_tokens():
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env = {k: v for k, v in env.items() if not k.startswith("M2MAUTH_")}
-    proc = subprocess.Popen([*_m2mauth(), "serve", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        banner = []
-        for _ in range(30):  # bounded: the banner is about a dozen lines
-            line = proc.stdout.readline()
-            if not line:
-                break
-            banner.append(line)
-            if line.lstrip().startswith("curl "):
-                break
-        text = "".join(banner)
-        issuer = next(li.split()[-1] for li in banner if li.strip().startswith("issuer"))
-        assert issuer.startswith("http://127.0.0.1:") and not issuer.endswith(":0")
-        for fragment in (f"{issuer}/token", f"{issuer}/jwks.json", "demo-client / demo-secret",
-                         "scopes: read write", "PUBLIC test keys"):
-            assert fragment in text
-        r = requests.post(issuer + "/token", data={"grant_type": "client_credentials"},
-                          auth=("demo-client", "demo-secret"), timeout=5)
-        assert r.status_code == 200
-        key = jwt.PyJWKClient(issuer + "/jwks.json").get_signing_key_from_jwt(
-            r.json()["access_token"])
-        claims = jwt.decode(r.json()["access_token"], key, algorithms=["RS256"],
-                            audience="api://default", issuer=issuer)
-        assert claims["scope"] == "read write"
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=10)
+def test_serve_subprocess_prints_banner_and_issues_tokens(cli_process):
+    server = cli_process("serve", "--port", "0")
+    text = server.text
+    issuer = server.field("issuer")
+    assert issuer.startswith("http://127.0.0.1:") and not issuer.endswith(":0")
+    for fragment in (f"{issuer}/token", f"{issuer}/jwks.json", "demo-client / demo-secret",
+                     "scopes: read write", "PUBLIC test keys"):
+        assert fragment in text
+    r = requests.post(issuer + "/token", data={"grant_type": "client_credentials"},
+                      auth=("demo-client", "demo-secret"), timeout=5)
+    assert r.status_code == 200
+    key = jwt.PyJWKClient(issuer + "/jwks.json").get_signing_key_from_jwt(
+        r.json()["access_token"])
+    claims = jwt.decode(r.json()["access_token"], key, algorithms=["RS256"],
+                        audience="api://default", issuer=issuer)
+    assert claims["scope"] == "read write"
+    err = server.stop()
     # one log line for the token request, with no secret in it
     assert "token request client_id='demo-client'" in err
     assert "demo-secret" not in err

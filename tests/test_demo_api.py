@@ -5,11 +5,8 @@ runner and as a real subprocess."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -156,48 +153,32 @@ def test_cli_needs_issuer_and_audience():
     assert "Missing option '--issuer'" in result.output
 
 
-def test_cli_subprocess_serves_hello(idp):
+def test_cli_subprocess_serves_hello(idp, cli_process):
     """`m2mauth demo-api` in a real process: the banner, then the banner's own example (get a
     token for the demo client, call /hello) works against the session's server."""
     audience = "api://default"  # the demo client's audience in this suite's server
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "m2mauth.server.cli", "demo-api", "--issuer", idp.issuer,
-         "--audience", audience, "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        banner = []
-        for _ in range(20):  # bounded: the banner is a handful of lines
-            line = proc.stdout.readline()
-            if not line:
-                break
-            banner.append(line)
-            if line.lstrip().startswith("curl "):
-                break
-        text = "".join(banner)
-        assert text.startswith("m2mauth demo API listening on 127.0.0.1:"), text
-        hello = next(w for li in banner for w in li.split() if w.endswith("/hello"))
-        assert not hello.startswith("http://127.0.0.1:0/")
-        assert f"issuer    {idp.issuer}" in text and f"audience  {audience}" in text
-        assert "needs scope read" in text and "/admin  needs scope admin" in text
+    api = cli_process("demo-api", "--issuer", idp.issuer, "--audience", audience, "--port", "0")
+    text, banner = api.text, api.banner
+    assert text.startswith("m2mauth demo API listening on 127.0.0.1:"), text
+    hello = next(w for li in banner for w in li.split() if w.endswith("/hello"))
+    assert not hello.startswith("http://127.0.0.1:0/")
+    assert f"issuer    {idp.issuer}" in text and f"audience  {audience}" in text
+    assert "needs scope read" in text and "/admin  needs scope admin" in text
 
-        # the printed example: TOKEN=$(m2mauth token ...), then curl ... /hello
-        token_line = next(li.strip() for li in banner if li.strip().startswith("TOKEN=$("))
-        args = shlex.split(token_line[len("TOKEN=$("):-1])
-        assert args[:2] == ["m2mauth", "token"]
-        got = CliRunner().invoke(main, args[1:])
-        assert got.exit_code == 0, got.output
-        token = got.output.strip()
-        r = requests.get(hello, headers={"Authorization": f"Bearer {token}"}, timeout=5)
-        assert r.status_code == 200, r.text
-        assert r.json() == {"message": "hello, demo-client", "sub": "demo-client",
-                            "client_id": "demo-client", "scopes": ["read"]}
-        admin = requests.get(hello.replace("/hello", "/admin"),
-                             headers={"Authorization": f"Bearer {token}"}, timeout=5)
-        assert admin.status_code == 403
-        assert requests.get(hello, timeout=5).status_code == 401
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=10)
+    # the printed example: TOKEN=$(m2mauth token ...), then curl ... /hello
+    token_line = next(li.strip() for li in banner if li.strip().startswith("TOKEN=$("))
+    args = shlex.split(token_line[len("TOKEN=$("):-1])
+    assert args[:2] == ["m2mauth", "token"]
+    got = CliRunner().invoke(main, args[1:])
+    assert got.exit_code == 0, got.output
+    token = got.output.strip()
+    r = requests.get(hello, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"message": "hello, demo-client", "sub": "demo-client",
+                        "client_id": "demo-client", "scopes": ["read"]}
+    admin = requests.get(hello.replace("/hello", "/admin"),
+                         headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert admin.status_code == 403
+    assert requests.get(hello, timeout=5).status_code == 401
+    err = api.stop()
     assert token not in err  # nothing logs the token
