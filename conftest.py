@@ -106,8 +106,7 @@ class CliProcess:
         clean.update(env or {}, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the test
             [sys.executable, "-m", "m2mauth.server.cli", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=clean)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean)
         self.banner: list[str] = []
         for _ in range(max_lines):
             line = self.proc.stdout.readline()
