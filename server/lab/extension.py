@@ -47,6 +47,14 @@ _VIEWS = {view: endpoint for endpoint, view in ENDPOINTS.items()}
 _FAULT = "_m2mauth_lab_fault"
 
 
+def _fault_endpoint() -> str | None:
+    """The endpoint ("token", "jwks") whose view answers this request, if any: not an
+    OPTIONS request, which Flask answers itself without running the view."""
+    if request.method == "OPTIONS":
+        return None
+    return _VIEWS.get(request.endpoint or "")
+
+
 class Lab:
     """The lab of one app (``Lab(app)``) or, Flask style, of any number of them
     (``lab = Lab(); lab.init_app(app)``: each app gets its own controls)."""
@@ -56,6 +64,10 @@ class Lab:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> LabState:
+        if EXTENSION in app.extensions:
+            # A second set of hooks would log every request twice and take two faults.
+            raise RuntimeError("this app already has a lab (create_app() attaches one "
+                               "unless lab = false)")
         core: Issuer = app.extensions[CORE_EXTENSION]
         state = app.extensions[EXTENSION] = LabState(core)
         app.before_request(state.before_request)
@@ -81,7 +93,7 @@ class LabState:
         return self.controls.core.store
 
     def before_request(self) -> Response | None:
-        endpoint = _VIEWS.get(request.endpoint or "")
+        endpoint = _fault_endpoint()
         fault = self.controls.take_fault(endpoint) if endpoint is not None else None
         if fault is None:
             return None
@@ -89,7 +101,7 @@ class LabState:
         return response_for(fault, request, self.controls.core.issuer)
 
     def after_request(self, response: Response) -> Response:
-        endpoint = _VIEWS.get(request.endpoint or "")
+        endpoint = _fault_endpoint()
         if endpoint is None:
             return response
         fault: Fault | None = g.pop(_FAULT, None)
