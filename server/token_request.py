@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
 from flask import Request, Response, current_app
+from werkzeug.datastructures import ImmutableMultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .client_auth import basic_credentials, is_hmac, unverified_part
 from .oauth import AuthorizationServer, TokenEndpointRequest
@@ -46,6 +48,11 @@ def precheck(request: Request) -> None:
     if request.query_string:
         raise InvalidRequestError("Send token request parameters in the body, not the URL.")
     body = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(body) >= limit:
+        # Without Content-Length (chunked), werkzeug stops reading at the limit and returns
+        # what it read, as if that were the whole body.
+        raise RequestEntityTooLarge()
     if body and request.mimetype != FORM:
         raise InvalidRequestError(f"The request body must be {FORM} (RFC 6749 section 4.4.2).")
     try:
@@ -76,6 +83,8 @@ def handle_token_request(server: AuthorizationServer, request: Request, token_en
         precheck(request)
     except OAuth2Error as error:
         response = server.handle_error_response(None, error)
+    except RequestEntityTooLarge as error:  # answered, and recorded, like any other error
+        response = current_app.handle_http_exception(error)
     else:
         oauth_request = TokenEndpointRequest(request, token_endpoint)
         response = server.create_token_response(oauth_request)
@@ -89,7 +98,7 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
              now: float, *, outcome: str | None = None) -> TokenRequest:
     """The record of one token request: what the grant verified, else what the caller
     claimed; ``outcome`` when something other than the endpoint answered."""
-    form = request.form if request.mimetype == FORM else None
+    form = _form(request)
     issued = oauth_request.issued if oauth_request is not None else None
     if outcome is None:
         outcome = "issued" if response.status_code == 200 and issued is not None else \
@@ -126,17 +135,28 @@ def log_token_request(record: TokenRequest) -> None:
     )
 
 
+def _form(request: Request) -> ImmutableMultiDict[str, str] | None:
+    """The form body, or None: not a form, or too large to read (a 413)."""
+    if request.mimetype != FORM:
+        return None
+    try:
+        return request.form
+    except RequestEntityTooLarge:
+        return None
+
+
 def _claimed_client_id(request: Request) -> str | None:
     """The client id the caller claims (unverified), for the log only."""
     header = request.headers.get("Authorization")
     if header:
         creds = basic_credentials(header)
         return creds[0] if creds else None
-    if request.mimetype != FORM:
+    form = _form(request)
+    if form is None:
         return None
-    if request.form.get("client_id"):
-        return request.form["client_id"]
-    subject = (unverified_part(request.form.get("client_assertion", ""), 1) or {}).get("sub")
+    if form.get("client_id"):
+        return form["client_id"]
+    subject = (unverified_part(form.get("client_assertion", ""), 1) or {}).get("sub")
     return subject if isinstance(subject, str) else None
 
 
@@ -144,12 +164,12 @@ def _claimed_auth_method(request: Request) -> str | None:
     """The auth method the request's shape names (unverified), for the log only."""
     if (request.headers.get("Authorization") or "").lower().startswith("basic "):
         return "client_secret_basic"
-    if request.mimetype != FORM:
+    form = _form(request)
+    if form is None:
         return None
-    if "client_assertion" in request.form:
-        return "client_secret_jwt" if is_hmac(request.form["client_assertion"]) \
-            else "private_key_jwt"
-    return "client_secret_post" if "client_secret" in request.form else None
+    if "client_assertion" in form:
+        return "client_secret_jwt" if is_hmac(form["client_assertion"]) else "private_key_jwt"
+    return "client_secret_post" if "client_secret" in form else None
 
 
 def _printable(value: str | None, limit: int = 80) -> str:
