@@ -184,6 +184,9 @@ class ClientSettings:
                 raise fail("jwks", 'must be a JWKS: {"keys": [...]}')
             if any(isinstance(k, dict) and "d" in k for k in self.jwks["keys"]):
                 raise fail("jwks", "contains a private key; register public keys only")
+            problem = _jwks_problem(self.jwks)
+            if problem is not None:  # found now, not as a 500 at the first assertion
+                raise fail("jwks", problem)
         methods = self.allowed_auth_methods()
         for method in methods:
             if method not in AUTH_METHODS:
@@ -211,6 +214,18 @@ class ClientSettings:
         if not isinstance(self.claims, dict):
             raise fail("claims", "must be a table of claim names to values")
         return self
+
+
+def _jwks_problem(jwks: dict[str, Any]) -> str | None:
+    """Why joserfc cannot import ``jwks`` as the client's public keys, or None."""
+    from joserfc.errors import JoseError
+    from joserfc.jwk import KeySet
+
+    try:
+        KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+    except (JoseError, ValueError, TypeError, KeyError) as exc:
+        return f"is not a usable JWKS: {exc}"
+    return None
 
 
 def _check_subset(fail: Callable[[str, str], ConfigError], key: str,

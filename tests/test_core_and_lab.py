@@ -697,3 +697,37 @@ def test_an_oversized_chunked_body_is_413_not_truncated(idp):
                        timeout=5, headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert ok.status_code == 200, ok.text
     assert ok.json()["scope"] == "read"
+
+
+@pytest.mark.parametrize("jwks", [
+    {"keys": [{"kty": "RSA"}]},  # no n, e
+    {"keys": ["not-a-key"]},
+    {"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]},  # not on the curve
+    {"keys": [{"kty": "magic"}]},
+    {"keys": [{"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA"}]},  # joserfc: KeyError
+    {"keys": [{"kty": ["RSA"]}]},  # joserfc: TypeError
+    {"keys": []},
+])
+def test_a_configured_client_with_an_unusable_jwks_is_a_config_error(jwks, tmp_path,
+                                                                      captured_serve):
+    # It used to start: then every assertion naming the client was a 500 from the token
+    # endpoint, with no entry in the request log, and GET /admin/clients was a 500 too.
+    from m2mauth.server import ClientSettings, ConfigError
+
+    settings = ServerSettings(clients=[ClientSettings("pk", jwks=jwks)])
+    with pytest.raises(ConfigError) as info:
+        create_app(settings)
+    assert info.value.key == "clients[0].jwks"
+    config = tmp_path / "m2mauth.toml"
+    config.write_text("[[clients]]\nclient_id = \"pk\"\njwks_file = \"pk.json\"\n")
+    (tmp_path / "pk.json").write_text(json.dumps(jwks))
+    result = CliRunner().invoke(main, ["serve", "--config", str(config), "--port", "0"])
+    assert result.exit_code == 2, result.output
+    assert f"{config}: clients[0].jwks:" in result.output
+    assert "Traceback" not in result.output
+    # The admin API: a 400 naming the field (KeyError and TypeError from joserfc were 500s).
+    app = create_app(ServerSettings())
+    response = app.test_client().post("/admin/clients", json={"client_id": "pk", "jwks": jwks})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "jwks"
+    assert "pk" not in [c.client_id for c in app.extensions["m2mauth_lab"].controls.clients()]
