@@ -382,6 +382,39 @@ def test_tokenless_admin_with_no_peer_address_is_refused():
     assert response.status_code == 403
 
 
+@pytest.mark.parametrize("header", [
+    {"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9;proto=https"},
+    {"X-Real-IP": "203.0.113.9"}, {"X-Forwarded-For": "127.0.0.1"},
+])
+def test_tokenless_admin_through_a_local_proxy_is_refused(header):
+    # A reverse proxy on the same host makes every peer 127.0.0.1; the client it forwards for
+    # is anyone. Without an admin token, a forwarded request is refused.
+    app = create_app(ServerSettings(issuer="https://idp.example.test"))
+    before = _state(app)
+    client = app.test_client()
+    for method, path, body in (("GET", "/admin/clients", None),
+                               ("POST", "/admin/clients", {"client_id": "intruder"}),
+                               ("POST", "/admin/reset", None)):
+        response = client.open(path, method=method, json=body, headers={
+            **header, "Host": "idp.example.test"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert response.status_code == 403, (path, response.get_data(as_text=True))
+        assert response.get_json()["error"] == "access_denied"
+        assert "proxy" in response.get_json()["error_description"]
+    assert _state(app) == before
+    # With an admin token, a forwarded request is fine.
+    app = create_app(ServerSettings(admin_token=ADMIN_TOKEN))
+    response = app.test_client().get("/admin/clients", headers={
+        **header, "Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 200
+
+
+def test_tokenless_admin_through_a_proxy_over_http(idp):
+    response = requests.get(idp.admin_url + "/clients", timeout=5,
+                            headers={"X-Forwarded-For": "198.51.100.7"})
+    assert response.status_code == 403
+    assert requests.get(idp.admin_url + "/clients", timeout=5).status_code == 200
+
+
 # -- Lab as a Flask extension --------------------------------------------------------------
 
 
@@ -731,3 +764,22 @@ def test_a_configured_client_with_an_unusable_jwks_is_a_config_error(jwks, tmp_p
     assert response.status_code == 400, response.get_data(as_text=True)
     assert response.get_json()["field"] == "jwks"
     assert "pk" not in [c.client_id for c in app.extensions["m2mauth_lab"].controls.clients()]
+
+
+def test_concurrent_admin_adds_of_one_client_id_register_it_once(idp):
+    start = threading.Barrier(10, timeout=10)
+
+    def add(i: int) -> requests.Response:
+        start.wait()
+        return requests.post(idp.admin_url + "/clients", timeout=10, json={
+            "client_id": "raced", "client_secret": f"raced-secret-{i:04d}"})
+
+    with ThreadPoolExecutor(10) as pool:
+        responses = [f.result(timeout=30) for f in [pool.submit(add, i) for i in range(10)]]
+    assert sorted(r.status_code for r in responses) == [201] + [400] * 9
+    (winner,) = [r.json() for r in responses if r.status_code == 201]
+    assert all(r.json()["field"] == "client_id" for r in responses if r.status_code == 400)
+    assert [c.client_id for c in idp.clients()].count("raced") == 1
+    ok = requests.post(idp.token_endpoint, data=GRANT, timeout=5,
+                       auth=("raced", winner["client_secret"]))
+    assert ok.status_code == 200, ok.text

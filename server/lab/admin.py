@@ -90,6 +90,10 @@ def _body(method: str, path: str) -> dict[str, Any]:
     return body
 
 
+#: Headers a reverse proxy adds to name the client it forwards for.
+_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
 @bp.before_request
 def _guard() -> Response | None:
     lab = current_app.extensions[EXTENSION]
@@ -110,6 +114,12 @@ def _guard() -> Response | None:
         return json_error(403, "access_denied", "The admin API without an admin token answers "
                      "only requests from a loopback address; configure an admin token to "
                      "use it from elsewhere.")
+    elif any(name in request.headers for name in _FORWARDING_HEADERS):
+        # A reverse proxy on this host makes every peer loopback; whom it forwards for is
+        # anyone.
+        return json_error(403, "access_denied", "The admin API without an admin token refuses "
+                     "requests forwarded by a proxy (Forwarded, X-Forwarded-For, X-Real-IP); "
+                     "configure an admin token to use it through one.")
     elif _from_a_browser_elsewhere():
         return json_error(403, "access_denied", "The admin API without an admin token refuses "
                      "cross-site browser requests (an Origin header, Sec-Fetch-Site, or a "
