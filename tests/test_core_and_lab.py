@@ -421,10 +421,9 @@ def test_tokenless_admin_through_a_proxy_over_http(idp):
 def test_lab_attached_to_a_core_app():
     app = create_core_app(ServerSettings())
     assert "m2mauth_lab" not in app.extensions
-    lab = Lab(app)
+    Lab(app)
     state = app.extensions["m2mauth_lab"]
     assert state.controls.core is app.extensions["m2mauth"]
-    assert lab is not None
     client = app.test_client()
     assert client.get("/admin").status_code == 200
     state.controls.fail_next(status=503, retry_after=2)
@@ -544,7 +543,7 @@ def jwks_fetch(idp) -> requests.Response:
 def test_faults_and_normal_requests_interleaved_are_each_recorded_once(idp):
     seen: list[tuple[str, object]] = []  # (endpoint, what the client saw), in order
 
-    def token(expect_fault=None):
+    def token():
         try:
             response = fetch(idp)
         except requests.ConnectionError:
