@@ -127,8 +127,9 @@ class KeyStore:
         self.store = store if store is not None else MemoryStore()
         self._generate_missing = generate_missing
         self._lock = threading.Lock()  # one generated key per algorithm, not one per thread
-        self._jwks_for: tuple[SigningKey, ...] | None = None
-        self._jwks: dict[str, Any] = {}
+        # (the keys, the JWKS made of them): one pair, replaced whole, so that a reader never
+        # pairs a new key tuple with an old JWKS.
+        self._jwks: tuple[tuple[SigningKey, ...], dict[str, Any]] | None = None
 
     # -- construction -----------------------------------------------------------------
 
@@ -180,10 +181,11 @@ class KeyStore:
     def jwks(self) -> dict[str, Any]:
         """The public JWKS: active and published keys, never retired ones."""
         keys = self.store.signing_keys()
-        if keys is not self._jwks_for:  # the store hands out a new tuple on every change
-            self._jwks = {"keys": [k.public_jwk() for k in keys if k.status != RETIRED]}
-            self._jwks_for = keys
-        return self._jwks
+        cached = self._jwks
+        if cached is None or cached[0] is not keys:  # a new tuple on every change
+            cached = self._jwks = (
+                keys, {"keys": [k.public_jwk() for k in keys if k.status != RETIRED]})
+        return cached[1]
 
     # -- changes ----------------------------------------------------------------------
 

@@ -100,30 +100,30 @@ def _guard() -> Response | None:
     token = lab.controls.settings.admin_token
     if not lab.admin_enabled:
         return json_error(403, "access_denied", "The admin API is off: the server listens on a "
-                     "non-loopback address and no admin token is configured.")
+                          "non-loopback address and no admin token is configured.")
     if token is not None:
         scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), token.encode()
         ):
             return json_error(401, "invalid_token", "The admin API needs the admin token.",
-                         {"WWW-Authenticate": 'Bearer realm="m2mauth admin"'})
+                              {"WWW-Authenticate": 'Bearer realm="m2mauth admin"'})
     elif not is_loopback(request.remote_addr or ""):
         # Where the server listens says nothing under another WSGI server (gunicorn binds
         # what its command line says), nor behind a proxy: the peer itself must be local.
         return json_error(403, "access_denied", "The admin API without an admin token answers "
-                     "only requests from a loopback address; configure an admin token to "
-                     "use it from elsewhere.")
+                          "only requests from a loopback address; configure an admin token to "
+                          "use it from elsewhere.")
     elif any(name in request.headers for name in _FORWARDING_HEADERS):
         # A reverse proxy on this host makes every peer loopback; whom it forwards for is
         # anyone.
         return json_error(403, "access_denied", "The admin API without an admin token refuses "
-                     "requests forwarded by a proxy (Forwarded, X-Forwarded-For, X-Real-IP); "
-                     "configure an admin token to use it through one.")
+                          "requests forwarded by a proxy (Forwarded, X-Forwarded-For, X-Real-IP); "
+                          "configure an admin token to use it through one.")
     elif _from_a_browser_elsewhere():
         return json_error(403, "access_denied", "The admin API without an admin token refuses "
-                     "cross-site browser requests (an Origin header, Sec-Fetch-Site, or a "
-                     "Host that is neither loopback nor the issuer's).")
+                          "cross-site browser requests (an Origin header, Sec-Fetch-Site, or a "
+                          "Host that is neither loopback nor the issuer's).")
     return None
 
 

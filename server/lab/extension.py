@@ -72,8 +72,9 @@ class Lab:
         state = app.extensions[EXTENSION] = LabState(core)
         app.before_request(state.before_request)
         app.after_request(state.after_request)
-        # weak=False: the app holds the state, the signal must not let it go first.
-        token_request_handled.connect(state.on_token_request, sender=app, weak=False)
+        # A weak reference (blinker's default): the app holds the state, and an app that is
+        # gone takes its receiver with it.
+        token_request_handled.connect(state.on_token_request, sender=app)
         if core.settings.admin_api:
             app.register_blueprint(admin_bp)
         return state
