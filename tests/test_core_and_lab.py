@@ -543,23 +543,20 @@ def jwks_fetch(idp) -> requests.Response:
 def test_faults_and_normal_requests_interleaved_are_each_recorded_once(idp):
     seen: list[tuple[str, object]] = []  # (endpoint, what the client saw), in order
 
-    def token():
+    def call(endpoint, request):
         try:
-            response = fetch(idp)
+            response = request(idp)
         except requests.ConnectionError:
-            seen.append(("token", "dropped"))
+            seen.append((endpoint, "dropped"))
             return None
-        seen.append(("token", response.status_code))
+        seen.append((endpoint, response.status_code))
         return response
 
+    def token():
+        return call("token", fetch)
+
     def keys():
-        try:
-            response = jwks_fetch(idp)
-        except requests.ConnectionError:
-            seen.append(("jwks", "dropped"))
-            return None
-        seen.append(("jwks", response.status_code))
-        return response
+        return call("jwks", jwks_fetch)
 
     first = token()
     keys()

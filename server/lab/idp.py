@@ -31,6 +31,12 @@ class IdentityProvider(Controls):
         super().__init__(lab.controls.core)
         self.server = server
         self.app = app
+        #: The issuer URL: ``iss`` of every token, and where metadata is discovered.
+        self.issuer: str = self.core.issuer
+        self.token_endpoint: str = self.core.token_endpoint
+        self.jwks_uri: str = self.core.jwks_uri
+        self.metadata_url: str = self.issuer + METADATA_PATHS[0]
+        self.admin_url: str = self.issuer + ADMIN_PREFIX
         # One controls object per server: the admin API then acts on this very handle.
         lab.controls = self
 
@@ -59,30 +65,9 @@ class IdentityProvider(Controls):
         self.stop()
 
     @property
-    def issuer(self) -> str:
-        """The issuer URL: ``iss`` of every token, and where metadata is discovered."""
-        return self.core.issuer
-
-    @property
     def url(self) -> str:
         """Where the server listens (the issuer, unless one was configured)."""
         return self.server.url
-
-    @property
-    def token_endpoint(self) -> str:
-        return self.core.token_endpoint
-
-    @property
-    def jwks_uri(self) -> str:
-        return self.core.jwks_uri
-
-    @property
-    def metadata_url(self) -> str:
-        return self.core.issuer + METADATA_PATHS[0]
-
-    @property
-    def admin_url(self) -> str:
-        return self.core.issuer + ADMIN_PREFIX
 
     def __repr__(self) -> str:
         return f"<IdentityProvider {self.issuer}>"
