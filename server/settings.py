@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from .algorithms import ALGORITHMS, key_type, one_of
 from .errors import ConfigError
-from .syntax import is_client_id, is_scope_token
+from .syntax import is_client_id, is_scope_token, strings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -423,11 +423,10 @@ def _check_type(source: str, key: str, value: object, kinds: tuple[type, ...],
 
 
 def _str_list(source: str, key: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    found = strings(value)
+    if found is None:
         raise ConfigError(source, key, "must be a list of strings")
-    return tuple(value)
+    return tuple(found)
 
 
 def _client_from_table(source: str, where: str, table: object, base: Path) -> ClientSettings:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["is_client_id", "is_error_text", "is_scope", "is_scope_token", "safe_description"]
+__all__ = [
+    "is_client_id", "is_error_text", "is_scope", "is_scope_token", "safe_description", "strings",
+]
 
 # A.4: scope-token = 1*NQCHAR; NQCHAR = %x21 / %x23-5B / %x5D-7E
 _NQCHAR = r"\x21\x23-\x5b\x5d-\x7e"
@@ -34,6 +36,16 @@ def is_client_id(value: object) -> bool:
 def is_error_text(value: object) -> bool:
     """Whether ``value`` may be an ``error`` or ``error_description`` as it is."""
     return isinstance(value, str) and _ERROR_TEXT.fullmatch(value) is not None
+
+
+def strings(value: object) -> list[str] | None:
+    """Scopes, audiences and auth methods given as one space-separated string or a list of
+    strings, as a list; None when ``value`` is neither."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
 
 
 def safe_description(text: str, limit: int = 200) -> str:

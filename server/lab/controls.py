@@ -20,7 +20,7 @@ from ..errors import ConfigError, KeyStoreError
 from ..issuer import Issuer
 from ..keys import SigningKey, generate_signing_key
 from ..settings import ClientSettings, ServerSettings
-from ..syntax import is_error_text
+from ..syntax import is_error_text, strings
 from ..tokens import ACTIVE_KEY, tampered
 from . import requestlog
 from .clock import LabClock
@@ -92,12 +92,10 @@ def _number(name: str, value: object, limit: float | None = None) -> float:
 
 
 def _strings(name: str, value: object) -> list[str]:
-    """A space-separated string or a list of strings."""
-    if isinstance(value, str):
-        return value.split()
-    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ControlError(name, "must be a string or a list of strings")
+    found = strings(value)
+    if found is None:
+        raise ControlError(name, "must be a string or a list of strings")
+    return found
 
 
 def _mapping(name: str, value: object) -> dict[str, Any]:
