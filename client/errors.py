@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from ._untrusted import printable
+
 __all__ = [
     "INVALID_TOKEN_REASONS",
     "DiscoveryError",
@@ -29,15 +31,6 @@ __all__ = [
 #: Longest server-supplied text kept in a message; a hostile or broken server could otherwise
 #: flood logs with a huge description.
 _MAX_TEXT = 300
-
-
-def _clean(value: object, limit: int = _MAX_TEXT) -> str | None:
-    """Server-supplied text made printable and short (no control characters in log lines)."""
-    if value is None:
-        return None
-    text = str(value)
-    cleaned = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return cleaned + ("..." if len(text) > limit else "")
 
 
 def root_cause(exc: BaseException) -> str:
@@ -78,9 +71,9 @@ class OAuthError(Exception):
         *,
         retry_after: float | None = None,
     ) -> None:
-        self.error: str = _clean(error, 100) or self.code
-        self.error_description: str | None = _clean(error_description)
-        self.error_uri: str | None = _clean(error_uri)
+        self.error: str = printable(error, 100) or self.code
+        self.error_description: str | None = printable(error_description, _MAX_TEXT)
+        self.error_uri: str | None = printable(error_uri, _MAX_TEXT)
         self.status: int | None = status
         self.retry_after: float | None = retry_after
         #: How many requests were made before this error was raised (retries give up > 1).
@@ -251,7 +244,7 @@ class InsufficientScopeError(OAuthError):
         self.missing: tuple[str, ...] = tuple(s for s in self.required if s not in have)
         self.scope: str = " ".join(self.required)
         shown = " ".join(self.missing)
-        super().__init__(self.code, f"the token lacks scope {_clean(shown, 200)}", status=403)
+        super().__init__(self.code, f"the token lacks scope {printable(shown, 200)}", status=403)
 
     def __reduce__(self):
         return (type(self), (self.required, self.granted))

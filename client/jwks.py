@@ -33,6 +33,7 @@ import requests
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
+from ._untrusted import shown
 from .errors import InvalidTokenError, JWKSError, root_cause
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "JWKSCache", "KeySet", "VerificationKey"]
@@ -238,12 +239,12 @@ class JWKSCache:
             found = keyset.by_kid.get(kid)
             if found is None:
                 raise InvalidTokenError(
-                    "unknown_key", f"no key {_shown(kid)} in the issuer's JWKS")
+                    "unknown_key", f"no key {shown(kid)} in the issuer's JWKS")
         for key in found:
             if alg in key.algorithms:
                 return key
         raise InvalidTokenError(
-            "key_mismatch", f"key {_shown(kid)} is {found[0].describe()}, not for {alg}")
+            "key_mismatch", f"key {shown(kid)} is {found[0].describe()}, not for {alg}")
 
     def keyset(self, now: float | None = None) -> KeySet:
         """The current key set, fetched or refreshed first when missing or expired. A failed
@@ -412,7 +413,7 @@ class JWKSCache:
                     key = parse_jwk(jwk, self.algorithms, self._pyjwt_algorithms)
                 except ValueError as exc:
                     kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
-                    ignored.append(f"{_shown(kid)}: {exc}")
+                    ignored.append(f"{shown(kid)}: {exc}")
                     continue
             by_fingerprint[fingerprint] = key
             by_kid.setdefault(key.kid, []).append(key)
@@ -426,11 +427,3 @@ class JWKSCache:
         size = len(keyset) if keyset is not None else 0
         return f"<JWKSCache {self.jwks_uri!r} keys={size} fetches={self.fetches}>"
 
-
-def _shown(value: object, limit: int = 40) -> str:
-    """Attacker-supplied text (a kid) made safe for an error description and a log line."""
-    if value is None:
-        return "(none)"
-    text = str(value)
-    cleaned = re.sub(r"[^A-Za-z0-9._:/+=@-]", "?", text[:limit])
-    return "'" + cleaned + ("...'" if len(text) > limit else "'")

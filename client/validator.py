@@ -46,9 +46,10 @@ from typing import Any
 import requests
 from jwt.algorithms import get_default_algorithms
 
+from ._untrusted import shown
 from .discovery import discover
 from .errors import DiscoveryError, InsufficientScopeError, InvalidTokenError
-from .jwks import ASYMMETRIC_ALGORITHMS, JWKSCache, VerificationKey, _shown
+from .jwks import ASYMMETRIC_ALGORITHMS, JWKSCache, VerificationKey
 
 __all__ = ["ACCESS_TOKEN_TYPES", "DEFAULT_ALGORITHMS", "TokenValidator", "ValidatedToken"]
 
@@ -347,7 +348,7 @@ class TokenValidator:
             raise InvalidTokenError("malformed", "the header has no alg")
         if alg not in self._allowed:
             raise InvalidTokenError("algorithm_not_allowed",
-                                    f"alg {_shown(alg)} is not allowed")
+                                    f"alg {shown(alg)} is not allowed")
         if "enc" in header or "zip" in header:
             raise InvalidTokenError("malformed", "a JWE header: encrypted tokens are not "
                                     "accepted")
@@ -357,14 +358,14 @@ class TokenValidator:
                 raise InvalidTokenError("wrong_type", "typ is missing; an access token has "
                                         "typ at+jwt (RFC 9068)")
         elif type(typ) is not str or typ.lower() not in ACCESS_TOKEN_TYPES:
-            raise InvalidTokenError("wrong_type", f"typ is {_shown(typ)}, not at+jwt: not "
+            raise InvalidTokenError("wrong_type", f"typ is {shown(typ)}, not at+jwt: not "
                                     "an access token (RFC 9068)")
         if "crit" in header:
             crit = header["crit"]
             if type(crit) is not list or not crit or not all(type(c) is str for c in crit):
                 raise InvalidTokenError("malformed", "crit is not a list of names")
             raise InvalidTokenError("unsupported_crit", "critical header parameter(s) "
-                                    f"{', '.join(_shown(c) for c in crit[:5])} not supported")
+                                    f"{', '.join(shown(c) for c in crit[:5])} not supported")
         if "b64" in header:
             raise InvalidTokenError("malformed", "b64 without crit (RFC 7797 section 6)")
         kid = header.get("kid")
@@ -381,7 +382,7 @@ class TokenValidator:
                                         claim=name)
         iss = claims["iss"]
         if type(iss) is not str or iss != self.issuer:  # exact: no prefix/substring games
-            raise InvalidTokenError("wrong_issuer", f"iss is {_shown(iss, 60)}, not the "
+            raise InvalidTokenError("wrong_issuer", f"iss is {shown(iss, 60)}, not the "
                                     "configured issuer", claim="iss")
         aud = claims["aud"]
         if type(aud) is str:
@@ -447,7 +448,7 @@ class TokenValidator:
             if keyset.generation != entry.generation:
                 if not keyset.contains(entry.kid, entry.key):
                     self._forget(token, entry)
-                    raise InvalidTokenError("unknown_key", f"key {_shown(entry.kid)} is no "
+                    raise InvalidTokenError("unknown_key", f"key {shown(entry.kid)} is no "
                                             "longer in the issuer's JWKS")
                 entry.generation = keyset.generation
 
