@@ -33,18 +33,12 @@ import requests
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
+from ._algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, algorithms_for
 from ._untrusted import shown
 from .errors import InvalidTokenError, JWKSError, root_cause
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "JWKSCache", "KeySet", "VerificationKey"]
 
-#: Asymmetric JWS algorithms a JWKS key may be used with (RFC 7518 §3, RFC 8037).
-ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
-                                   "ES256", "ES384", "ES512", "EdDSA"})
-_RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-#: RFC 7518 §3.4: the curve fixes the algorithm.
-_EC_CURVES = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
-_OKP_CURVES = {"Ed25519", "Ed448"}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MIN_RSA_BITS = 2048
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d{1,10})\"?", re.IGNORECASE)
@@ -118,18 +112,7 @@ def parse_jwk(jwk: Mapping[str, Any], allowed: Iterable[str],
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         raise ValueError("key_ops does not include 'verify'")
-    if kty == "RSA":
-        possible = _RSA_ALGS
-    elif kty == "EC":
-        if crv not in _EC_CURVES:
-            raise ValueError(f"unsupported EC curve {crv!r}")
-        possible = frozenset({_EC_CURVES[crv]})
-    elif kty == "OKP":
-        if crv not in _OKP_CURVES:
-            raise ValueError(f"unsupported OKP curve {crv!r}")
-        possible = frozenset({"EdDSA"})
-    else:
-        raise ValueError(f"unsupported key type {kty!r}")
+    possible = algorithms_for(kty, crv)
     if alg is not None:
         if alg == "Ed25519" and crv == "Ed25519":  # RFC 9864's fully specified name
             alg = "EdDSA"
@@ -168,7 +151,7 @@ class JWKSCache:
         self,
         jwks_uri: str | None,
         *,
-        algorithms: Iterable[str] = ("RS256", "PS256", "ES256", "EdDSA"),
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
         session: requests.Session | None = None,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,

@@ -46,17 +46,19 @@ from typing import Any
 import requests
 from jwt.algorithms import get_default_algorithms
 
+from ._algorithms import (
+    ASYMMETRIC_ALGORITHMS,
+    DEFAULT_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    HMAC_MIN_BYTES,
+)
 from ._untrusted import shown
 from .discovery import discover
 from .errors import DiscoveryError, InsufficientScopeError, InvalidTokenError
-from .jwks import ASYMMETRIC_ALGORITHMS, JWKSCache, VerificationKey
+from .jwks import JWKSCache, VerificationKey
 
 __all__ = ["ACCESS_TOKEN_TYPES", "DEFAULT_ALGORITHMS", "TokenValidator", "ValidatedToken"]
 
-#: The asymmetric algorithms m2mauth's server signs with; the default allow-list.
-DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 §3.2
 #: RFC 9068 §4: typ is "at+jwt"; RFC 7515 §4.1.9 allows the "application/" prefix.
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 #: RFC 9068 §2.2; ``nbf`` and ``scope`` are optional.
@@ -198,10 +200,10 @@ class TokenValidator:
             if secret.lstrip().startswith((b"-----BEGIN", b"{", b"ssh-")):
                 raise ValueError("hmac_secret looks like a public key: HMAC with a public key "
                                  "as the secret is the key-confusion attack")
-            short = [a for a in hmac_algs if len(secret) < _HMAC_MIN_BYTES[a]]
+            short = [a for a in hmac_algs if len(secret) < HMAC_MIN_BYTES[a]]
             if short:
                 raise ValueError(f"hmac_secret is shorter than {short[0]} needs "
-                                 f"({_HMAC_MIN_BYTES[short[0]]} bytes, RFC 7518 section 3.2)")
+                                 f"({HMAC_MIN_BYTES[short[0]]} bytes, RFC 7518 section 3.2)")
         if leeway < 0 or max_token_bytes < 16 or cache_max_entries < 0 or cache_max_bytes < 0:
             raise ValueError("leeway, max_token_bytes and the cache bounds must be positive")
         self.issuer = issuer
