@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import requests
 
+from ._arguments import as_list
 from .assertions import PrivateKey, load_private_key
 from .discovery import MetadataCache
 from .errors import OAuthError
@@ -138,8 +139,7 @@ def cache_key(
     """A key covering everything that changes which token the server gives: endpoint (or
     issuer), client id, a hash of the credential, auth method, scopes (sorted), resources and
     any extra parameters. The credential itself never appears in the key."""
-    extras = sorted((k, sorted([v] if isinstance(v, str) else list(v)))
-                    for k, v in (extra_params or {}).items())
+    extras = sorted((k, sorted(as_list(v))) for k, v in (extra_params or {}).items())
     material = json.dumps([endpoint, client_id, auth_method, sorted(set(scopes)),
                            sorted(set(resources)), extras])
     digest = hashlib.sha256(material.encode())
@@ -273,9 +273,8 @@ class _ProviderBase:
         self._retry = retry or RetryPolicy()
         self._timing = _Timing(refresh_margin, default_expires_in)
         self._cache = cache
-        scopes = [s for item in ([scope] if isinstance(scope, str) else scope or [])
-                  for s in item.split()]
-        resources = [resource] if isinstance(resource, str) else list(resource or [])
+        scopes = as_list(scope, split=True)
+        resources = as_list(resource)
         self._request: dict[str, Any] = dict(
             token_url=token_url, issuer=issuer, client_id=client_id,
             client_secret=client_secret, private_key=private_key, kid=kid, scope=scopes,

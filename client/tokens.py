@@ -15,6 +15,7 @@ from urllib.parse import quote_plus, urlsplit
 
 import requests
 
+from ._arguments import as_list
 from .assertions import (
     ASSERTION_TYPE,
     PrivateKey,
@@ -76,14 +77,6 @@ class Token:
     def expires_within(self, seconds: float, now: float) -> bool:
         """Whether the token expires within ``seconds`` of ``now``; False if it never says."""
         return self.expires_at is not None and self.expires_at - seconds <= now
-
-
-def _as_list(value: str | Sequence[str] | None, *, split: bool) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.split() if split else [value]
-    return [item for v in value for item in (v.split() if split else [v])]
 
 
 def _basic_header(client_id: str, client_secret: str) -> str:
@@ -208,15 +201,15 @@ def form_parameters(
     extra_params: Mapping[str, str | Sequence[str]] | None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The token request's form parameters (without client authentication) and the scopes."""
-    scopes = _as_list(scope, split=True)
+    scopes = as_list(scope, split=True)
     params: list[tuple[str, str]] = [("grant_type", "client_credentials")]
     if scopes:
         params.append(("scope", " ".join(scopes)))
-    params += [("resource", r) for r in _as_list(resource, split=False)]
+    params += [("resource", r) for r in as_list(resource, split=False)]
     for name, value in (extra_params or {}).items():
         if name in _RESERVED:
             raise ValueError(f"extra_params may not set {name!r}; use the matching argument")
-        params += [(name, v) for v in _as_list(value, split=False)]
+        params += [(name, v) for v in as_list(value, split=False)]
     return params, scopes
 
 

@@ -52,6 +52,7 @@ from ._algorithms import (
     HMAC_ALGORITHMS,
     HMAC_MIN_BYTES,
 )
+from ._arguments import as_list
 from ._untrusted import shown
 from .discovery import discover
 from .errors import DiscoveryError, InsufficientScopeError, InvalidTokenError
@@ -183,7 +184,7 @@ class TokenValidator:
     ) -> None:
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("issuer must be a non-empty string")
-        audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+        audiences = tuple(as_list(audience))
         if not audiences or not all(isinstance(a, str) and a for a in audiences):
             raise ValueError("audience must be a non-empty string or strings")
         algorithms = tuple(dict.fromkeys(algorithms))
@@ -257,7 +258,8 @@ class TokenValidator:
         else:
             self._recheck(token, entry, now)
         if scopes:
-            required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+            # One string is space-separated; each item of a list is one scope.
+            required = tuple(as_list(scopes, split=isinstance(scopes, str)))
             if not entry.scopes.issuperset(required):
                 raise InsufficientScopeError(required, entry.scopes)
         return entry.token
