@@ -4,7 +4,6 @@ and served from the cache while a refresh fails and the token is still valid."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -18,6 +17,7 @@ from typing import Any, Generic, TypeVar
 import requests
 
 from ._arguments import as_list
+from ._jwt import unverified_jwt
 from .assertions import PrivateKey, load_private_key
 from .discovery import MetadataCache
 from .errors import OAuthError
@@ -165,14 +165,10 @@ def _credential_fingerprint(credential: object) -> bytes:
 def _jwt_claims(access_token: str) -> dict[str, Any]:
     """A JWT's claims read without verification (only to time the refresh); {} when the token
     is not a JWT."""
-    parts = access_token.split(".")
-    if len(parts) != 3 or len(parts[1]) > 16_384:
-        return {}
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return unverified_jwt(access_token)[1]
+    except ValueError:
         return {}
-    return payload if isinstance(payload, dict) else {}
 
 
 def _number(value: object) -> float | None:
