@@ -1,10 +1,15 @@
 """Typed errors of the client: one class per RFC 6749 §5.2 / RFC 8707 error code, carrying the
-code, description and HTTP status as attributes so callers can branch without parsing text."""
+code, description and HTTP status as attributes so callers can branch without parsing text.
+
+A class names its code in its header (``class InvalidScopeError(OAuthError,
+code="invalid_scope")``): one that only stands for a code is its name, code and docstring –
+a real class statement, so type checkers, ``except`` clauses and pickling see it as written."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from ._untrusted import printable
 
@@ -60,7 +65,13 @@ class OAuthError(Exception):
     """
 
     #: The error code this class stands for; instances may carry a different (unknown) code.
+    #: A subclass names its own in its header: ``class X(OAuthError, code="x")``.
     code: str = "oauth_error"
+
+    def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
 
     def __init__(
         self,
@@ -97,72 +108,50 @@ class OAuthError(Exception):
         )
 
 
-class InvalidRequestError(OAuthError):
+class InvalidRequestError(OAuthError, code="invalid_request"):
     """``invalid_request``: missing, repeated or malformed parameter."""
 
-    code = "invalid_request"
 
-
-class InvalidClientError(OAuthError):
+class InvalidClientError(OAuthError, code="invalid_client"):
     """``invalid_client``: client authentication failed."""
 
-    code = "invalid_client"
 
-
-class InvalidGrantError(OAuthError):
+class InvalidGrantError(OAuthError, code="invalid_grant"):
     """``invalid_grant``: the grant or assertion is invalid."""
 
-    code = "invalid_grant"
 
-
-class UnauthorizedClientError(OAuthError):
+class UnauthorizedClientError(OAuthError, code="unauthorized_client"):
     """``unauthorized_client``: the client may not use this grant type."""
 
-    code = "unauthorized_client"
 
-
-class UnsupportedGrantTypeError(OAuthError):
+class UnsupportedGrantTypeError(OAuthError, code="unsupported_grant_type"):
     """``unsupported_grant_type``: the server does not support the grant type."""
 
-    code = "unsupported_grant_type"
 
-
-class InvalidScopeError(OAuthError):
+class InvalidScopeError(OAuthError, code="invalid_scope"):
     """``invalid_scope``: a requested scope is unknown, malformed or not allowed."""
 
-    code = "invalid_scope"
 
-
-class InvalidTargetError(OAuthError):
+class InvalidTargetError(OAuthError, code="invalid_target"):
     """``invalid_target`` (RFC 8707): a requested resource/audience is not allowed."""
 
-    code = "invalid_target"
 
-
-class TemporarilyUnavailableError(OAuthError):
+class TemporarilyUnavailableError(OAuthError, code="temporarily_unavailable"):
     """``temporarily_unavailable``: retryable later."""
 
-    code = "temporarily_unavailable"
 
-
-class ServerError(OAuthError):
+class ServerError(OAuthError, code="server_error"):
     """``server_error``: the server failed; retryable."""
 
-    code = "server_error"
 
-
-class TransportError(OAuthError):
+class TransportError(OAuthError, code="transport_error"):
     """No usable response: connection failure, timeout, or a body that is not an OAuth
     response (not JSON, or JSON of the wrong shape)."""
 
-    code = "transport_error"
 
-
-class DiscoveryError(OAuthError):
+class DiscoveryError(OAuthError, code="discovery_error"):
     """Authorization-server metadata (RFC 8414) cannot be fetched, is malformed, or names a
     different issuer than the one asked for."""
-
-    code = "discovery_error"
 
 
 _BY_CODE: Mapping[str, type[OAuthError]] = MappingProxyType({
@@ -201,7 +190,7 @@ INVALID_TOKEN_REASONS = frozenset({
 })
 
 
-class InvalidTokenError(OAuthError):
+class InvalidTokenError(OAuthError, code="invalid_token"):
     """RFC 6750 ``invalid_token`` (HTTP 401): the bearer token cannot be accepted.
 
     ``reason`` is a machine-readable cause from :data:`INVALID_TOKEN_REASONS`;
@@ -209,8 +198,6 @@ class InvalidTokenError(OAuthError):
     quotes, backslashes or control characters; never the token itself); ``claim`` names
     the claim concerned, when there is one.
     """
-
-    code = "invalid_token"
 
     def __init__(self, reason: str, description: str | None = None, *,
                  claim: str | None = None) -> None:
@@ -228,13 +215,11 @@ class InvalidTokenError(OAuthError):
                 f"error_description={self.error_description!r})")
 
 
-class InsufficientScopeError(OAuthError):
+class InsufficientScopeError(OAuthError, code="insufficient_scope"):
     """RFC 6750 ``insufficient_scope`` (HTTP 403): a valid token without the scopes this
     request needs. ``required`` are all scopes the resource asked for (what a
     ``WWW-Authenticate`` ``scope="..."`` attribute lists), ``granted`` the token's,
     ``missing`` the required ones it lacks. ``scope`` is ``required`` space-separated."""
-
-    code = "insufficient_scope"
 
     def __init__(self, required: tuple[str, ...] | list[str],
                  granted: tuple[str, ...] | list[str] | frozenset[str]) -> None:
@@ -254,9 +239,7 @@ class InsufficientScopeError(OAuthError):
                 f"granted={self.granted!r})")
 
 
-class JWKSError(OAuthError):
+class JWKSError(OAuthError, code="jwks_unavailable"):
     """The issuer's signing keys (JWKS) cannot be had: the fetch failed, or the document is
     malformed, and no earlier key set may still be used (or a kid the cached set lacks could
     not be looked up). Not the token's fault: a resource server answers 503, not 401."""
-
-    code = "jwks_unavailable"
