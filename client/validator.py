@@ -89,6 +89,17 @@ def _b64(segment: bytes, name: str) -> bytes:
         raise InvalidTokenError("malformed", f"the {name} is not base64url") from None
 
 
+def _json_object(data: bytes, subject: str) -> dict[str, Any]:
+    """``data`` parsed as a JSON object, else ``malformed`` ("<subject> not JSON")."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise InvalidTokenError("malformed", f"{subject} not JSON") from None
+    if type(value) is not dict:
+        raise InvalidTokenError("malformed", f"{subject} not a JSON object")
+    return value
+
+
 def _secs(value: float) -> str:
     return f"{value:.0f}" if abs(value - round(value)) < 0.05 else f"{value:.1f}"
 
@@ -323,12 +334,7 @@ class TokenValidator:
         if not good:
             raise InvalidTokenError("bad_signature", "the signature does not verify")
         payload = _b64(payload_b64, "payload")
-        try:
-            claims = json.loads(payload)
-        except (ValueError, RecursionError):
-            raise InvalidTokenError("malformed", "the claims are not JSON") from None
-        if type(claims) is not dict:
-            raise InvalidTokenError("malformed", "the claims are not a JSON object")
+        claims = _json_object(payload, "the claims are")
         entry = self._check_claims(claims, header, now, kid, key, generation)
         if type(token) is str and self.cache_max_entries:
             entry.size = len(raw) + 2 * len(payload) + 512
@@ -341,12 +347,7 @@ class TokenValidator:
                                     f"{_MAX_HEADER_BYTES} bytes")
         if data.count(b"{") + data.count(b"[") > _MAX_HEADER_BRACKETS:
             raise InvalidTokenError("malformed", "the header is too deeply nested")
-        try:
-            header = json.loads(data)
-        except (ValueError, RecursionError):
-            raise InvalidTokenError("malformed", "the header is not JSON") from None
-        if type(header) is not dict:
-            raise InvalidTokenError("malformed", "the header is not a JSON object")
+        header = _json_object(data, "the header is")
         alg = header.get("alg")
         if type(alg) is not str:
             raise InvalidTokenError("malformed", "the header has no alg")
