@@ -56,6 +56,21 @@ def root_cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def transport_error(exc: BaseException, url: str, *, timeout: float, timed_out: bool,
+                    fetching: str | None = None) -> TransportError:
+    """The :class:`TransportError` for a request to ``url`` that got no response: ``exc``, the
+    HTTP library's exception, is a timeout (``timed_out``) or another failure to connect.
+    ``fetching`` names what was being fetched, for the message (else it is a request to
+    ``url``). Raise it ``from exc``."""
+    if fetching is None:
+        doing, failed = f"waiting for {url}", f"Cannot reach {url}"
+    else:
+        doing, failed = f"fetching {fetching} from {url}", f"Cannot fetch {fetching} from {url}"
+    if timed_out:
+        return TransportError(error_description=f"Timed out after {timeout} s {doing}.")
+    return TransportError(error_description=f"{failed}: {root_cause(exc)}.")
+
+
 class OAuthError(Exception):
     """An OAuth 2.0 error response from a token endpoint, or a failure to get one.
 
