@@ -8,6 +8,9 @@
 Independent of :mod:`m2mauth.server` by design: it never imports it.
 """
 
+import typing
+
+from . import errors
 from .assertions import (
     client_secret_jwt_assertion,
     key_algorithm,
@@ -17,65 +20,33 @@ from .assertions import (
 from .auth import HttpxBearerAuth, RequestsBearerAuth
 from .challenge import Challenge, parse_challenges, should_refetch
 from .discovery import MetadataCache, discover, metadata_urls
-from .errors import (
-    INVALID_TOKEN_REASONS,
-    DiscoveryError,
-    InsufficientScopeError,
-    InvalidClientError,
-    InvalidGrantError,
-    InvalidRequestError,
-    InvalidScopeError,
-    InvalidTargetError,
-    InvalidTokenError,
-    JWKSError,
-    OAuthError,
-    ServerError,
-    TemporarilyUnavailableError,
-    TransportError,
-    UnauthorizedClientError,
-    UnsupportedGrantTypeError,
-    error_class,
-)
+from .errors import *  # noqa: F403 - the names errors.__all__ lists, and only those
 from .jwks import JWKSCache
 from .provider import TokenCache, TokenProvider
 from .retry import RetryPolicy
 from .tokens import AUTH_METHODS, Token, fetch_token
 from .validator import TokenValidator, ValidatedToken
 
+if typing.TYPE_CHECKING:  # at run time imported on first use, by __getattr__ below
+    from .aio import AsyncTokenProvider, afetch_token
+
 __all__ = [
     "AUTH_METHODS",
-    "INVALID_TOKEN_REASONS",
     "AsyncTokenProvider",
     "Challenge",
-    "DiscoveryError",
     "HttpxBearerAuth",
-    "InsufficientScopeError",
-    "InvalidClientError",
-    "InvalidGrantError",
-    "InvalidRequestError",
-    "InvalidScopeError",
-    "InvalidTargetError",
-    "InvalidTokenError",
     "JWKSCache",
-    "JWKSError",
     "MetadataCache",
-    "OAuthError",
     "RequestsBearerAuth",
     "RetryPolicy",
-    "ServerError",
-    "TemporarilyUnavailableError",
     "Token",
     "TokenCache",
     "TokenProvider",
     "TokenValidator",
-    "TransportError",
-    "UnauthorizedClientError",
-    "UnsupportedGrantTypeError",
     "ValidatedToken",
     "afetch_token",
     "client_secret_jwt_assertion",
     "discover",
-    "error_class",
     "fetch_token",
     "key_algorithm",
     "load_private_key",
@@ -84,6 +55,8 @@ __all__ = [
     "private_key_jwt_assertion",
     "should_refetch",
 ]
+#: Every error class and what goes with them, as errors.py lists them.
+__all__ += errors.__all__
 
 
 def __getattr__(name: str):

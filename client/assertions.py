@@ -15,6 +15,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from ._algorithms import CURVE_NAMES, DEFAULT_ALGORITHMS, EC_ALGORITHMS, signing_algorithm
+
 __all__ = [
     "ASSERTION_LIFETIME",
     "ASSERTION_TYPE",
@@ -58,16 +60,23 @@ def load_private_key(key: PrivateKey | str | bytes, password: bytes | None = Non
 
 
 def key_algorithm(key: PrivateKey) -> str:
-    """The JWS algorithm for a key type: RSA→RS256, EC P-256→ES256, Ed25519→EdDSA."""
+    """The JWS algorithm for a key type: RSA→RS256, EC P-256→ES256, Ed25519→EdDSA (the first
+    of the algorithms m2mauth signs with that the key fits)."""
+    curve = crv = None
     if isinstance(key, rsa.RSAPrivateKey):
-        return "RS256"
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if isinstance(key.curve, ec.SECP256R1):
-            return "ES256"
-        raise ValueError(f"private key: unsupported EC curve {key.curve.name} (use P-256)")
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "EdDSA"
-    raise ValueError(f"private key: unsupported key type {type(key).__name__}")
+        kty = "RSA"
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        kty, curve = "EC", key.curve.name
+        crv = CURVE_NAMES.get(curve)
+    elif isinstance(key, ed25519.Ed25519PrivateKey):
+        kty, crv = "OKP", "Ed25519"
+    else:
+        raise ValueError(f"private key: unsupported key type {type(key).__name__}")
+    alg = signing_algorithm(kty, crv)
+    if alg is None:  # only a curve can miss: every RSA and Ed25519 key fits
+        usable = ", ".join(c for c, a in EC_ALGORITHMS.items() if a in DEFAULT_ALGORITHMS)
+        raise ValueError(f"private key: unsupported EC curve {curve} (use {usable})")
+    return alg
 
 
 def _claims(client_id: str, audience: str, clock: Clock | None, lifetime: int) -> dict[str, Any]:

@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from ._grammar import TOKEN68_CHARACTERS
+
 __all__ = ["Challenge", "parse_challenges", "should_refetch"]
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789"
                    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_TOKEN68_CHAR = frozenset("-._~+/0123456789"
-                          "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _WS = " \t"
 
 
@@ -159,7 +159,7 @@ class _Scanner:
         """A token68 that is the whole rest of this challenge (followed by OWS and then a
         comma or the end), else None without moving."""
         saved = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] in _TOKEN68_CHAR:
+        while self.pos < len(self.text) and self.text[self.pos] in TOKEN68_CHARACTERS:
             self.pos += 1
         if self.pos == saved:
             return None

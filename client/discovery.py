@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from .errors import DiscoveryError, TransportError, root_cause
+from .errors import DiscoveryError, transport_error
 
 __all__ = ["MetadataCache", "discover", "metadata_urls"]
 
@@ -46,14 +46,9 @@ def _get_json(url: str, session: requests.Session, timeout: float) -> tuple[int,
     """(status, parsed body or None when the body is not JSON)."""
     try:
         response = session.get(url, timeout=timeout, headers={"Accept": "application/json"})
-    except requests.Timeout:
-        raise TransportError(
-            error_description=f"Timed out after {timeout} s fetching metadata from {url}."
-        ) from None
     except requests.RequestException as exc:
-        raise TransportError(
-            error_description=f"Cannot fetch metadata from {url}: {root_cause(exc)}."
-        ) from exc
+        raise transport_error(exc, url, timeout=timeout, fetching="metadata",
+                              timed_out=isinstance(exc, requests.Timeout)) from exc
     try:
         return response.status_code, response.json()
     except (ValueError, RecursionError):

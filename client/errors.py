@@ -1,10 +1,17 @@
 """Typed errors of the client: one class per RFC 6749 §5.2 / RFC 8707 error code, carrying the
-code, description and HTTP status as attributes so callers can branch without parsing text."""
+code, description and HTTP status as attributes so callers can branch without parsing text.
+
+A class names its code in its header (``class InvalidScopeError(OAuthError,
+code="invalid_scope")``): one that only stands for a code is its name, code and docstring –
+a real class statement, so type checkers, ``except`` clauses and pickling see it as written."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
+
+from ._untrusted import printable
 
 __all__ = [
     "INVALID_TOKEN_REASONS",
@@ -31,15 +38,6 @@ __all__ = [
 _MAX_TEXT = 300
 
 
-def _clean(value: object, limit: int = _MAX_TEXT) -> str | None:
-    """Server-supplied text made printable and short (no control characters in log lines)."""
-    if value is None:
-        return None
-    text = str(value)
-    cleaned = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return cleaned + ("..." if len(text) > limit else "")
-
-
 def root_cause(exc: BaseException) -> str:
     """The root cause of a network failure in a few words (e.g. 'Connection refused'), for
     messages: library exception texts can be long and name internals."""
@@ -58,6 +56,21 @@ def root_cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def transport_error(exc: BaseException, url: str, *, timeout: float, timed_out: bool,
+                    fetching: str | None = None) -> TransportError:
+    """The :class:`TransportError` for a request to ``url`` that got no response: ``exc``, the
+    HTTP library's exception, is a timeout (``timed_out``) or another failure to connect.
+    ``fetching`` names what was being fetched, for the message (else it is a request to
+    ``url``). Raise it ``from exc``."""
+    if fetching is None:
+        doing, failed = f"waiting for {url}", f"Cannot reach {url}"
+    else:
+        doing, failed = f"fetching {fetching} from {url}", f"Cannot fetch {fetching} from {url}"
+    if timed_out:
+        return TransportError(error_description=f"Timed out after {timeout} s {doing}.")
+    return TransportError(error_description=f"{failed}: {root_cause(exc)}.")
+
+
 class OAuthError(Exception):
     """An OAuth 2.0 error response from a token endpoint, or a failure to get one.
 
@@ -67,7 +80,13 @@ class OAuthError(Exception):
     """
 
     #: The error code this class stands for; instances may carry a different (unknown) code.
+    #: A subclass names its own in its header: ``class X(OAuthError, code="x")``.
     code: str = "oauth_error"
+
+    def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
 
     def __init__(
         self,
@@ -78,9 +97,9 @@ class OAuthError(Exception):
         *,
         retry_after: float | None = None,
     ) -> None:
-        self.error: str = _clean(error, 100) or self.code
-        self.error_description: str | None = _clean(error_description)
-        self.error_uri: str | None = _clean(error_uri)
+        self.error: str = printable(error, 100) or self.code
+        self.error_description: str | None = printable(error_description, _MAX_TEXT)
+        self.error_uri: str | None = printable(error_uri, _MAX_TEXT)
         self.status: int | None = status
         self.retry_after: float | None = retry_after
         #: How many requests were made before this error was raised (retries give up > 1).
@@ -104,72 +123,50 @@ class OAuthError(Exception):
         )
 
 
-class InvalidRequestError(OAuthError):
+class InvalidRequestError(OAuthError, code="invalid_request"):
     """``invalid_request``: missing, repeated or malformed parameter."""
 
-    code = "invalid_request"
 
-
-class InvalidClientError(OAuthError):
+class InvalidClientError(OAuthError, code="invalid_client"):
     """``invalid_client``: client authentication failed."""
 
-    code = "invalid_client"
 
-
-class InvalidGrantError(OAuthError):
+class InvalidGrantError(OAuthError, code="invalid_grant"):
     """``invalid_grant``: the grant or assertion is invalid."""
 
-    code = "invalid_grant"
 
-
-class UnauthorizedClientError(OAuthError):
+class UnauthorizedClientError(OAuthError, code="unauthorized_client"):
     """``unauthorized_client``: the client may not use this grant type."""
 
-    code = "unauthorized_client"
 
-
-class UnsupportedGrantTypeError(OAuthError):
+class UnsupportedGrantTypeError(OAuthError, code="unsupported_grant_type"):
     """``unsupported_grant_type``: the server does not support the grant type."""
 
-    code = "unsupported_grant_type"
 
-
-class InvalidScopeError(OAuthError):
+class InvalidScopeError(OAuthError, code="invalid_scope"):
     """``invalid_scope``: a requested scope is unknown, malformed or not allowed."""
 
-    code = "invalid_scope"
 
-
-class InvalidTargetError(OAuthError):
+class InvalidTargetError(OAuthError, code="invalid_target"):
     """``invalid_target`` (RFC 8707): a requested resource/audience is not allowed."""
 
-    code = "invalid_target"
 
-
-class TemporarilyUnavailableError(OAuthError):
+class TemporarilyUnavailableError(OAuthError, code="temporarily_unavailable"):
     """``temporarily_unavailable``: retryable later."""
 
-    code = "temporarily_unavailable"
 
-
-class ServerError(OAuthError):
+class ServerError(OAuthError, code="server_error"):
     """``server_error``: the server failed; retryable."""
 
-    code = "server_error"
 
-
-class TransportError(OAuthError):
+class TransportError(OAuthError, code="transport_error"):
     """No usable response: connection failure, timeout, or a body that is not an OAuth
     response (not JSON, or JSON of the wrong shape)."""
 
-    code = "transport_error"
 
-
-class DiscoveryError(OAuthError):
+class DiscoveryError(OAuthError, code="discovery_error"):
     """Authorization-server metadata (RFC 8414) cannot be fetched, is malformed, or names a
     different issuer than the one asked for."""
-
-    code = "discovery_error"
 
 
 _BY_CODE: Mapping[str, type[OAuthError]] = MappingProxyType({
@@ -208,7 +205,7 @@ INVALID_TOKEN_REASONS = frozenset({
 })
 
 
-class InvalidTokenError(OAuthError):
+class InvalidTokenError(OAuthError, code="invalid_token"):
     """RFC 6750 ``invalid_token`` (HTTP 401): the bearer token cannot be accepted.
 
     ``reason`` is a machine-readable cause from :data:`INVALID_TOKEN_REASONS`;
@@ -216,8 +213,6 @@ class InvalidTokenError(OAuthError):
     quotes, backslashes or control characters; never the token itself); ``claim`` names
     the claim concerned, when there is one.
     """
-
-    code = "invalid_token"
 
     def __init__(self, reason: str, description: str | None = None, *,
                  claim: str | None = None) -> None:
@@ -235,13 +230,11 @@ class InvalidTokenError(OAuthError):
                 f"error_description={self.error_description!r})")
 
 
-class InsufficientScopeError(OAuthError):
+class InsufficientScopeError(OAuthError, code="insufficient_scope"):
     """RFC 6750 ``insufficient_scope`` (HTTP 403): a valid token without the scopes this
     request needs. ``required`` are all scopes the resource asked for (what a
     ``WWW-Authenticate`` ``scope="..."`` attribute lists), ``granted`` the token's,
     ``missing`` the required ones it lacks. ``scope`` is ``required`` space-separated."""
-
-    code = "insufficient_scope"
 
     def __init__(self, required: tuple[str, ...] | list[str],
                  granted: tuple[str, ...] | list[str] | frozenset[str]) -> None:
@@ -251,7 +244,7 @@ class InsufficientScopeError(OAuthError):
         self.missing: tuple[str, ...] = tuple(s for s in self.required if s not in have)
         self.scope: str = " ".join(self.required)
         shown = " ".join(self.missing)
-        super().__init__(self.code, f"the token lacks scope {_clean(shown, 200)}", status=403)
+        super().__init__(self.code, f"the token lacks scope {printable(shown, 200)}", status=403)
 
     def __reduce__(self):
         return (type(self), (self.required, self.granted))
@@ -261,9 +254,7 @@ class InsufficientScopeError(OAuthError):
                 f"granted={self.granted!r})")
 
 
-class JWKSError(OAuthError):
+class JWKSError(OAuthError, code="jwks_unavailable"):
     """The issuer's signing keys (JWKS) cannot be had: the fetch failed, or the document is
     malformed, and no earlier key set may still be used (or a kid the cached set lacks could
     not be looked up). Not the token's fault: a resource server answers 503, not 401."""
-
-    code = "jwks_unavailable"

@@ -57,6 +57,8 @@ from typing import Any, Protocol, TypeVar
 
 from flask import Response, current_app, g, request
 
+from ._arguments import as_list
+from ._grammar import SCOPE_TOKEN, TOKEN68
 from .errors import (
     DiscoveryError,
     InsufficientScopeError,
@@ -72,10 +74,6 @@ log = logging.getLogger("m2mauth.client.flask")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-#: RFC 6749 §3.3 scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 #: Not allowed in a quoted-string (RFC 9110 §5.6.4) nor in an RFC 6750 attribute value.
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 #: Methods whose request body has defined semantics (RFC 6750 §2.2 rules out GET).
@@ -168,7 +166,7 @@ def _from_header() -> str | None:
         raise BearerError(400, "invalid_request", "Bearer and the token must be separated "
                           "by exactly one space (RFC 6750 section 2.1)")
     token = rest[1:]
-    if _TOKEN68.fullmatch(token) is None:
+    if TOKEN68.fullmatch(token) is None:
         raise BearerError(400, "invalid_request", "the Bearer credentials are not one "
                           "token68 (RFC 6750 section 2.1)")
     return token
@@ -184,7 +182,7 @@ def _from_body() -> str | None:
     if len(values) > 1:
         raise BearerError(400, "invalid_request", "more than one access_token in the body")
     token = values[0]
-    if _TOKEN68.fullmatch(token) is None:
+    if TOKEN68.fullmatch(token) is None:
         raise BearerError(400, "invalid_request", "the access_token in the body is not a "
                           "token68 (RFC 6750 section 2.1)")
     return token
@@ -229,9 +227,10 @@ def require_token(validator: Validator, scopes: str | Iterable[str] = (), *,
     ``realm`` (default: the validator's first audience, else its issuer). Put the decorator
     below ``@app.route``/``@app.get``. Works for ``async def`` views too.
     """
-    required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+    # One string is space-separated; each item of a list is one scope, checked as it is.
+    required = tuple(as_list(scopes, split=isinstance(scopes, str)))
     for scope in required:
-        if not isinstance(scope, str) or _SCOPE_TOKEN.fullmatch(scope) is None:
+        if not isinstance(scope, str) or SCOPE_TOKEN.fullmatch(scope) is None:
             raise ValueError(f"not a valid scope (RFC 6749 section 3.3): {scope!r}")
     if realm is None:
         realm = _default_realm(validator)

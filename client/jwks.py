@@ -33,17 +33,12 @@ import requests
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
+from ._algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, algorithms_for
+from ._untrusted import shown
 from .errors import InvalidTokenError, JWKSError, root_cause
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "JWKSCache", "KeySet", "VerificationKey"]
 
-#: Asymmetric JWS algorithms a JWKS key may be used with (RFC 7518 §3, RFC 8037).
-ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
-                                   "ES256", "ES384", "ES512", "EdDSA"})
-_RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-#: RFC 7518 §3.4: the curve fixes the algorithm.
-_EC_CURVES = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
-_OKP_CURVES = {"Ed25519", "Ed448"}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MIN_RSA_BITS = 2048
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d{1,10})\"?", re.IGNORECASE)
@@ -117,18 +112,7 @@ def parse_jwk(jwk: Mapping[str, Any], allowed: Iterable[str],
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         raise ValueError("key_ops does not include 'verify'")
-    if kty == "RSA":
-        possible = _RSA_ALGS
-    elif kty == "EC":
-        if crv not in _EC_CURVES:
-            raise ValueError(f"unsupported EC curve {crv!r}")
-        possible = frozenset({_EC_CURVES[crv]})
-    elif kty == "OKP":
-        if crv not in _OKP_CURVES:
-            raise ValueError(f"unsupported OKP curve {crv!r}")
-        possible = frozenset({"EdDSA"})
-    else:
-        raise ValueError(f"unsupported key type {kty!r}")
+    possible = algorithms_for(kty, crv)
     if alg is not None:
         if alg == "Ed25519" and crv == "Ed25519":  # RFC 9864's fully specified name
             alg = "EdDSA"
@@ -167,7 +151,7 @@ class JWKSCache:
         self,
         jwks_uri: str | None,
         *,
-        algorithms: Iterable[str] = ("RS256", "PS256", "ES256", "EdDSA"),
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
         session: requests.Session | None = None,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -238,12 +222,12 @@ class JWKSCache:
             found = keyset.by_kid.get(kid)
             if found is None:
                 raise InvalidTokenError(
-                    "unknown_key", f"no key {_shown(kid)} in the issuer's JWKS")
+                    "unknown_key", f"no key {shown(kid)} in the issuer's JWKS")
         for key in found:
             if alg in key.algorithms:
                 return key
         raise InvalidTokenError(
-            "key_mismatch", f"key {_shown(kid)} is {found[0].describe()}, not for {alg}")
+            "key_mismatch", f"key {shown(kid)} is {found[0].describe()}, not for {alg}")
 
     def keyset(self, now: float | None = None) -> KeySet:
         """The current key set, fetched or refreshed first when missing or expired. A failed
@@ -412,7 +396,7 @@ class JWKSCache:
                     key = parse_jwk(jwk, self.algorithms, self._pyjwt_algorithms)
                 except ValueError as exc:
                     kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
-                    ignored.append(f"{_shown(kid)}: {exc}")
+                    ignored.append(f"{shown(kid)}: {exc}")
                     continue
             by_fingerprint[fingerprint] = key
             by_kid.setdefault(key.kid, []).append(key)
@@ -426,11 +410,3 @@ class JWKSCache:
         size = len(keyset) if keyset is not None else 0
         return f"<JWKSCache {self.jwks_uri!r} keys={size} fetches={self.fetches}>"
 
-
-def _shown(value: object, limit: int = 40) -> str:
-    """Attacker-supplied text (a kid) made safe for an error description and a log line."""
-    if value is None:
-        return "(none)"
-    text = str(value)
-    cleaned = re.sub(r"[^A-Za-z0-9._:/+=@-]", "?", text[:limit])
-    return "'" + cleaned + ("...'" if len(text) > limit else "'")

@@ -4,7 +4,6 @@ and served from the cache while a refresh fails and the token is still valid."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -12,16 +11,19 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
 
 import requests
 
+from ._arguments import as_list
+from ._flow import Flow, called, run
+from ._jwt import unverified_jwt
 from .assertions import PrivateKey, load_private_key
 from .discovery import MetadataCache
 from .errors import OAuthError
 from .retry import RetryPolicy
-from .tokens import AuthMethod, Token, check_arguments, fetch_token
+from .tokens import AuthMethod, Token, TokenRequest
 
 __all__ = ["TokenCache", "TokenProvider"]
 
@@ -44,6 +46,7 @@ class CachedToken:
 
 
 _Lock = TypeVar("_Lock")
+_T = TypeVar("_T")
 
 
 class KeyLock:
@@ -138,8 +141,7 @@ def cache_key(
     """A key covering everything that changes which token the server gives: endpoint (or
     issuer), client id, a hash of the credential, auth method, scopes (sorted), resources and
     any extra parameters. The credential itself never appears in the key."""
-    extras = sorted((k, sorted([v] if isinstance(v, str) else list(v)))
-                    for k, v in (extra_params or {}).items())
+    extras = sorted((k, sorted(as_list(v))) for k, v in (extra_params or {}).items())
     material = json.dumps([endpoint, client_id, auth_method, sorted(set(scopes)),
                            sorted(set(resources)), extras])
     digest = hashlib.sha256(material.encode())
@@ -165,14 +167,10 @@ def _credential_fingerprint(credential: object) -> bytes:
 def _jwt_claims(access_token: str) -> dict[str, Any]:
     """A JWT's claims read without verification (only to time the refresh); {} when the token
     is not a JWT."""
-    parts = access_token.split(".")
-    if len(parts) != 3 or len(parts[1]) > 16_384:
-        return {}
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return unverified_jwt(access_token)[1]
+    except ValueError:
         return {}
-    return payload if isinstance(payload, dict) else {}
 
 
 def _number(value: object) -> float | None:
@@ -234,92 +232,127 @@ def _failed_refresh(entry: CachedToken, now: float, exc: OAuthError) -> CachedTo
     return CachedToken(entry.token, retry_at, entry.expires_at)
 
 
+@dataclass(eq=False, repr=False)
 class _ProviderBase:
-    """What the threaded and asyncio providers share: arguments, cache key and timing."""
+    """What the threaded and asyncio providers share: their parameters (declared once, here:
+    each provider adds only its HTTP client), cache key, timing and the refresh flow. The
+    arguments stay readable as attributes of the same names; the request is prepared from
+    them once, so changing one later changes nothing."""
 
-    _kind = "TokenProvider"
+    _kind: ClassVar[str] = "TokenProvider"
 
-    def __init__(
-        self,
-        token_url: str | None,
-        client_id: str | None,
-        client_secret: str | None,
-        scope: str | Sequence[str] | None,
-        *,
-        issuer: str | None,
-        private_key: PrivateKey | str | bytes | None,
-        kid: str | None,
-        resource: str | Sequence[str] | None,
-        auth_method: AuthMethod | str | None,
-        extra_params: Mapping[str, str | Sequence[str]] | None,
-        refresh_margin: float,
-        default_expires_in: float,
-        timeout: float,
-        retry: RetryPolicy | None,
-        clock: Callable[[], float],
-        cache: TokenCache[Any],
-        metadata_cache: MetadataCache | None,
-    ) -> None:
-        if auth_method is None:
-            auth_method = "private_key_jwt" if private_key is not None else "client_secret_basic"
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scope: str | Sequence[str] | None = None
+    _: KW_ONLY
+    issuer: str | None = None
+    private_key: PrivateKey | str | bytes | None = None
+    kid: str | None = None
+    resource: str | Sequence[str] | None = None
+    #: None: ``private_key_jwt`` when a private key is given, else ``client_secret_basic``.
+    auth_method: AuthMethod | str | None = None
+    extra_params: Mapping[str, str | Sequence[str]] | None = None
+    refresh_margin: float = DEFAULT_REFRESH_MARGIN
+    default_expires_in: float = 300.0
+    timeout: float = 10.0
+    #: None: ``RetryPolicy()``.
+    retry: RetryPolicy | None = None
+    clock: Callable[[], float] = time.time
+    #: None: a cache of this provider's own.
+    cache: TokenCache[Any] | None = None
+    #: None: a metadata cache of this provider's own (for ``issuer=``).
+    metadata_cache: MetadataCache | None = None
+
+    def __post_init__(self) -> None:
+        private_key = self.private_key
+        if self.auth_method is None:
+            self.auth_method = ("private_key_jwt" if private_key is not None
+                                else "client_secret_basic")
         if isinstance(private_key, (str, bytes)):
             private_key = load_private_key(private_key)  # parse PEM once, not per assertion
-        check_arguments(token_url, issuer, client_id or "", client_secret, private_key,
-                        auth_method)
-        assert client_id is not None
-        self.client_id = client_id
-        self.auth_method = auth_method
-        self._clock = clock
-        self._retry = retry or RetryPolicy()
-        self._timing = _Timing(refresh_margin, default_expires_in)
-        self._cache = cache
-        scopes = [s for item in ([scope] if isinstance(scope, str) else scope or [])
-                  for s in item.split()]
-        resources = [resource] if isinstance(resource, str) else list(resource or [])
-        self._request: dict[str, Any] = dict(
-            token_url=token_url, issuer=issuer, client_id=client_id,
-            client_secret=client_secret, private_key=private_key, kid=kid, scope=scopes,
-            resource=resources, auth_method=auth_method, timeout=timeout,
-            extra_params=extra_params, metadata_cache=metadata_cache or MetadataCache(),
+        scopes = as_list(self.scope, split=True)
+        resources = as_list(self.resource)
+        # Made here, so that the arguments are checked here (ValueError before any I/O).
+        self._request = TokenRequest(
+            token_url=self.token_url, issuer=self.issuer, client_id=self.client_id or "",
+            client_secret=self.client_secret, private_key=private_key, kid=self.kid,
+            scope=scopes, resource=resources, auth_method=self.auth_method,
+            timeout=self.timeout, clock=self.clock, extra_params=self.extra_params,
+            metadata_cache=self.metadata_cache or MetadataCache(),
         )
+        self._retry = self.retry or RetryPolicy()
+        self._timing = _Timing(self.refresh_margin, self.default_expires_in)
+        self._cache: TokenCache[Any] = self.cache if self.cache is not None else TokenCache()
         self._key = cache_key(
-            endpoint=token_url or f"issuer:{issuer}", client_id=client_id,
-            credential=private_key if auth_method == "private_key_jwt" else client_secret,
-            auth_method=auth_method, scopes=scopes, resources=resources,
-            extra_params=extra_params,
+            endpoint=self.token_url or f"issuer:{self.issuer}", client_id=self.client_id or "",
+            credential=(private_key if self.auth_method == "private_key_jwt"
+                        else self.client_secret),
+            auth_method=self.auth_method, scopes=scopes, resources=resources,
+            extra_params=self.extra_params,
         )
+        self._scopes = scopes
 
     def __repr__(self) -> str:
-        where = self._request["token_url"] or self._request["issuer"]
+        where = self.token_url or self.issuer
         return (f"<{self._kind} client_id={self.client_id!r} auth_method={self.auth_method}"
-                f" scope={' '.join(self._request['scope'])!r} at {where}>")
+                f" scope={' '.join(self._scopes)!r} at {where}>")
 
     @property
     def cache_key(self) -> str:
         """The key this provider's token is cached under (no secret can be read from it)."""
         return self._key
 
-    def _fresh(self) -> CachedToken | None:
-        entry = self._cache.get(self._key)
-        if entry is not None and self._clock() < entry.refresh_at:
-            return entry
-        return None
-
-    def _store(self, token: Token, fetched_at: float) -> None:
-        self._cache.put(self._key, self._timing.entry(token, fetched_at))
-
-    def _keep_serving(self, entry: CachedToken | None, now: float, exc: OAuthError) -> bool:
-        """After a failed refresh: whether the cached ``entry`` may still be served – not if it
-        expired, and not if it was invalidated meanwhile (a resource server rejected it)."""
-        return (entry is not None and now < entry.expires_at
-                and self._cache.replace(self._key, entry, _failed_refresh(entry, now, exc)))
-
     def invalidate(self, access_token: str | None = None) -> None:
         """Forget the cached token (only if it is still ``access_token``, when given): for a
         resource server's 401 ``invalid_token``, so the next call fetches a new one."""
         self._cache.discard(self._key, access_token)
 
+    def _fresh(self) -> CachedToken | None:
+        entry = self._cache.get(self._key)
+        if entry is not None and self.clock() < entry.refresh_at:
+            return entry
+        return None
 
+    def _refresh(self) -> Flow[Token]:
+        """The refresh as a flow, for a caller that holds the key's lock: the token another
+        caller refreshed meanwhile; else one fetched with retries and cached; else, when that
+        fails, the cached token while it is still valid; else the error."""
+        # Another thread or task may have refreshed while this one waited for the lock.
+        entry = self._fresh()
+        if entry is not None:
+            return entry.token
+        entry = self._cache.get(self._key)
+        try:
+            token = yield from self._retry.flow(lambda: called(self._fetch), self.clock)
+        except OAuthError as exc:
+            # Read the clock after the retries, which take time: the cached token may have
+            # expired meanwhile, and the next attempt is timed from now.
+            now = self.clock()
+            if entry is not None and self._keep_serving(entry, now, exc):
+                return entry.token
+            raise
+        # The lifetime counts from the token's arrival, not from before the retries.
+        self._cache.put(self._key, self._timing.entry(token, self.clock()))
+        return token
+
+    def _keep_serving(self, entry: CachedToken, now: float, exc: OAuthError) -> bool:
+        """After a failed refresh: whether the cached ``entry`` may still be served – not if it
+        expired, and not if it was invalidated meanwhile (a resource server rejected it)."""
+        return (now < entry.expires_at
+                and self._cache.replace(self._key, entry, _failed_refresh(entry, now, exc)))
+
+    def _fetch(self) -> Any:
+        """One token request over this provider's HTTP client: a :class:`Token`, or on the
+        asyncio side an awaitable of one. (The refresh calls it once per attempt.)"""
+        return self._drive(self._request.flow())
+
+    def _drive(self, flow: Flow[_T]) -> Any:
+        """Run ``flow`` with this provider's I/O: its result, or an awaitable of it."""
+        raise NotImplementedError
+
+
+@dataclass(eq=False, repr=False)
 class TokenProvider(_ProviderBase):
     """Client-credentials tokens for one client, cached and refreshed.
 
@@ -329,40 +362,15 @@ class TokenProvider(_ProviderBase):
     earlier than half its lifetime before expiry. Without ``expires_in`` in the response the
     JWT's ``exp`` is used, else ``default_expires_in``. A failed refresh while the cached
     token is still valid is logged and the cached token served; an expired one raises.
-    Providers given the same ``cache`` share tokens for the same cache key.
+    Providers given the same ``cache`` share tokens for the same cache key. ``session``: the
+    ``requests.Session`` to use (else one of its own).
     """
 
-    def __init__(
-        self,
-        token_url: str | None = None,
-        client_id: str | None = None,
-        client_secret: str | None = None,
-        scope: str | Sequence[str] | None = None,
-        *,
-        issuer: str | None = None,
-        private_key: PrivateKey | str | bytes | None = None,
-        kid: str | None = None,
-        resource: str | Sequence[str] | None = None,
-        auth_method: AuthMethod | str | None = None,
-        extra_params: Mapping[str, str | Sequence[str]] | None = None,
-        refresh_margin: float = DEFAULT_REFRESH_MARGIN,
-        default_expires_in: float = 300.0,
-        timeout: float = 10.0,
-        retry: RetryPolicy | None = None,
-        session: requests.Session | None = None,
-        clock: Callable[[], float] = time.time,
-        cache: TokenCache[Any] | None = None,
-        metadata_cache: MetadataCache | None = None,
-    ) -> None:
-        super().__init__(
-            token_url, client_id, client_secret, scope, issuer=issuer,
-            private_key=private_key, kid=kid, resource=resource, auth_method=auth_method,
-            extra_params=extra_params, refresh_margin=refresh_margin,
-            default_expires_in=default_expires_in, timeout=timeout, retry=retry, clock=clock,
-            cache=cache if cache is not None else TokenCache(),
-            metadata_cache=metadata_cache,
-        )
-        self._session = session or requests.Session()
+    session: requests.Session | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._session = self.session or requests.Session()
 
     def get_token(self) -> str:
         """The access token string, from the cache while it is fresh."""
@@ -375,23 +383,7 @@ class TokenProvider(_ProviderBase):
         if entry is not None:
             return entry.token
         with self._cache.lock(self._key):
-            # Another thread may have refreshed while this one waited: check again.
-            entry = self._fresh()
-            if entry is not None:
-                return entry.token
-            entry = self._cache.get(self._key)
-            try:
-                token = self._retry.call(self._fetch, self._clock)
-            except OAuthError as exc:
-                # Read the clock after the retries, which take time: the cached token may
-                # have expired meanwhile, and the next attempt is timed from now.
-                if self._keep_serving(entry, self._clock(), exc):
-                    assert entry is not None
-                    return entry.token
-                raise
-            # The lifetime counts from the token's arrival, not from before the retries.
-            self._store(token, self._clock())
-            return token
+            return self._drive(self._refresh())
 
-    def _fetch(self) -> Token:
-        return fetch_token(session=self._session, clock=self._clock, **self._request)
+    def _drive(self, flow: Flow[_T]) -> _T:
+        return run(flow, session=self._session, sleep=self._retry.sleep)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ._flow import Flow, Wait, arun, called, run
 from .errors import OAuthError, TransportError
 
 __all__ = ["RetryPolicy"]
@@ -70,30 +71,27 @@ class RetryPolicy:
             return None
         return wait
 
+    def flow(self, attempt: Callable[[], Flow[_T]], clock: Callable[[], float]) -> Flow[_T]:
+        """The retries as a sans-I/O flow: runs the flow ``attempt()`` makes until one
+        succeeds or the policy gives up (re-raising the last error), yielding a
+        :class:`~m2mauth.client._flow.Wait` between attempts. ``clock`` times the
+        ``total_timeout``."""
+        started = clock()
+        attempt_number = 0
+        while True:
+            attempt_number += 1
+            try:
+                return (yield from attempt())
+            except OAuthError as exc:
+                wait = self._next_wait(attempt_number, exc, started, clock())
+                if wait is None:
+                    raise
+            yield Wait(wait)
+
     def call(self, fn: Callable[[], _T], clock: Callable[[], float]) -> _T:
         """``fn()`` until it succeeds or the policy gives up (re-raising the last error)."""
-        started = clock()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except OAuthError as exc:
-                wait = self._next_wait(attempt, exc, started, clock())
-                if wait is None:
-                    raise
-            self.sleep(wait)
+        return run(self.flow(lambda: called(fn), clock), sleep=self.sleep)
 
     async def acall(self, fn: Callable[[], Awaitable[_T]], clock: Callable[[], float]) -> _T:
-        """The asyncio form of :meth:`call`."""
-        started = clock()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await fn()
-            except OAuthError as exc:
-                wait = self._next_wait(attempt, exc, started, clock())
-                if wait is None:
-                    raise
-            await self.async_sleep(wait)
+        """The asyncio form of :meth:`call`: ``await fn()``, waits with ``async_sleep``."""
+        return await arun(self.flow(lambda: called(fn), clock), sleep=self.async_sleep)

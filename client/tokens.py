@@ -1,5 +1,9 @@
 """Getting an access token with the client-credentials grant (RFC 6749 §4.4): one request,
-every client authentication method, typed errors."""
+every client authentication method, typed errors.
+
+The request is written once, as the sans-I/O flow :meth:`TokenRequest.flow`;
+:func:`fetch_token` runs it with ``requests``, :func:`~m2mauth.client.afetch_token` with httpx,
+and the providers once per attempt."""
 
 from __future__ import annotations
 
@@ -15,14 +19,16 @@ from urllib.parse import quote_plus, urlsplit
 
 import requests
 
+from ._arguments import as_list, takes
+from ._flow import Discover, Flow, Request, run
 from .assertions import (
     ASSERTION_TYPE,
     PrivateKey,
     client_secret_jwt_assertion,
     private_key_jwt_assertion,
 )
-from .discovery import MetadataCache, discover
-from .errors import DiscoveryError, OAuthError, TransportError, error_class, root_cause
+from .discovery import MetadataCache
+from .errors import DiscoveryError, OAuthError, TransportError, error_class
 
 __all__ = ["AUTH_METHODS", "AuthMethod", "Token", "fetch_token"]
 
@@ -78,14 +84,6 @@ class Token:
         return self.expires_at is not None and self.expires_at - seconds <= now
 
 
-def _as_list(value: str | Sequence[str] | None, *, split: bool) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.split() if split else [value]
-    return [item for v in value for item in (v.split() if split else [v])]
-
-
 def _basic_header(client_id: str, client_secret: str) -> str:
     # RFC 6749 §2.3.1: form-urlencode id and secret, then Base64 "id:secret".
     pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
@@ -99,7 +97,7 @@ def _is_http_url(url: object) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def _retry_after(response: requests.Response, now: float) -> float | None:
+def _retry_after(response: Any, now: float) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -112,23 +110,66 @@ def _retry_after(response: requests.Response, now: float) -> float | None:
         return None
 
 
-def fetch_token(
-    token_url: str | None = None,
-    *,
-    issuer: str | None = None,
-    client_id: str,
-    client_secret: str | None = None,
-    private_key: PrivateKey | str | bytes | None = None,
-    kid: str | None = None,
-    scope: str | Sequence[str] | None = None,
-    resource: str | Sequence[str] | None = None,
-    auth_method: AuthMethod | str = "client_secret_basic",
-    timeout: float = 10,
-    session: requests.Session | None = None,
-    clock: Callable[[], float] | None = None,
-    extra_params: Mapping[str, str | Sequence[str]] | None = None,
-    metadata_cache: MetadataCache | None = None,
-) -> Token:
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+class TokenRequest:
+    """One client-credentials token request: the arguments :func:`fetch_token` and
+    :func:`~m2mauth.client.afetch_token` take (documented there), checked when it is made,
+    and :meth:`flow`, the request as a sans-I/O flow. Secrets stay out of ``repr()``."""
+
+    token_url: str | None = field(default=None, kw_only=False)
+    issuer: str | None = None
+    client_id: str
+    client_secret: str | None = None
+    private_key: PrivateKey | str | bytes | None = None
+    kid: str | None = None
+    scope: str | Sequence[str] | None = None
+    resource: str | Sequence[str] | None = None
+    auth_method: AuthMethod | str = "client_secret_basic"
+    timeout: float = 10
+    clock: Callable[[], float] | None = None
+    extra_params: Mapping[str, str | Sequence[str]] | None = None
+    metadata_cache: MetadataCache | None = None
+
+    def __post_init__(self) -> None:
+        check_arguments(self.token_url, self.issuer, self.client_id, self.client_secret,
+                        self.private_key, self.auth_method)
+
+    def flow(self) -> Flow[Token]:
+        """The request, without I/O: discovers the token endpoint when given an issuer, sends
+        the authenticated POST, returns the :class:`Token` or raises the typed error."""
+        now = self.clock or time.time
+        params, scopes = form_parameters(self.scope, self.resource, self.extra_params)
+        token_url = self.token_url
+        if token_url is None:
+            assert self.issuer is not None
+            metadata = yield Discover(self.issuer, self.timeout, self.metadata_cache)
+            token_url = metadata.get("token_endpoint")
+            if not _is_http_url(token_url):
+                raise DiscoveryError("discovery_error", f"The metadata of {self.issuer} has "
+                                     "no http(s) token_endpoint.")
+        elif not _is_http_url(token_url):
+            raise ValueError("token_url must be an absolute http(s) URL")
+        assert isinstance(token_url, str)
+        headers = authenticate(params, self.auth_method, self.client_id, self.client_secret,
+                               self.private_key, self.kid, token_url, now)
+        log.debug("token request to %s client_id=%s auth_method=%s scope=%s", token_url,
+                  self.client_id, self.auth_method, " ".join(scopes) or "-")
+        started = now()
+        response = yield Request("POST", token_url, headers, tuple(params), self.timeout)
+        token = parse_response(response, token_url, requested_scope=scopes, started=started,
+                               now=now())
+        log.debug("token received from %s client_id=%s token=%s expires_in=%s", token_url,
+                  self.client_id, _mask(token.access_token), token.expires_in)
+        return token
+
+
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+class _FetchArguments(TokenRequest):
+    session: requests.Session | None = None
+
+
+@takes(_FetchArguments)
+def fetch_token(request: _FetchArguments) -> Token:
     """Request a token with the client-credentials grant and return it.
 
     Give ``token_url``, or ``issuer`` to look the token endpoint up (RFC 8414; through
@@ -136,53 +177,14 @@ def fetch_token(
     ``resource`` (RFC 8707) one URI or several, sent as repeated parameters. ``extra_params``
     adds form parameters (a list value repeats the parameter, e.g. ``{"audience": [...]}``).
     ``private_key`` (for ``private_key_jwt``) may be PEM or a key object; load PEM once with
-    :func:`m2mauth.client.assertions.load_private_key` when calling often.
+    :func:`m2mauth.client.assertions.load_private_key` when calling often. ``clock`` (seconds)
+    times the token's ``expires_at``; ``session`` is the ``requests.Session`` to use.
 
     Raises the :class:`OAuthError` subclass for the server's error code (with ``status``),
     :class:`TransportError` when no usable response arrived, :class:`DiscoveryError` when the
     issuer's metadata is unusable, and ``ValueError`` for inconsistent arguments.
     """
-    check_arguments(token_url, issuer, client_id, client_secret, private_key, auth_method)
-    now = clock or time.time
-    params, scopes = form_parameters(scope, resource, extra_params)
-
-    if token_url is None:
-        assert issuer is not None
-        metadata = discover(issuer, session=session, timeout=timeout, cache=metadata_cache)
-        token_url = metadata.get("token_endpoint")
-        if not _is_http_url(token_url):
-            raise DiscoveryError("discovery_error",
-                                 f"The metadata of {issuer} has no http(s) token_endpoint.")
-    elif not _is_http_url(token_url):
-        raise ValueError("token_url must be an absolute http(s) URL")
-    assert isinstance(token_url, str)
-    headers = authenticate(params, auth_method, client_id, client_secret, private_key, kid,
-                           token_url, now)
-
-    log.debug("token request to %s client_id=%s auth_method=%s scope=%s", token_url,
-              client_id, auth_method, " ".join(scopes) or "-")
-    started = now()
-    http = session or requests.Session()
-    try:
-        # No redirects: following one would resend the credentials to another URL.
-        response = http.post(token_url, data=params, headers=headers, timeout=timeout,
-                             allow_redirects=False)
-    except requests.Timeout:
-        raise TransportError(
-            error_description=f"Timed out after {timeout} s waiting for {token_url}."
-        ) from None
-    except requests.RequestException as exc:
-        raise TransportError(
-            error_description=f"Cannot reach {token_url}: {root_cause(exc)}."
-        ) from exc
-    finally:
-        if session is None:
-            http.close()
-    token = parse_response(response, token_url, requested_scope=scopes, started=started,
-                           now=now())
-    log.debug("token received from %s client_id=%s token=%s expires_in=%s", token_url,
-              client_id, _mask(token.access_token), token.expires_in)
-    return token
+    return run(request.flow(), session=request.session)
 
 
 def check_arguments(
@@ -208,15 +210,15 @@ def form_parameters(
     extra_params: Mapping[str, str | Sequence[str]] | None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The token request's form parameters (without client authentication) and the scopes."""
-    scopes = _as_list(scope, split=True)
+    scopes = as_list(scope, split=True)
     params: list[tuple[str, str]] = [("grant_type", "client_credentials")]
     if scopes:
         params.append(("scope", " ".join(scopes)))
-    params += [("resource", r) for r in _as_list(resource, split=False)]
+    params += [("resource", r) for r in as_list(resource, split=False)]
     for name, value in (extra_params or {}).items():
         if name in _RESERVED:
             raise ValueError(f"extra_params may not set {name!r}; use the matching argument")
-        params += [(name, v) for v in _as_list(value, split=False)]
+        params += [(name, v) for v in as_list(value, split=False)]
     return params, scopes
 
 
@@ -250,7 +252,8 @@ def authenticate(
 def parse_response(
     response: Any, token_url: str, *, requested_scope: list[str], started: float, now: float,
 ) -> Token:
-    """A :class:`Token` from a ``requests`` or ``httpx`` response, or the typed error."""
+    """A :class:`Token` from a response (a flow's :class:`~m2mauth.client._flow.Response`,
+    or a ``requests`` or ``httpx`` one: they read alike), or the typed error."""
     status = response.status_code
     try:
         body: Any = response.json()

@@ -46,16 +46,20 @@ from typing import Any
 import requests
 from jwt.algorithms import get_default_algorithms
 
+from ._algorithms import (
+    ASYMMETRIC_ALGORITHMS,
+    DEFAULT_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    HMAC_MIN_BYTES,
+)
+from ._arguments import as_list
+from ._untrusted import shown
 from .discovery import discover
 from .errors import DiscoveryError, InsufficientScopeError, InvalidTokenError
-from .jwks import ASYMMETRIC_ALGORITHMS, JWKSCache, VerificationKey, _shown
+from .jwks import JWKSCache, VerificationKey
 
 __all__ = ["ACCESS_TOKEN_TYPES", "DEFAULT_ALGORITHMS", "TokenValidator", "ValidatedToken"]
 
-#: The asymmetric algorithms m2mauth's server signs with; the default allow-list.
-DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 §3.2
 #: RFC 9068 §4: typ is "at+jwt"; RFC 7515 §4.1.9 allows the "application/" prefix.
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 #: RFC 9068 §2.2; ``nbf`` and ``scope`` are optional.
@@ -83,6 +87,17 @@ def _b64(segment: bytes, name: str) -> bytes:
         return binascii.a2b_base64(segment.translate(_B64URL_TO_STD) + pad)
     except binascii.Error:
         raise InvalidTokenError("malformed", f"the {name} is not base64url") from None
+
+
+def _json_object(data: bytes, subject: str) -> dict[str, Any]:
+    """``data`` parsed as a JSON object, else ``malformed`` ("<subject> not JSON")."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise InvalidTokenError("malformed", f"{subject} not JSON") from None
+    if type(value) is not dict:
+        raise InvalidTokenError("malformed", f"{subject} not a JSON object")
+    return value
 
 
 def _secs(value: float) -> str:
@@ -180,7 +195,7 @@ class TokenValidator:
     ) -> None:
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("issuer must be a non-empty string")
-        audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+        audiences = tuple(as_list(audience))
         if not audiences or not all(isinstance(a, str) and a for a in audiences):
             raise ValueError("audience must be a non-empty string or strings")
         algorithms = tuple(dict.fromkeys(algorithms))
@@ -197,10 +212,10 @@ class TokenValidator:
             if secret.lstrip().startswith((b"-----BEGIN", b"{", b"ssh-")):
                 raise ValueError("hmac_secret looks like a public key: HMAC with a public key "
                                  "as the secret is the key-confusion attack")
-            short = [a for a in hmac_algs if len(secret) < _HMAC_MIN_BYTES[a]]
+            short = [a for a in hmac_algs if len(secret) < HMAC_MIN_BYTES[a]]
             if short:
                 raise ValueError(f"hmac_secret is shorter than {short[0]} needs "
-                                 f"({_HMAC_MIN_BYTES[short[0]]} bytes, RFC 7518 section 3.2)")
+                                 f"({HMAC_MIN_BYTES[short[0]]} bytes, RFC 7518 section 3.2)")
         if leeway < 0 or max_token_bytes < 16 or cache_max_entries < 0 or cache_max_bytes < 0:
             raise ValueError("leeway, max_token_bytes and the cache bounds must be positive")
         self.issuer = issuer
@@ -254,7 +269,8 @@ class TokenValidator:
         else:
             self._recheck(token, entry, now)
         if scopes:
-            required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+            # One string is space-separated; each item of a list is one scope.
+            required = tuple(as_list(scopes, split=isinstance(scopes, str)))
             if not entry.scopes.issuperset(required):
                 raise InsufficientScopeError(required, entry.scopes)
         return entry.token
@@ -318,12 +334,7 @@ class TokenValidator:
         if not good:
             raise InvalidTokenError("bad_signature", "the signature does not verify")
         payload = _b64(payload_b64, "payload")
-        try:
-            claims = json.loads(payload)
-        except (ValueError, RecursionError):
-            raise InvalidTokenError("malformed", "the claims are not JSON") from None
-        if type(claims) is not dict:
-            raise InvalidTokenError("malformed", "the claims are not a JSON object")
+        claims = _json_object(payload, "the claims are")
         entry = self._check_claims(claims, header, now, kid, key, generation)
         if type(token) is str and self.cache_max_entries:
             entry.size = len(raw) + 2 * len(payload) + 512
@@ -336,18 +347,13 @@ class TokenValidator:
                                     f"{_MAX_HEADER_BYTES} bytes")
         if data.count(b"{") + data.count(b"[") > _MAX_HEADER_BRACKETS:
             raise InvalidTokenError("malformed", "the header is too deeply nested")
-        try:
-            header = json.loads(data)
-        except (ValueError, RecursionError):
-            raise InvalidTokenError("malformed", "the header is not JSON") from None
-        if type(header) is not dict:
-            raise InvalidTokenError("malformed", "the header is not a JSON object")
+        header = _json_object(data, "the header is")
         alg = header.get("alg")
         if type(alg) is not str:
             raise InvalidTokenError("malformed", "the header has no alg")
         if alg not in self._allowed:
             raise InvalidTokenError("algorithm_not_allowed",
-                                    f"alg {_shown(alg)} is not allowed")
+                                    f"alg {shown(alg)} is not allowed")
         if "enc" in header or "zip" in header:
             raise InvalidTokenError("malformed", "a JWE header: encrypted tokens are not "
                                     "accepted")
@@ -357,14 +363,14 @@ class TokenValidator:
                 raise InvalidTokenError("wrong_type", "typ is missing; an access token has "
                                         "typ at+jwt (RFC 9068)")
         elif type(typ) is not str or typ.lower() not in ACCESS_TOKEN_TYPES:
-            raise InvalidTokenError("wrong_type", f"typ is {_shown(typ)}, not at+jwt: not "
+            raise InvalidTokenError("wrong_type", f"typ is {shown(typ)}, not at+jwt: not "
                                     "an access token (RFC 9068)")
         if "crit" in header:
             crit = header["crit"]
             if type(crit) is not list or not crit or not all(type(c) is str for c in crit):
                 raise InvalidTokenError("malformed", "crit is not a list of names")
             raise InvalidTokenError("unsupported_crit", "critical header parameter(s) "
-                                    f"{', '.join(_shown(c) for c in crit[:5])} not supported")
+                                    f"{', '.join(shown(c) for c in crit[:5])} not supported")
         if "b64" in header:
             raise InvalidTokenError("malformed", "b64 without crit (RFC 7797 section 6)")
         kid = header.get("kid")
@@ -381,7 +387,7 @@ class TokenValidator:
                                         claim=name)
         iss = claims["iss"]
         if type(iss) is not str or iss != self.issuer:  # exact: no prefix/substring games
-            raise InvalidTokenError("wrong_issuer", f"iss is {_shown(iss, 60)}, not the "
+            raise InvalidTokenError("wrong_issuer", f"iss is {shown(iss, 60)}, not the "
                                     "configured issuer", claim="iss")
         aud = claims["aud"]
         if type(aud) is str:
@@ -447,7 +453,7 @@ class TokenValidator:
             if keyset.generation != entry.generation:
                 if not keyset.contains(entry.kid, entry.key):
                     self._forget(token, entry)
-                    raise InvalidTokenError("unknown_key", f"key {_shown(entry.kid)} is no "
+                    raise InvalidTokenError("unknown_key", f"key {shown(entry.kid)} is no "
                                             "longer in the issuer's JWKS")
                 entry.generation = keyset.generation
 

@@ -25,6 +25,7 @@ from werkzeug.wrappers import Request, Response
 from m2mauth.client import TokenProvider
 from m2mauth.client.aio import AsyncTokenProvider
 from m2mauth.client.auth import HttpxBearerAuth, RequestsBearerAuth
+from m2mauth.server.serving import BackgroundServer
 
 AUDIENCE = "https://api.test"
 SCOPE = "api:read"
@@ -81,16 +82,11 @@ class ResourceServer:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._jwks = jwt.PyJWKClient(self.jwks_uri, timeout=5)
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._running = BackgroundServer(make_server("127.0.0.1", 0, self._wsgi, threaded=True))
+        self.url = self._running.url
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._running.stop()
 
     def tokens(self) -> list[str | None]:
         with self._lock:

@@ -123,6 +123,7 @@ def test_usable_keys_and_their_algorithms(keys):
     (ec_jwk("x", alg="RS256"), "does not fit"),
     (rsa_jwk("x", alg="ES256"), "does not fit"),
     ({**ec_jwk("x"), "crv": "P-192"}, "curve"),
+    ({**ec_jwk("x"), "crv": ["P-256"]}, "curve"),  # not a string: no TypeError either
     ({**ec_jwk("x", curve=ec.SECP384R1), "crv": "P-256"}, "unreadable"),
     ({**ec_jwk("x"), "y": ec_jwk("y")["y"]}, "unreadable"),  # a point not on the curve
     ({"kty": "XYZ", "kid": "x"}, "key type"),

@@ -1,8 +1,9 @@
 """TokenProvider (threads, requests) end to end against the real server through the ``idp``
 fixture: caching, expiry and refresh margin on the shared clock, single flight per cache key,
 retries, failed refreshes, responses without ``expires_in``, every auth method, and secrets
-kept out of logs and reprs. Nothing sleeps: the retry policy's sleep is a recorder, and time
-moves only through ``idp.clock``."""
+kept out of logs and reprs. The tests taking ``kind`` run for the AsyncTokenProvider too (what
+only asyncio has is in test_async_provider.py). Nothing sleeps: the retry policy's sleep is a
+recorder, and time moves only through ``idp.clock``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from email.utils import formatdate
 
 import pytest
 import requests
+from _provider_support import BOUND, KINDS, T0, Kind, Sleeps, policy, run, run_threads
 from requests.adapters import HTTPAdapter
 
 from m2mauth.client import (
@@ -31,29 +33,6 @@ from m2mauth.client import (
 from m2mauth.client.provider import cache_key, jwt_expiry
 from m2mauth.client.tokens import _retry_after, parse_response
 
-T0 = 1_800_000_000.0  # an integer instant, so the JWT's exp equals iat + lifetime exactly
-JOIN_TIMEOUT = 20.0  # only a bound for a broken implementation; passing tests never wait on it
-
-
-class Sleeps:
-    """A retry sleep that records the waits and, given a clock, moves it instead of waiting."""
-
-    def __init__(self, clock=None) -> None:
-        self.calls: list[float] = []
-        self._clock = clock
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        if self._clock is not None:
-            self._clock.advance(seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        self(seconds)
-
-
-def policy(sleeps: Sleeps, *, random=lambda: 1.0, **options) -> RetryPolicy:
-    return RetryPolicy(sleep=sleeps, async_sleep=sleeps.asleep, random=random, **options)
-
 
 @pytest.fixture
 def sleeps() -> Sleeps:
@@ -66,37 +45,18 @@ def frozen(idp):
     return idp
 
 
+@pytest.fixture(params=KINDS, ids=str)
+def kind(request) -> Kind:
+    """Each kind of provider in turn, for what both must do alike."""
+    return request.param
+
+
 def provider_for(idp, client, sleeps, *, scope="read", **options) -> TokenProvider:
-    options.setdefault("retry", policy(sleeps))
-    return TokenProvider(idp.token_endpoint, client.client_id, client.client_secret, scope,
-                         clock=idp.clock.now, **options)
+    return KINDS[0].provider_for(idp, client, sleeps, scope=scope, **options)
 
 
 def issued(idp) -> list:
     return [r for r in idp.token_requests if r.outcome == "issued"]
-
-
-def run_threads(n: int, target) -> list:
-    """Start ``n`` threads that wait at a barrier and then call ``target``; their results."""
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait(timeout=JOIN_TIMEOUT)
-            results[i] = target()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    assert not any(t.is_alive() for t in threads), "threads hung"
-    assert errors == []
-    return results
 
 
 class CannedFirst(HTTPAdapter):
@@ -125,9 +85,10 @@ class CannedFirst(HTTPAdapter):
 # -- caching ----------------------------------------------------------------------------------
 
 
-def test_thousand_calls_one_token_request(idp, sleeps):
+def test_thousand_calls_one_token_request(idp, kind):
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read"])
-    provider = TokenProvider(idp.token_endpoint, client.client_id, client.client_secret, "read",
+    provider = kind.provider(idp.token_endpoint, client.client_id, client.client_secret, "read",
                              clock=idp.clock.now, retry=policy(sleeps))  # the tutorial's order
     tokens = {provider.get_token() for _ in range(1_000)}
     assert len(tokens) == 1
@@ -148,11 +109,12 @@ def test_tutorial_keyword_names(idp):
     assert len(idp.token_requests) == 1
 
 
-def test_issuer_discovery(idp, sleeps):
+def test_issuer_discovery(idp, kind):
     client = idp.add_client(scopes=["read"])
-    provider = TokenProvider(issuer=idp.issuer, client_id=client.client_id,
+    provider = kind.provider(issuer=idp.issuer, client_id=client.client_id,
                              client_secret=client.client_secret, scope="read",
-                             clock=idp.clock.now, retry=policy(sleeps))
+                             clock=idp.clock.now, retry=policy(kind.sleeps()))
+    assert len(set(kind.at_once(20, provider))) == 1
     for _ in range(100):
         provider.get_token()
     assert len(idp.token_requests) == 1
@@ -181,42 +143,34 @@ def test_refetch_after_expires_at_minus_margin_not_before(frozen, sleeps):
     assert len(idp.token_requests) == 3
 
 
-def test_margin_never_more_than_half_the_lifetime(frozen, sleeps):
+@pytest.mark.parametrize(("lifetime", "margin", "due"), [
+    (60, 60, 30),  # the margin is capped at half the lifetime
+    (100, 0, 100),  # no margin: served until expiry
+])
+def test_served_until_due_then_refetched(frozen, kind, lifetime, margin, due):
     idp = frozen
-    client = idp.add_client(scopes=["read"], token_lifetime=60)
-    provider = provider_for(idp, client, sleeps, refresh_margin=60)
+    client = idp.add_client(scopes=["read"], token_lifetime=lifetime)
+    provider = kind.provider_for(idp, client, kind.sleeps(), refresh_margin=margin)
     first = provider.get_token()
     assert provider.get_token() == first  # not refetched at once
-    idp.clock.advance(29.9)
+    idp.clock.advance(due - 0.1)
     assert provider.get_token() == first
     assert len(idp.token_requests) == 1
-    idp.clock.advance(0.1)  # half the lifetime
+    idp.clock.advance(0.1)
     assert provider.get_token() != first
     assert len(idp.token_requests) == 2
 
 
-def test_token_expiring_inside_the_margin_causes_no_storm(frozen, sleeps):
+def test_token_expiring_inside_the_margin_causes_no_storm(frozen, kind):
     idp = frozen
     client = idp.add_client(scopes=["read"], token_lifetime=10)  # margin 60 > lifetime 10
-    provider = provider_for(idp, client, sleeps)
-    for _ in range(100):
-        provider.get_token()
+    provider = kind.provider_for(idp, client, kind.sleeps())
+    kind.at_once(100, provider)
     assert len(idp.token_requests) == 1
     idp.clock.advance(5)
     for _ in range(100):
         provider.get_token()
     assert len(idp.token_requests) == 2
-
-
-def test_zero_margin_serves_until_expiry(frozen, sleeps):
-    idp = frozen
-    client = idp.add_client(scopes=["read"], token_lifetime=100)
-    provider = provider_for(idp, client, sleeps, refresh_margin=0)
-    first = provider.get_token()
-    idp.clock.advance(99.9)
-    assert provider.get_token() == first
-    idp.clock.advance(0.1)
-    assert provider.get_token() != first
 
 
 def test_margin_must_not_be_negative():
@@ -227,24 +181,24 @@ def test_margin_must_not_be_negative():
 # -- single flight per cache key -------------------------------------------------------------
 
 
-def test_fifty_threads_at_once_one_request(idp, sleeps):
+def test_fifty_at_once_one_request(idp, kind):
     client = idp.add_client(scopes=["read"])
-    provider = provider_for(idp, client, sleeps)
+    provider = kind.provider_for(idp, client, kind.sleeps())
     idp.fail_next(kind="delay", delay=0.1)  # a slow fetch: the others pile up behind it
-    results = run_threads(50, provider.get_token)
+    results = kind.at_once(50, provider)
     assert len(set(results)) == 1
     assert len(idp.token_requests) == 1
     assert idp.token_requests[0].fault == "delay"
 
 
-def test_fifty_threads_at_expiry_one_request(frozen, sleeps):
+def test_fifty_at_expiry_one_request(frozen, kind):
     idp = frozen
     client = idp.add_client(scopes=["read"], token_lifetime=300)
-    provider = provider_for(idp, client, sleeps)
+    provider = kind.provider_for(idp, client, kind.sleeps())
     first = provider.get_token()
     idp.clock.advance(300)
     idp.fail_next(kind="delay", delay=0.1)
-    results = run_threads(50, provider.get_token)
+    results = kind.at_once(50, provider)
     assert len(set(results)) == 1
     assert results[0] != first
     assert len(idp.token_requests) == 2
@@ -271,7 +225,7 @@ def test_different_keys_never_wait_for_each_other(idp, sleeps):
         assert writer.get_token()  # would deadlock with one global lock
         assert [r.scope for r in idp.token_requests] == ["write"]
         assert not done.is_set()  # the reader is still held by its key's lock
-    waiting.join(JOIN_TIMEOUT)
+    waiting.join(BOUND)
     assert done.is_set()
     assert [r.scope for r in idp.token_requests] == ["write", "read"]
 
@@ -300,7 +254,7 @@ def test_different_keys_hold_their_locks_at_the_same_time(idp, sleeps):
 
         def __exit__(self, *exc: object) -> None:
             nonlocal held
-            both_held.wait(JOIN_TIMEOUT)  # a single global lock would never get here in time
+            both_held.wait(BOUND)  # a single global lock would never get here in time
             with guard:
                 held -= 1
             self._lock.release()
@@ -324,26 +278,29 @@ def test_different_keys_hold_their_locks_at_the_same_time(idp, sleeps):
     assert sorted(r.scope for r in idp.token_requests) == ["read", "write"]
 
 
-def test_providers_sharing_a_cache_share_the_token(idp, sleeps):
+def test_providers_sharing_a_cache_share_the_token(idp, kind):
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read"])
     cache: TokenCache = TokenCache()
-    one = provider_for(idp, client, sleeps, cache=cache)
-    two = provider_for(idp, client, sleeps, cache=cache)
+    one = kind.provider_for(idp, client, sleeps, cache=cache)
+    two = kind.provider_for(idp, client, sleeps, cache=cache)
     assert one.cache_key == two.cache_key
+    assert len(set(kind.at_once(20, one, two))) == 1
     assert one.get_token() == two.get_token()
     assert len(idp.token_requests) == 1
-    alone = provider_for(idp, client, sleeps)  # its own cache
+    alone = kind.provider_for(idp, client, sleeps)  # its own cache
     assert alone.get_token() != one.get_token()
     assert len(idp.token_requests) == 2
 
 
-def test_different_scopes_separate_tokens(idp, sleeps):
+def test_different_scopes_separate_tokens(idp, kind):
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read", "write"])
     cache: TokenCache = TokenCache()
-    reader = provider_for(idp, client, sleeps, scope="read", cache=cache)
-    writer = provider_for(idp, client, sleeps, scope="write", cache=cache)
-    both = provider_for(idp, client, sleeps, scope="write read", cache=cache)
-    same = provider_for(idp, client, sleeps, scope=["read", "write"], cache=cache)
+    reader = kind.provider_for(idp, client, sleeps, scope="read", cache=cache)
+    writer = kind.provider_for(idp, client, sleeps, scope="write", cache=cache)
+    both = kind.provider_for(idp, client, sleeps, scope="write read", cache=cache)
+    same = kind.provider_for(idp, client, sleeps, scope=["read", "write"], cache=cache)
     tokens = {reader.get_token(), writer.get_token(), both.get_token(), same.get_token()}
     assert len(tokens) == 3
     assert [r.scope for r in idp.token_requests] == ["read", "write", "write read"]
@@ -464,9 +421,10 @@ def test_provider_cache_key_from_arguments(idp):
 # -- retries --------------------------------------------------------------------------------
 
 
-def test_429_with_retry_after_twice_then_success(idp, sleeps):
+def test_429_with_retry_after_twice_then_success(idp, kind):
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read"])
-    provider = provider_for(idp, client, sleeps)
+    provider = kind.provider_for(idp, client, sleeps)
     idp.fail_next(2, status=429, error="temporarily_unavailable", retry_after=1)
     assert provider.get_token()
     assert sleeps.calls == [1, 1]
@@ -535,18 +493,20 @@ def test_parse_response_carries_retry_after_date():
     (dict(status=400, error="temporarily_unavailable"), "temporarily_unavailable"),
     (dict(kind="drop"), "drop"),
 ])
-def test_retried_failures(idp, sleeps, fault, outcome):
+def test_retried_failures(idp, kind, fault, outcome):
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read"])
-    provider = provider_for(idp, client, sleeps)
+    provider = kind.provider_for(idp, client, sleeps)
     idp.fail_next(**fault)
     assert provider.get_token()
     assert [r.outcome for r in idp.token_requests] == [outcome, "issued"]
     assert sleeps.calls == [0.5]  # base_delay × 2^0 × random() (1.0)
 
 
-def test_gives_up_after_max_attempts(idp, sleeps):
+def test_gives_up_after_max_attempts(idp, kind):
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read"])
-    provider = provider_for(idp, client, sleeps, retry=policy(sleeps, max_attempts=3))
+    provider = kind.provider_for(idp, client, sleeps, retry=policy(sleeps, max_attempts=3))
     idp.fail_next(5, status=503)
     with pytest.raises(TemporarilyUnavailableError) as info:
         provider.get_token()
@@ -569,11 +529,11 @@ def test_gives_up_on_dropped_connections_with_transport_error(idp, sleeps):
     assert len(idp.token_requests) == 2
 
 
-def test_total_timeout_bounds_the_retries(frozen, sleeps):
+def test_total_timeout_bounds_the_retries(frozen, kind):
     idp = frozen
-    moving = Sleeps(idp.clock)  # each wait moves the shared clock
+    moving = kind.sleeps(idp.clock)  # each wait moves the shared clock
     client = idp.add_client(scopes=["read"])
-    provider = provider_for(idp, client, moving,
+    provider = kind.provider_for(idp, client, moving,
                             retry=policy(moving, max_attempts=10, total_timeout=25))
     idp.fail_next(10, status=503, retry_after=10)
     with pytest.raises(TemporarilyUnavailableError) as info:
@@ -593,9 +553,10 @@ def test_retry_after_capped_at_max_delay(idp, sleeps):
     assert sleeps.calls == [2]
 
 
-def test_never_retries_invalid_client(idp, sleeps):
+def test_never_retries_invalid_client(idp, kind):
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read"])
-    provider = TokenProvider(idp.token_endpoint, client.client_id, "wrong-secret", "read",
+    provider = kind.provider(idp.token_endpoint, client.client_id, "wrong-secret", "read",
                              clock=idp.clock.now, retry=policy(sleeps))
     with pytest.raises(InvalidClientError) as info:
         provider.get_token()
@@ -605,9 +566,10 @@ def test_never_retries_invalid_client(idp, sleeps):
     assert sleeps.calls == []
 
 
-def test_never_retries_invalid_scope(idp, sleeps):
+def test_never_retries_invalid_scope(idp, kind):
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read"])
-    provider = provider_for(idp, client, sleeps, scope="admin")
+    provider = kind.provider_for(idp, client, sleeps, scope="admin")
     with pytest.raises(InvalidScopeError) as info:
         provider.get_token()
     assert info.value.error == "invalid_scope"
@@ -679,19 +641,50 @@ def test_is_retryable():
     assert not RetryPolicy.is_retryable(TransportError(status=302))
 
 
+def test_retry_policy_call_and_acall_retry_a_function(kind):
+    """``RetryPolicy.call`` (and ``acall`` with a coroutine function): a caller's function
+    retried by the same rules, waiting on the policy's sleep of its kind."""
+    sleeps = kind.sleeps()
+    retry = policy(sleeps, max_attempts=3)
+    outcomes: list = [ServerError(status=503), OAuthError("slow_down", status=429,
+                                                         retry_after=2), "done"]
+
+    def attempt() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def async_attempt() -> str:
+        return attempt()
+
+    def called() -> str:
+        if kind.name == "threads":
+            return retry.call(attempt, clock=lambda: T0)
+        return run(retry.acall(async_attempt, clock=lambda: T0))
+
+    assert called() == "done"
+    assert sleeps.calls == [0.5, 2]
+    outcomes[:] = [InvalidScopeError(status=400)]
+    with pytest.raises(InvalidScopeError) as info:
+        called()
+    assert info.value.attempts == 1 and sleeps.calls == [0.5, 2]
+
+
 # -- a failed refresh -----------------------------------------------------------------------
 
 
-def test_failed_refresh_serves_the_valid_token(frozen, sleeps, caplog):
+def test_failed_refresh_serves_the_valid_token(frozen, kind, caplog):
     idp = frozen
+    sleeps = kind.sleeps()
     client = idp.add_client(scopes=["read"], token_lifetime=300)
-    provider = provider_for(idp, client, sleeps, refresh_margin=60,
-                            retry=policy(sleeps, max_attempts=1))
+    provider = kind.provider_for(idp, client, sleeps, refresh_margin=60,
+                                 retry=policy(sleeps, max_attempts=1))
     first = provider.get_token()
     idp.clock.advance(250)  # past refresh_at (240), before expiry (300)
     idp.fail_next(20, status=503)
     with caplog.at_level(logging.WARNING, logger="m2mauth.client"):
-        assert provider.get_token() == first
+        assert kind.at_once(20, provider) == [first] * 20  # one failed attempt for all
     assert len(idp.token_requests) == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "refresh failed" in warnings[0].getMessage()
@@ -721,13 +714,13 @@ def test_failed_refresh_after_expiry_raises(frozen, sleeps):
         provider.get_token()
 
 
-def test_token_that_expires_while_retrying_is_not_served(frozen):
+def test_token_that_expires_while_retrying_is_not_served(frozen, kind):
     """The retries themselves take time: a token that expired meanwhile must not be served."""
     idp = frozen
-    moving = Sleeps(idp.clock)
+    moving = kind.sleeps(idp.clock)
     client = idp.add_client(scopes=["read"], token_lifetime=300)
-    provider = provider_for(idp, client, moving, refresh_margin=60,
-                            retry=policy(moving, max_attempts=3, total_timeout=100))
+    provider = kind.provider_for(idp, client, moving, refresh_margin=60,
+                                 retry=policy(moving, max_attempts=3, total_timeout=100))
     provider.get_token()
     idp.clock.advance(250)
     idp.fail_next(3, status=503, retry_after=30)  # fails at 250, 280 and 310
@@ -777,10 +770,10 @@ def test_failed_refresh_waits_from_when_it_failed(frozen, caplog):
 # -- responses without expires_in -----------------------------------------------------------
 
 
-def test_no_expires_in_uses_the_jwt_exp_and_warns_once(frozen, sleeps, caplog):
+def test_no_expires_in_uses_the_jwt_exp_and_warns_once(frozen, kind, caplog):
     idp = frozen
     client = idp.add_client(scopes=["read"], token_lifetime=300)
-    provider = provider_for(idp, client, sleeps, refresh_margin=60)
+    provider = kind.provider_for(idp, client, kind.sleeps(), refresh_margin=60)
     idp.fail_next(3, kind="no_expires_in")
     with caplog.at_level(logging.WARNING, logger="m2mauth.client"):
         first = provider.get()
@@ -860,24 +853,26 @@ def test_jwt_expiry_reads_only_a_numeric_exp():
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post",
                                     "client_secret_jwt"])
-def test_secret_auth_methods(idp, sleeps, method):
+def test_secret_auth_methods(idp, kind, method):
     client = idp.add_client(scopes=["read"], auth_methods=[method])
-    provider = provider_for(idp, client, sleeps, auth_method=method)
+    provider = kind.provider_for(idp, client, kind.sleeps(), auth_method=method)
     token = provider.get()
     assert isinstance(token, Token) and token.token_type.lower() == "bearer"
+    assert token.scope == ["read"]
     assert provider.get_token() == token.access_token
     assert [(r.auth_method, r.outcome) for r in idp.token_requests] == [(method, "issued")]
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
 @pytest.mark.parametrize("as_pem", [True, False])
-def test_private_key_jwt(idp, sleeps, client_keys, alg, as_pem):
+def test_private_key_jwt(idp, kind, client_keys, alg, as_pem):
     key = client_keys[alg]
     client = idp.add_client(jwks=key.public_jwks(), scopes=["read"])
-    provider = TokenProvider(idp.token_endpoint, client.client_id, scope="read",
+    provider = kind.provider(idp.token_endpoint, client.client_id, scope="read",
                              private_key=key.pem() if as_pem else key.jwk.private_key,
-                             kid=key.jwk.kid, clock=idp.clock.now, retry=policy(sleeps))
+                             kid=key.jwk.kid, clock=idp.clock.now, retry=policy(kind.sleeps()))
     assert provider.auth_method == "private_key_jwt"
+    assert len(set(kind.at_once(5, provider))) == 1
     assert provider.get_token() == provider.get_token()
     assert [(r.auth_method, r.outcome) for r in idp.token_requests] == [
         ("private_key_jwt", "issued")]
@@ -899,8 +894,9 @@ def test_private_key_jwt_refetch_uses_a_new_assertion(frozen, sleeps, client_key
 # -- secrets stay out of logs, reprs and messages ------------------------------------------
 
 
-def test_secrets_absent_from_logs_reprs_and_errors(frozen, sleeps, client_keys, caplog):
+def test_secrets_absent_from_logs_reprs_and_errors(frozen, kind, client_keys, caplog):
     idp = frozen
+    sleeps = kind.sleeps()
     key = client_keys["RS256"]
     pem = key.pem().decode()
     pem_lines = [line for line in pem.splitlines() if line and not line.startswith("-----")]
@@ -911,11 +907,11 @@ def test_secrets_absent_from_logs_reprs_and_errors(frozen, sleeps, client_keys, 
     tokens: list[str] = []
     with caplog.at_level(logging.DEBUG):
         once = policy(sleeps, max_attempts=1)
-        providers = [provider_for(idp, secret_client, sleeps, auth_method=m, cache=cache,
-                                  retry=once)
+        providers = [kind.provider_for(idp, secret_client, sleeps, auth_method=m,
+                                       cache=cache, retry=once)
                      for m in ("client_secret_basic", "client_secret_post",
                                "client_secret_jwt")]
-        providers.append(TokenProvider(idp.token_endpoint, key_client.client_id, scope="read",
+        providers.append(kind.provider(idp.token_endpoint, key_client.client_id, scope="read",
                                        private_key=pem, kid=key.jwk.kid, cache=cache,
                                        clock=idp.clock.now, retry=policy(sleeps)))
         for provider in providers:
@@ -928,10 +924,10 @@ def test_secrets_absent_from_logs_reprs_and_errors(frozen, sleeps, client_keys, 
             provider.get_token()
         idp.fail_next(kind="no_expires_in")
         tokens.append(providers[2].get_token())
-        wrong = TokenProvider(idp.token_endpoint, secret_client.client_id,
+        wrong = kind.provider(idp.token_endpoint, secret_client.client_id,
                               secret_client.client_secret + "x", "read", clock=idp.clock.now,
                               retry=policy(sleeps))
-        dropped = TokenProvider(idp.token_endpoint, secret_client.client_id,
+        dropped = kind.provider(idp.token_endpoint, secret_client.client_id,
                                 secret_client.client_secret, "read",
                                 retry=policy(sleeps, max_attempts=1))
         for failing, fault in ((wrong, None), (dropped, "drop")):
@@ -943,6 +939,7 @@ def test_secrets_absent_from_logs_reprs_and_errors(frozen, sleeps, client_keys, 
         seen += [repr(cache), repr(cache.get(providers[0].cache_key)), repr(providers[0]._retry)]
     seen += [r.getMessage() for r in caplog.records] + [caplog.text]
     assert caplog.records  # the debug and warning lines were captured
+    assert any("refresh failed" in r.getMessage() for r in caplog.records)
     text = "\n".join(seen)
     assert secret_client.client_secret not in text
     assert secret_client.client_secret + "x" not in text

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import threading
 
@@ -18,8 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
+from werkzeug.serving import make_server
 
 from m2mauth.client import InvalidTokenError, JWKSCache, JWKSError, TokenValidator
+from m2mauth.server.serving import BackgroundServer
 
 AUD = "api://default"
 
@@ -168,26 +169,16 @@ class _CountingServer:
 
     def __init__(self) -> None:
         self.hits = 0
-        outer = self
+        self._running = BackgroundServer(make_server("127.0.0.1", 0, self._count))
+        self.url = self._running.url
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.hits += 1
-                self.send_response(404)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.01}, daemon=True)
-        self.thread.start()
+    def _count(self, environ, start_response):
+        self.hits += 1
+        start_response("404 Not Found", [("Content-Length", "0")])
+        return [b""]
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._running.stop()
 
 
 @pytest.fixture
