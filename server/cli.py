@@ -289,24 +289,9 @@ def _report_warnings(caught: list) -> None:
 
 def _parse_jwt(token: str) -> tuple[dict, dict]:
     """(header, claims) of a compact JWS, unverified; ValueError with a short reason."""
-    import json
+    from m2mauth.client._jwt import unverified_jwt
 
-    import jwt
-
-    if len(token) > _MAX_TOKEN_CHARS:
-        raise ValueError(f"longer than {_MAX_TOKEN_CHARS} characters")
-    if token.count(".") != 2:
-        raise ValueError("not a compact JWS (expected three dot-separated parts)")
-    try:
-        parts = jwt.PyJWS().decode_complete(token, options={"verify_signature": False})
-        claims = json.loads(parts["payload"])
-    except jwt.PyJWTError as exc:
-        raise ValueError(str(exc)) from None
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("the payload is not JSON") from None
-    if not isinstance(claims, dict):
-        raise ValueError("the payload is not a JSON object")
-    return parts["header"], claims
+    return unverified_jwt(token, _MAX_TOKEN_CHARS)
 
 
 def _print_jwt(header: dict, claims: dict, now: float | None = None) -> None:
