@@ -1,5 +1,6 @@
 """Smoke test of an installed wheel: `m2mauth serve` on a free port issues a token that
-verifies against its JWKS, and the shipped keys are inside the installed package."""
+verifies against its JWKS and serves the lab's admin API; the shipped keys, the lab and its
+pytest plugin are inside the installed package."""
 
 import base64
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 
 cli = sys.argv[1]
 import m2mauth.server  # noqa: E402  (the installed package, not a source tree)
+import m2mauth.server.lab.pytest_plugin  # noqa: E402, F401  (the pytest11 entry point's module)
 
 installed = Path(m2mauth.server.__file__).resolve()
 assert "site-packages" in str(installed), f"not testing the wheel: {installed}"
@@ -45,7 +47,10 @@ try:
     key = jwt.PyJWKClient(jwks_url).get_signing_key_from_jwt(body["access_token"])
     claims = jwt.decode(body["access_token"], key, algorithms=["RS256"],
                         audience="api://default")
-    print(f"wheel smoke test: token for {claims['sub']} with scope {claims['scope']!r} OK")
+    with urllib.request.urlopen(token_url.rsplit("/", 1)[0] + "/admin", timeout=10) as resp:
+        assert resp.status == 200 and json.load(resp)["operations"], "no admin API"
+    print(f"wheel smoke test: token for {claims['sub']} with scope {claims['scope']!r}, "
+          "admin API OK")
 finally:
     proc.terminate()
     proc.wait(timeout=10)
