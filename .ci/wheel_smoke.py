@@ -12,7 +12,7 @@ from pathlib import Path
 
 cli = sys.argv[1]
 import m2mauth.server  # noqa: E402  (the installed package, not a source tree)
-import m2mauth.server.lab.pytest_plugin  # noqa: E402, F401  (the pytest11 entry point's module)
+import m2mauth.server.lab.pytest_plugin  # noqa: E402  (the pytest11 entry point's module)
 
 installed = Path(m2mauth.server.__file__).resolve()
 assert "site-packages" in str(installed), f"not testing the wheel: {installed}"
