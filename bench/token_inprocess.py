@@ -1,7 +1,8 @@
 """What ONE token request costs inside the process, no sockets: m2mauth's WSGI app called
 directly, against a bare Flask token view measured in the same run.
 
-* m2mauth  – ``create_app(ServerSettings(algorithm=ALG))`` with the demo client
+* m2mauth  – ``create_app(ServerSettings(algorithm=ALG))`` with the demo client (with
+             ``--no-lab``: the core alone, ``lab=False``)
              (demo-client/demo-secret, issuer http://127.0.0.1:8000);
 * baseline – a bare Flask app with one POST /token view: parse the form, check grant_type,
              decode the Basic credentials, compare the secret with hmac.compare_digest, sign an
@@ -106,8 +107,8 @@ def _token_request(app: WsgiApp) -> Callable[[], None]:
     return one
 
 
-def _m2mauth_app(alg: str) -> tuple[WsgiApp, dict]:
-    app = create_app(ServerSettings(algorithm=alg))
+def _m2mauth_app(alg: str, lab: bool = True) -> tuple[WsgiApp, dict]:
+    app = create_app(ServerSettings(algorithm=alg, lab=lab))
     status, data = _call(app, _environ_template("GET", "/jwks.json", b""))
     assert status.startswith("200"), status
     jwk = next(k for k in json.loads(data)["keys"] if k.get("alg") == alg)
@@ -224,6 +225,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alg", choices=ALGORITHMS, default="ES256",
                         help="signing algorithm of both apps (default: ES256)")
+    parser.add_argument("--no-lab", action="store_true",
+                        help="measure the core alone (ServerSettings(lab=False))")
     parser.add_argument("--requests", type=int, default=2000,
                         help="requests per app per round (default: 2000)")
     parser.add_argument("--rounds", type=int, default=7,
@@ -234,7 +237,7 @@ def main() -> None:
     if logging.getLogger().handlers:
         parser.error("logging is already configured; the 'quiet' row needs it unconfigured")
 
-    m2mauth, jwk = _m2mauth_app(args.alg)
+    m2mauth, jwk = _m2mauth_app(args.alg, lab=not args.no_lab)
     baseline = _baseline_app(args.alg, jwk)
     token_bytes = _check_same_shape(args.alg, m2mauth, baseline)
     ours, base = _token_request(m2mauth), _token_request(baseline)
@@ -248,7 +251,8 @@ def main() -> None:
             for handler in logging.getLogger().handlers[:]:
                 logging.getLogger().removeHandler(handler)
 
-    print(f"{args.alg}, one token request through the WSGI app (no sockets), {args.requests}"
+    which = " (the core alone, --no-lab)" if args.no_lab else ""
+    print(f"{args.alg}{which}, one token request through the WSGI app (no sockets), {args.requests}"
           f" requests x {args.rounds} rounds per app (medians), token {token_bytes} B")
     print(f"{'logging':<11} {'m2mauth':>11} {'baseline':>11} {'extra':>11}"
           f" {'ratio':>7} {'ratio min-max':>14}")
