@@ -49,8 +49,9 @@ def _setting_options(command):
         if not setting.flag:
             continue
         name = "--" + setting.name.replace("_", "-")
-        shown = "(secret)" if setting.secret else setting.default
-        help_text = setting.help if "[default:" in setting.help or setting.default is None \
+        shown = {True: "on", False: None}.get(setting.default, setting.default) \
+            if setting.kind is bool else setting.default
+        help_text = setting.help if "[default:" in setting.help or shown is None \
             else f"{setting.help}  [default: {shown}]"
         help_text += f"  (also {env_name(setting.name)})" if setting.env else ""
         kwargs: dict[str, Any] = {"default": None, "help": help_text}
