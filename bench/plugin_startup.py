@@ -37,7 +37,7 @@ def _pytest_run(test_dir: str, *extra: str) -> None:
 
 def _plugin_import_ms(repeat: int) -> tuple[float, float]:
     """(import of the plugin module alone, pytest itself already imported) in subprocesses."""
-    code = ("import time, pytest; t = time.perf_counter(); import m2mauth.server.pytest_plugin;"
+    code = ("import time, pytest; t = time.perf_counter(); import m2mauth.server.lab.pytest_plugin;"
             " print((time.perf_counter() - t) * 1000)")
     samples = [float(subprocess.run([sys.executable, "-c", code], check=True,
                                     capture_output=True, text=True).stdout)
