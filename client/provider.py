@@ -279,7 +279,9 @@ class _ProviderBase:
             client_secret=self.client_secret, private_key=private_key, kid=self.kid,
             scope=scopes, resource=resources, auth_method=self.auth_method,
             timeout=self.timeout, clock=self.clock, extra_params=self.extra_params,
-            metadata_cache=self.metadata_cache or MetadataCache(),
+            # "is not None": a MetadataCache has __len__, so a given (still empty) one is falsy.
+            metadata_cache=(self.metadata_cache if self.metadata_cache is not None
+                            else MetadataCache()),
         )
         self._retry = self.retry or RetryPolicy()
         self._timing = _Timing(self.refresh_margin, self.default_expires_in)
