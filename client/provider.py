@@ -270,7 +270,8 @@ class _ProviderBase:
             self.auth_method = ("private_key_jwt" if private_key is not None
                                 else "client_secret_basic")
         if isinstance(private_key, (str, bytes)):
-            private_key = load_private_key(private_key)  # parse PEM once, not per assertion
+            # Parsed once, not per assertion; and the PEM text is not kept around.
+            private_key = self.private_key = load_private_key(private_key)
         scopes = as_list(self.scope, split=True)
         resources = as_list(self.resource)
         # Made here, so that the arguments are checked here (ValueError before any I/O).
