@@ -87,6 +87,24 @@ def m2mauth_clients(client_keys) -> list[ClientSettings]:
 
 
 @pytest.fixture
+def frozen(idp):
+    """The session's issuer with its clock frozen at ``T0`` (tests/_provider_support.py)."""
+    from _provider_support import T0
+
+    idp.clock.freeze(at=T0)
+    return idp
+
+
+@pytest.fixture(params=["threads", "asyncio"])
+def kind(request):
+    """Each kind of token provider in turn (tests/_provider_support.py's ``Kind``), for what
+    the threaded and the asyncio provider must do alike."""
+    from _provider_support import Kind
+
+    return Kind(request.param)
+
+
+@pytest.fixture
 def live_server(idp):
     """The plugin's session server, reset after each test (the ``idp`` fixture)."""
     return idp

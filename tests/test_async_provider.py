@@ -11,7 +11,7 @@ import asyncio
 
 import httpx
 import pytest
-from _provider_support import BOUND, T0, Sleeps, policy, run
+from _provider_support import BOUND, Sleeps, policy, run
 
 from m2mauth.client import (
     AsyncTokenProvider,
@@ -25,12 +25,6 @@ from m2mauth.client import (
 @pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps(blocking=False)
-
-
-@pytest.fixture
-def frozen(idp):
-    idp.clock.freeze(at=T0)
-    return idp
 
 
 def provider_for(idp, registered, sleeps, *, scope="read", **options) -> AsyncTokenProvider:

@@ -22,7 +22,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 import requests
-from _provider_support import BOUND, KINDS, T0, Kind, Sleeps, policy, run
+from _provider_support import BOUND, T0, Sleeps, policy, run
 from requests.adapters import HTTPAdapter
 
 from m2mauth.client import (
@@ -40,17 +40,6 @@ from m2mauth.client import (
 from m2mauth.client import discovery as discovery_module
 from m2mauth.client._flow import Call, Request, Response
 from m2mauth.client.tokens import TokenRequest
-
-
-@pytest.fixture
-def frozen(idp):
-    idp.clock.freeze(at=T0)
-    return idp
-
-
-@pytest.fixture(params=KINDS, ids=str)
-def kind(request) -> Kind:
-    return request.param
 
 
 def issued(idp) -> list:

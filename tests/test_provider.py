@@ -14,7 +14,7 @@ from email.utils import formatdate
 
 import pytest
 import requests
-from _provider_support import BOUND, KINDS, T0, Kind, Sleeps, policy, run, run_threads
+from _provider_support import BOUND, KINDS, T0, Sleeps, policy, run, run_threads
 from requests.adapters import HTTPAdapter
 
 from m2mauth.client import (
@@ -37,18 +37,6 @@ from m2mauth.client.tokens import _retry_after, parse_response
 @pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
-
-
-@pytest.fixture
-def frozen(idp):
-    idp.clock.freeze(at=T0)
-    return idp
-
-
-@pytest.fixture(params=KINDS, ids=str)
-def kind(request) -> Kind:
-    """Each kind of provider in turn, for what both must do alike."""
-    return request.param
 
 
 def provider_for(idp, client, sleeps, *, scope="read", **options) -> TokenProvider:
