@@ -35,12 +35,10 @@ class TokenRequest:
     scope: str | None
     resource: tuple[str, ...]
     status: int
-    outcome: str  # "issued", the RFC 6749 error code, or what an injected fault did
+    outcome: str  # "issued", the RFC 6749 error code, or what answered in the endpoint's place
     jti: str | None = None
     granted_scope: tuple[str, ...] = field(default=())
     audience: tuple[str, ...] = field(default=())
-    #: The injected fault that answered this request, if any (set by the lab; see its faults).
-    fault: str | None = None
 
 
 def precheck(request: Request) -> None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .extension import Lab, LabState
     from .faults import Fault
     from .idp import IdentityProvider
-    from .requestlog import JwksRequest, TokenRequest
+    from .requestlog import JwksRequest, LoggedTokenRequest
 
 _EXPORTS = {
     "LabClock": "clock",
@@ -29,7 +29,7 @@ _EXPORTS = {
     "Fault": "faults",
     "IdentityProvider": "idp",
     "JwksRequest": "requestlog",
-    "TokenRequest": "requestlog",
+    "LoggedTokenRequest": "requestlog",
 }
 
 __all__ = [
@@ -41,8 +41,8 @@ __all__ = [
     "Lab",
     "LabClock",
     "LabState",
+    "LoggedTokenRequest",
     "RegisteredClient",
-    "TokenRequest",
 ]
 
 

@@ -25,7 +25,7 @@ from ..tokens import ACTIVE_KEY, tampered
 from . import requestlog
 from .clock import LabClock
 from .faults import ENDPOINTS, KINDS, Fault
-from .requestlog import JwksRequest, TokenRequest
+from .requestlog import JwksRequest, LoggedTokenRequest
 
 __all__ = ["ControlError", "Controls", "RegisteredClient"]
 
@@ -338,7 +338,7 @@ class Controls:
     # -- request logs -------------------------------------------------------------------
 
     @property
-    def token_requests(self) -> list[TokenRequest]:
+    def token_requests(self) -> list[LoggedTokenRequest]:
         """What the token endpoint received, in order (client id, auth method, scope,
         resource, status, outcome, jti ...)."""
         return requestlog.read(self._store, requestlog.TOKEN_LOG)

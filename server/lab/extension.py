@@ -18,8 +18,6 @@ the issued token's jti) exists only inside the core.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from flask import Flask, Response, g, request
 
 from ..issuer import EXTENSION as CORE_EXTENSION
@@ -117,15 +115,12 @@ class LabState:
             # The token endpoint never ran: the lab writes its record and log line.
             record = describe(request, response, None, now,
                               outcome=None if kind == "error" else kind)
-            record = replace(record, fault=kind)
             log_token_request(record)
-            requestlog.append(self.store, record)
+            requestlog.append(self.store, requestlog.logged(record, kind))
         if kind == "drop":  # after the record: a client that sees the drop sees the entry
             drop_connection(request)
         return response
 
     def on_token_request(self, app: Flask, record: TokenRequest) -> None:
         fault: Fault | None = g.get(_FAULT)
-        if fault is not None:
-            record = replace(record, fault=fault.kind)
-        requestlog.append(self.store, record)
+        requestlog.append(self.store, requestlog.logged(record, fault.kind if fault else None))

@@ -11,10 +11,23 @@ from typing import Any
 from ..store import StateStore
 from ..token_request import TokenRequest
 
-__all__ = ["JWKS_LOG", "TOKEN_LOG", "JwksRequest", "TokenRequest", "append", "read"]
+__all__ = ["JWKS_LOG", "TOKEN_LOG", "JwksRequest", "LoggedTokenRequest", "append", "logged",
+           "read"]
 
 TOKEN_LOG = "token"
 JWKS_LOG = "jwks"
+
+
+@dataclass(frozen=True)
+class LoggedTokenRequest(TokenRequest):
+    """A token request as the lab logs it: the core's record, and the injected fault that
+    answered or changed it, if any (see faults.KINDS)."""
+
+    fault: str | None = None
+
+
+def logged(record: TokenRequest, fault: str | None) -> LoggedTokenRequest:
+    return LoggedTokenRequest(**vars(record), fault=fault)
 
 
 @dataclass(frozen=True)
@@ -26,11 +39,11 @@ class JwksRequest:
     fault: str | None = None
 
 
-_TYPES: dict[str, type] = {TOKEN_LOG: TokenRequest, JWKS_LOG: JwksRequest}
+_TYPES: dict[str, type] = {TOKEN_LOG: LoggedTokenRequest, JWKS_LOG: JwksRequest}
 
 
-def append(store: StateStore, record: TokenRequest | JwksRequest) -> None:
-    log = TOKEN_LOG if isinstance(record, TokenRequest) else JWKS_LOG
+def append(store: StateStore, record: LoggedTokenRequest | JwksRequest) -> None:
+    log = TOKEN_LOG if isinstance(record, LoggedTokenRequest) else JWKS_LOG
     store.append_record(log, dict(vars(record)))  # shallow: every field is immutable
 
 
