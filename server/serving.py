@@ -30,12 +30,28 @@ class PortInUseError(OSError):
 
 class _QuietHandler(WSGIRequestHandler):
     """werkzeug's per-request access line goes to the 'werkzeug' logger at INFO; the token
-    endpoint writes its own line, so the access log is left to logging configuration."""
+    endpoint writes its own line, so the access log is left to logging configuration.
+
+    A request line that does not parse is answered by http.server itself, before the app:
+    with a status line (it would otherwise answer as to an HTTP/0.9 client, a bare body) and
+    a JSON body (never an HTML page)."""
+
+    default_request_version = "HTTP/1.0"
+    error_content_type = "application/json"
+    # explain: http.server's fixed text for the status (no quotes); message may quote input.
+    error_message_format = '{"error": "invalid_request", "error_description": "%(explain)s"}'
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        # A request line that does not parse (GET / HTTP/9.9, a 70 KB URI, garbage) is answered
+        # 400/414/505 before command and path are set: log what there is.
+        path = getattr(self, "path", None) or "-"
         logging.getLogger("m2mauth.access").debug(
-            "%s %s %s", self.command, self.path.split("?", 1)[0], code
+            "%s %s %s", getattr(self, "command", None) or "-", path.split("?", 1)[0], code
         )
+
+    def log_error(self, format: str, *args: Any) -> None:
+        # What http.server refused (a bad request line) – client input, not a server error.
+        logging.getLogger("m2mauth.access").debug("refused: " + format, *args)
 
 
 def _listen(host: str, port: int) -> socket.socket:
