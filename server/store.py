@@ -137,20 +137,23 @@ class StateStore(abc.ABC):
 
 class MemoryStore(StateStore):
     """The state of one issuer in this process's memory: the default, and the pytest
-    plugin's. Bounded: each log keeps its newest ``max_records``, the replay cache at most
+    plugin's. Bounded: each log keeps its newest ``max_records`` and at most
+    ``max_record_bytes`` (the records' strings counted), the replay cache at most
     ``max_jtis`` live entries."""
 
     def __init__(self, clients: Iterable[ClientSettings] = (), keys: Iterable[SigningKey] = (),
-                 *, max_records: int = 10_000, max_jtis: int = 100_000) -> None:
+                 *, max_records: int = 10_000, max_record_bytes: int = 8 * 1024 * 1024,
+                 max_jtis: int = 100_000) -> None:
         self._lock = threading.RLock()
         self._max_records = max_records
+        self._max_record_bytes = max_record_bytes
         self._max_jtis = max_jtis
         # Read without the lock on the token path: each is replaced whole, never mutated.
         self._clients: dict[str, ClientSettings] = {}
         self._keys: tuple[SigningKey, ...] = ()
         self._clock = ClockState()
         self._faults: dict[str, deque[dict[str, Any]]] = {}
-        self._logs: dict[str, deque[dict[str, Any]]] = {}
+        self._logs: dict[str, _Log] = {}
         self._jtis: dict[tuple[str, str], float] = {}
         self.restore(clients, keys)
 
@@ -246,12 +249,13 @@ class MemoryStore(StateStore):
         with self._lock:
             entries = self._logs.get(log)
             if entries is None:
-                entries = self._logs[log] = deque(maxlen=self._max_records)
-            entries.append(dict(record))
+                entries = self._logs[log] = _Log()
+            entries.append(dict(record), self._max_records, self._max_record_bytes)
 
     def records(self, log: str) -> list[dict[str, Any]]:
         with self._lock:
-            return [dict(r) for r in self._logs.get(log, ())]
+            entries = self._logs.get(log)
+            return [dict(r) for r in entries.records] if entries is not None else []
 
     def clear_records(self) -> None:
         with self._lock:
@@ -286,3 +290,34 @@ class MemoryStore(StateStore):
 
     def __repr__(self) -> str:
         return f"<MemoryStore clients={len(self._clients)} keys={len(self._keys)}>"
+
+
+class _Log:
+    """One bounded log: records, newest last, and the bytes their strings take."""
+
+    __slots__ = ("bytes", "records", "sizes")
+
+    def __init__(self) -> None:
+        self.records: deque[dict[str, Any]] = deque()
+        self.sizes: deque[int] = deque()
+        self.bytes = 0
+
+    def append(self, record: dict[str, Any], max_records: int, max_bytes: int) -> None:
+        size = _size(record)
+        self.records.append(record)
+        self.sizes.append(size)
+        self.bytes += size
+        while len(self.records) > max_records or (self.bytes > max_bytes and self.records):
+            self.records.popleft()
+            self.bytes -= self.sizes.popleft()
+
+
+def _size(value: Any) -> int:
+    """About what a record's values take: string lengths, and a word for anything else."""
+    if isinstance(value, str):
+        return len(value) + 8
+    if isinstance(value, dict):
+        return sum(len(k) + _size(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_size(v) for v in value) + 8
+    return 8

@@ -21,6 +21,10 @@ __all__ = ["TokenRequest", "describe", "handle_token_request", "log_token_reques
 log = logging.getLogger("m2mauth.server")
 
 FORM = "application/x-www-form-urlencoded"
+#: What a record keeps of one untrusted value (a claimed client id, a scope, a resource), and
+#: how many resource values: records live in a log, and a request is up to max_body_bytes.
+MAX_KEPT_CHARS = 256
+MAX_KEPT_RESOURCES = 16
 
 
 @dataclass(frozen=True)
@@ -104,18 +108,33 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
     verified_id = oauth_request.client.client_id if oauth_request and issued else None
     return TokenRequest(
         time=now,
-        client_id=verified_id or _claimed_client_id(request),
+        client_id=verified_id or _kept(_claimed_client_id(request)),
         # Authlib sets auth_method once the client authenticated, whatever came next.
         auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(request),
-        grant_type=form.get("grant_type") if form else None,
-        scope=form.get("scope") if form else None,
-        resource=tuple(form.getlist("resource") + form.getlist("audience")) if form else (),
+        grant_type=_kept(form.get("grant_type")) if form else None,
+        scope=_kept(form.get("scope")) if form else None,
+        resource=_kept_values(form.getlist("resource") + form.getlist("audience"))
+        if form else (),
         status=response.status_code,
         outcome=outcome,
         jti=issued.jti if issued else None,
         granted_scope=tuple(issued.scope) if issued else (),
         audience=tuple(issued.audience) if issued else (),
     )
+
+
+def _kept(value: str | None) -> str | None:
+    """An untrusted value as a record keeps it: cut to MAX_KEPT_CHARS, marked when cut."""
+    if value is None or len(value) <= MAX_KEPT_CHARS:
+        return value
+    return f"{value[:MAX_KEPT_CHARS]}...({len(value)} chars)"
+
+
+def _kept_values(values: list[str]) -> tuple[str, ...]:
+    kept = [v for v in (_kept(v) for v in values[:MAX_KEPT_RESOURCES]) if v is not None]
+    if len(values) > MAX_KEPT_RESOURCES:
+        kept.append(f"...(+{len(values) - MAX_KEPT_RESOURCES} more)")
+    return tuple(kept)
 
 
 def log_token_request(record: TokenRequest) -> None:

@@ -207,7 +207,8 @@ def test_ten_kilobyte_client_id(live_server, how):
     assert client_id not in json.dumps(body)
     entry = [e for e in live_server.token_requests
              if e.outcome == "invalid_client"][-1]
-    assert entry.client_id == client_id
+    # Kept as a prefix and a length: the request log bounds what it keeps of caller input.
+    assert entry.client_id == "c" * 256 + f"...({len(client_id)} chars)"
 
 
 @pytest.mark.parametrize("query", [
