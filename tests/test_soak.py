@@ -1,0 +1,19 @@
+"""The soak (bench/soak.py), bounded to a few seconds: under load, with the key rotating every
+2 s, the clock moving and clients coming and going, every valid request is answered 200 and
+every token validates."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+
+
+def test_a_short_soak_has_no_failed_request_and_no_invalid_token():
+    spec = importlib.util.spec_from_file_location("m2mauth_soak", SOAK)
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    result = soak.run(seconds=5.0, concurrency=2)  # stops by itself after 5 s
+    assert result["requests"] > 0
+    assert (result["non_200"], result["invalid"]) == (0, 0), result["problems"]
