@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app
 
 from .algorithms import ALGORITHMS
-from .client_auth import ClientSecretJWT, PrivateKeyJWT, client_secret_basic
+from .client_auth import ClientSecretJWT, PrivateKeyJWT, client_secret_basic, client_secret_post
 from .clients import ClientRegistry
 from .clock import Clock
 from .grants import ClientCredentialsGrant
@@ -74,6 +74,7 @@ class Issuer:
             max_lifetime=self.settings.assertion_max_lifetime,
         )
         server.register_client_auth_method("client_secret_basic", client_secret_basic)
+        server.register_client_auth_method("client_secret_post", client_secret_post)
         server.register_client_auth_method(
             "client_secret_jwt", ClientSecretJWT(**assertion_options))
         server.register_client_auth_method(
