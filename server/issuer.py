@@ -53,7 +53,8 @@ class Issuer:
         self.settings = settings
         self.issuer = settings.issuer_url
         self.store = store if store is not None else MemoryStore(
-            settings.clients, initial_keys(settings))
+            settings.clients, initial_keys(settings),
+            max_jtis_per_client=settings.assertion_jtis_per_client)
         self.clock = Clock(self.store)
         self.keys = KeyStore(self.store, generate_missing=settings.ephemeral_keys)
         for alg in settings.algorithms_in_use():

@@ -289,6 +289,10 @@ class ServerSettings:
     assertion_max_lifetime: int = _setting(
         3600, kind=int, check=_positive,
         help="Longest accepted client-assertion lifetime (exp - now), in seconds.")
+    assertion_jtis_per_client: int = _setting(
+        10_000, kind=int, check=_positive,
+        help="Most unexpired client-assertion jtis remembered per client (the replay cache); "
+             "beyond it, that client's new assertions are refused until some expire.")
     lab: bool = _setting(
         True, kind=bool, flag=True,
         help="Attach the lab: test controls, the /admin API, faults, request log, clock "
