@@ -213,7 +213,42 @@ class ClientSettings:
             raise fail("algorithm", one_of(self.algorithm))
         if not isinstance(self.claims, dict):
             raise fail("claims", "must be a table of claim names to values")
+        problem = _claims_problem(self.claims)
+        if problem is not None:  # found now, not as a 500 at every token request
+            raise fail("claims", problem)
         return self
+
+
+#: Bounds of a client's static claims: nesting (the token is serialised, and later parsed by
+#: every validator, recursively) and size (they go into every token and every log record).
+MAX_CLAIMS_DEPTH = 32
+MAX_CLAIMS_BYTES = 16 * 1024
+
+
+def _claims_problem(claims: dict[str, Any]) -> str | None:
+    """Why ``claims`` cannot go into tokens as JSON, or None. Walked with an explicit stack,
+    not recursively: the value may be nested deeper than Python's recursion limit."""
+    stack: list[tuple[Any, int]] = [(claims, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list, tuple)):
+            if depth > MAX_CLAIMS_DEPTH:
+                return f"nest more than {MAX_CLAIMS_DEPTH} levels deep"
+            if isinstance(value, dict):
+                if not all(isinstance(name, str) for name in value):
+                    return "claim and member names must be strings"
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                return "must not hold NaN or infinity (not JSON)"
+        elif value is not None and not isinstance(value, (str, int, bool)):
+            return f"must hold JSON values only, not {type(value).__name__}"
+    size = len(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_CLAIMS_BYTES:
+        return f"are {size} bytes as JSON; at most {MAX_CLAIMS_BYTES} are allowed"
+    return None
 
 
 def _jwks_problem(jwks: dict[str, Any]) -> str | None:
