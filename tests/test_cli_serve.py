@@ -143,3 +143,34 @@ def test_admin_token_flag_short_token_is_a_config_error():
     assert result.exit_code == 2
     assert "admin_token: must be at least 16 characters" in result.output
     assert "short" not in result.output.replace("admin_token", "")
+
+
+# A point that is not on P-256 (x = y = 1), in base64url of 32 bytes.
+_ONE = "A" * 42 + "E"
+
+
+@pytest.mark.parametrize(("jwks", "problem"), [
+    ('{ keys = [ { kty = "RSA", n = "AAAA" } ] }', "keys[0] is not a usable RSA public key"),
+    ('{ keys = [ { kty = "oct", k = "c2VjcmV0LXNlY3JldC1zZWNyZXQ" } ] }',
+     "keys[0] is a symmetric (oct) key"),
+    (f'{{ keys = [ {{ kty = "EC", crv = "P-256", x = "{_ONE}", y = "{_ONE}" }} ] }}',
+     "keys[0] is not a usable EC public key: Invalid EC key. Point is not on the curve"),
+    ('{ keys = ["x"] }', "keys[0] is not a JWK"),
+    ('{ keys = [ { kty = "OKP", crv = "X25519", x = "' + "A" * 43 + '" } ] }',
+     "keys[0]: crv 'X25519' is not Ed25519"),
+    ('{ keys = [ { kty = "EC", crv = "P-999", x = "AA", y = "AA" } ] }',
+     "keys[0]: crv 'P-999' is not P-256"),
+])
+def test_a_malformed_client_jwks_in_the_file_is_one_line_and_exit_2(tmp_path, monkeypatch,
+                                                                    jwks, problem):
+    """Issue 9 item 8: the file, the key and the problem on one line, exit 2 – never a
+    traceback, and never a server that starts with a key it cannot use (oct used to)."""
+    from werkzeug.serving import BaseWSGIServer
+
+    monkeypatch.setattr(BaseWSGIServer, "serve_forever", lambda self, poll_interval: None)
+    path = tmp_path / "m2mauth.toml"
+    path.write_text(f'[[clients]]\nclient_id = "pk"\njwks = {jwks}\n')
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: {path}: clients[0].jwks: {problem}"), line
