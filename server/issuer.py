@@ -36,8 +36,11 @@ def initial_keys(settings: ServerSettings) -> list[SigningKey]:
     if settings.ephemeral_keys:
         return [generate_signing_key(alg) for alg in settings.algorithms_in_use()]
     if settings.keys_dir is not None:
-        return load_signing_keys(settings.keys_dir)
-    return load_signing_keys(shipped_keys_dir(), trusted=True)
+        return load_signing_keys(settings.keys_dir,
+                                 check_permissions=not settings.unsafe_key_permissions)
+    # The shipped test keys are not permission-checked: they are public anyway, and their
+    # modes are whatever the installer gave them.
+    return load_signing_keys(shipped_keys_dir(), trusted=True, check_permissions=False)
 
 
 def current_issuer() -> Issuer:

@@ -353,6 +353,10 @@ class ServerSettings:
     keys_dir: Path | None = _setting(
         None, kind=Path, flag=True,
         help="Directory of <alg>.pem signing keys.  [default: the shipped test keys]")
+    unsafe_key_permissions: bool = _setting(
+        False, kind=bool, flag=True,
+        help="Load keys_dir keys whatever their owner and mode (other users may read or "
+             "replace them): for throwaway setups only.")
     ephemeral_keys: bool = _setting(
         False, kind=bool, flag=True,
         help="Generate fresh in-memory signing keys instead of loading any.")

@@ -174,3 +174,35 @@ def test_a_malformed_client_jwks_in_the_file_is_one_line_and_exit_2(tmp_path, mo
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith(f"Error: {path}: clients[0].jwks: {problem}"), line
+
+
+def test_unsafe_key_files_are_one_line_and_exit_2_unless_overridden(tmp_path, monkeypatch):
+    """Issue 9 item 9: another local user could have swapped a world-writable key."""
+    from werkzeug.serving import BaseWSGIServer
+
+    monkeypatch.setattr(BaseWSGIServer, "serve_forever", lambda self, poll_interval: None)
+    runner = CliRunner()
+    assert runner.invoke(main, ["keys", "generate", str(tmp_path), "--alg", "RS256"]).exit_code == 0
+    key = tmp_path / "rs256.pem"
+    key.chmod(0o666)
+    result = runner.invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: {key}: the private key has mode 0666") and \
+        f"run chmod 600 {key}" in line
+    result = runner.invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0",
+                                  "--unsafe-key-permissions"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0"],
+                           env={"M2MAUTH_UNSAFE_KEY_PERMISSIONS": "true"})
+    assert result.exit_code == 0, result.output
+
+
+def test_keys_generate_refuses_a_world_writable_directory(tmp_path):
+    tmp_path.chmod(0o777)
+    result = CliRunner().invoke(main, ["keys", "generate", str(tmp_path), "--alg", "ES256"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"Error: {tmp_path}: the key directory has mode 0777: other users can add or replace"
+        f" keys in it; run chmod 700 {tmp_path}")
+    assert not (tmp_path / "es256.pem").exists()
