@@ -107,7 +107,7 @@ class AuthorizationServer(_FlaskAuthorizationServer):
             headers = request.headers if request is not None else flask_request.headers
             used_basic = bool(headers.get("Authorization"))
             error.status_code = 401 if used_basic else 400
-            detail = error.description
+            detail = error.description or ""
             if request is not None and request.auth_detail and \
                     detail.startswith(_NO_METHOD_AUTHENTICATED):
                 detail = request.auth_detail
