@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError
@@ -21,8 +22,8 @@ from .store import StateStore
 from .syntax import safe_description
 
 __all__ = [
-    "ClientSecretJWT", "PrivateKeyJWT", "basic_credentials", "client_secret_basic",
-    "is_hmac", "unverified_part",
+    "ClientSecretJWT", "PrivateKeyJWT", "basic_credentials", "claimed_client_id",
+    "client_secret_basic", "client_secret_post", "is_hmac", "unverified_part",
 ]
 
 
@@ -46,10 +47,49 @@ def client_secret_basic(query_client, request):
     """Authlib's ``client_secret_basic`` method, registered in its place: Authlib decodes the
     credentials with ``unquote``, which keeps a form-encoded space as '+'."""
     client_id, secret = basic_credentials(request.headers.get("Authorization") or "") or ("", "")
-    client = query_client(client_id) if client_id and secret else None
-    if client is not None and client.check_client_secret(secret):
+    return _check_secret(query_client, request, "client_secret_basic", client_id, secret)
+
+
+def client_secret_post(query_client, request):
+    """Authlib's ``client_secret_post`` method, registered in its place: it answers an
+    unknown id differently from a wrong secret; this one records which, for the log."""
+    form = request.form
+    return _check_secret(query_client, request, "client_secret_post",
+                         form.get("client_id") or "", form.get("client_secret") or "")
+
+
+def _check_secret(query_client, request, method: str, client_id: str, secret: str):
+    """The client whose ``secret`` this is, else None with the reason kept on the request
+    (``auth_detail``) for the server log – the answer says the same for every reason."""
+    if not client_id or not secret:
+        return None  # this method was not used; another may have been
+    client = query_client(client_id)
+    if client is None:
+        request.auth_detail = f"{method}: unknown client"
+    elif client.secret is None:
+        request.auth_detail = f"{method}: the client has no secret"
+    elif not client.check_client_secret(secret):
+        request.auth_detail = f"{method}: wrong client secret"
+    else:
+        # Authlib checks the method next, and reports a refusal only generically.
+        request.auth_detail = f"{method}: not an auth method this client may use"
         return client
     return None
+
+
+def claimed_client_id(headers: Mapping[str, str], form: Mapping[str, str] | None) -> str | None:
+    """The client id a token request claims, NOT verified (for logs only): the Basic user,
+    else the form's client_id, else the assertion's sub; None when there is none."""
+    header = headers.get("Authorization")
+    if header:
+        creds = basic_credentials(header)
+        return creds[0] if creds else None
+    if form is None:
+        return None
+    if form.get("client_id"):
+        return form["client_id"]
+    subject = (unverified_part(form.get("client_assertion", ""), 1) or {}).get("sub")
+    return subject if isinstance(subject, str) else None
 
 
 def unverified_part(assertion: str, index: int) -> dict | None:

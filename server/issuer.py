@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app
 
 from .algorithms import ALGORITHMS
-from .client_auth import ClientSecretJWT, PrivateKeyJWT, client_secret_basic
+from .client_auth import ClientSecretJWT, PrivateKeyJWT, client_secret_basic, client_secret_post
 from .clients import ClientRegistry
 from .clock import Clock
 from .grants import ClientCredentialsGrant
@@ -36,8 +36,11 @@ def initial_keys(settings: ServerSettings) -> list[SigningKey]:
     if settings.ephemeral_keys:
         return [generate_signing_key(alg) for alg in settings.algorithms_in_use()]
     if settings.keys_dir is not None:
-        return load_signing_keys(settings.keys_dir)
-    return load_signing_keys(shipped_keys_dir(), trusted=True)
+        return load_signing_keys(settings.keys_dir,
+                                 check_permissions=not settings.unsafe_key_permissions)
+    # The shipped test keys are not permission-checked: they are public anyway, and their
+    # modes are whatever the installer gave them.
+    return load_signing_keys(shipped_keys_dir(), trusted=True, check_permissions=False)
 
 
 def current_issuer() -> Issuer:
@@ -53,7 +56,8 @@ class Issuer:
         self.settings = settings
         self.issuer = settings.issuer_url
         self.store = store if store is not None else MemoryStore(
-            settings.clients, initial_keys(settings))
+            settings.clients, initial_keys(settings),
+            max_jtis_per_client=settings.assertion_jtis_per_client)
         self.clock = Clock(self.store)
         self.keys = KeyStore(self.store, generate_missing=settings.ephemeral_keys)
         for alg in settings.algorithms_in_use():
@@ -74,6 +78,7 @@ class Issuer:
             max_lifetime=self.settings.assertion_max_lifetime,
         )
         server.register_client_auth_method("client_secret_basic", client_secret_basic)
+        server.register_client_auth_method("client_secret_post", client_secret_post)
         server.register_client_auth_method(
             "client_secret_jwt", ClientSecretJWT(**assertion_options))
         server.register_client_auth_method(

@@ -8,6 +8,7 @@ stays in the JWKS so tokens in flight keep validating) or *retired* (gone from t
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -24,8 +25,8 @@ from .errors import KeyStoreError
 from .store import MemoryStore, StateStore
 
 __all__ = [
-    "KeyStore", "SigningKey", "generate_key_files", "generate_signing_key", "load_signing_keys",
-    "shipped_keys_dir",
+    "KeyStore", "SigningKey", "check_key_directory", "check_key_file", "generate_key_files",
+    "generate_signing_key", "load_signing_keys", "shipped_keys_dir",
 ]
 
 #: File name of each algorithm's key in a key directory.
@@ -88,21 +89,32 @@ class SigningKey:
         return f"<SigningKey {self.alg} kid={self.kid} {self.status}>"
 
 
-def load_signing_keys(path: Path, *, trusted: bool = False) -> list[SigningKey]:
+def load_signing_keys(path: Path, *, trusted: bool = False,
+                      check_permissions: bool = True) -> list[SigningKey]:
     """The ``<alg>.pem`` files (see KEY_FILES) in ``path``, as active keys.
 
     ``trusted`` skips cryptography's RSA key validation (about 40 ms a key); only for the
-    keys m2mauth generated and ships itself.
+    keys m2mauth generated and ships itself. ``check_permissions`` refuses, as ssh does, a
+    directory or key file that another local user could change or read (see
+    :func:`check_key_directory` and :func:`check_key_file`); off only on request
+    (``unsafe_key_permissions``) and for the shipped test keys.
     """
     path = Path(path)
+    if check_permissions and path.is_dir():
+        check_key_directory(path)
     keys: list[SigningKey] = []
     for alg, name in KEY_FILES.items():
         file = path / name
         if not file.exists():
             continue
         try:
+            # Checked on the open file, so the file checked is the file read.
+            with open(file, "rb") as fh:
+                if check_permissions:
+                    check_key_file(file, os.fstat(fh.fileno()))
+                data = fh.read()
             native = serialization.load_pem_private_key(
-                file.read_bytes(), password=None, unsafe_skip_rsa_key_validation=trusted
+                data, password=None, unsafe_skip_rsa_key_validation=trusted
             )
         except (ValueError, TypeError, OSError) as exc:
             raise KeyStoreError(f"{file}: cannot load private key: {exc}") from None
@@ -115,6 +127,47 @@ def load_signing_keys(path: Path, *, trusted: bool = False) -> list[SigningKey]:
             f"{path}: no signing keys found (expected one of {', '.join(KEY_FILES.values())})"
         )
     return keys
+
+
+#: What a refusal at load time adds: the override (``keys generate`` has none).
+_OVERRIDE = " (or, for a throwaway setup only, --unsafe-key-permissions)"
+
+
+def _check_owner(path: Path, st: os.stat_result, what: str, hint: str) -> None:
+    """Owned by this user or root (root could change it anyway), as ssh requires."""
+    uid = os.geteuid()
+    if st.st_uid not in (uid, 0):
+        raise KeyStoreError(
+            f"{path}: {what} is owned by uid {st.st_uid}, not by this user (uid {uid}) or"
+            f" root, so that user can replace the signing keys; run chown {uid} {path}{hint}")
+
+
+def check_key_directory(path: Path, st: os.stat_result | None = None, *,
+                        hint: str = _OVERRIDE) -> None:
+    """Raise :class:`KeyStoreError` unless only its owner (this user or root) can change
+    what ``path`` holds: a group- or world-writable key directory (even with the sticky
+    bit: anyone could add a key for a missing algorithm) lets another user swap the keys."""
+    st = os.stat(path) if st is None else st
+    _check_owner(path, st, "the key directory", hint)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise KeyStoreError(
+            f"{path}: the key directory has mode {mode:04o}: other users can add or replace"
+            f" keys in it; run chmod 700 {path}{hint}")
+
+
+def check_key_file(path: Path, st: os.stat_result, *, hint: str = _OVERRIDE) -> None:
+    """Raise :class:`KeyStoreError` unless ``path`` is a regular file owned by this user or
+    root whose mode grants the group and others nothing: a private key that others can read
+    is disclosed, one they can write lets them sign tokens."""
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyStoreError(f"{path}: not a regular file")
+    _check_owner(path, st, "the private key", hint)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise KeyStoreError(
+            f"{path}: the private key has mode {mode:04o}: other users can read or change it;"
+            f" run chmod 600 {path}{hint}")
 
 
 class KeyStore:
@@ -134,14 +187,18 @@ class KeyStore:
     # -- construction -----------------------------------------------------------------
 
     @classmethod
-    def from_directory(cls, path: Path, *, trusted: bool = False) -> KeyStore:
+    def from_directory(cls, path: Path, *, trusted: bool = False,
+                       check_permissions: bool = True) -> KeyStore:
         """A store of the keys in ``path`` (see :func:`load_signing_keys`)."""
-        return cls(MemoryStore(keys=load_signing_keys(path, trusted=trusted)))
+        return cls(MemoryStore(keys=load_signing_keys(
+            path, trusted=trusted, check_permissions=check_permissions)))
 
     @classmethod
     def shipped(cls) -> KeyStore:
         """The public test keys in m2mauth's ``keys/`` directory."""
-        return cls.from_directory(shipped_keys_dir(), trusted=True)
+        # Not permission-checked: they are public anyway, and their modes are whatever the
+        # installer (pip, a distribution package, a read-only image) gave them.
+        return cls.from_directory(shipped_keys_dir(), trusted=True, check_permissions=False)
 
     @classmethod
     def ephemeral(cls, algorithms: Iterable[str]) -> KeyStore:
@@ -225,11 +282,38 @@ def _write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def _make_private_directory(directory: Path) -> None:
+    """Create ``directory`` and any missing parents with mode 0700, whatever the umask
+    (mkdir's mode is filtered by it: under umask 000, Path.mkdir makes 0777 parents)."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: the check below decides
+        os.chmod(path, 0o700)
+
+
 def generate_key_files(
     directory: Path, algorithms: Iterable[str] = ALGORITHMS, *, overwrite: bool = False
 ) -> list[SigningKey]:
-    """Generate one key per algorithm into ``directory`` as ``<alg>.pem`` (mode 0600)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Generate one key per algorithm into ``directory`` as ``<alg>.pem`` (mode 0600).
+    Missing directories are made 0700; an existing one must pass
+    :func:`check_key_directory` (owned by this user or root, writable by nobody else)."""
+    directory = Path(directory)
+    try:
+        _make_private_directory(directory)
+    except OSError as exc:
+        raise KeyStoreError(f"{directory}: cannot create the key directory: {exc}") from None
+    if not directory.is_dir():
+        raise KeyStoreError(f"{directory}: not a directory")
+    check_key_directory(directory, hint="")
     algs = list(algorithms)
     for alg in algs:
         if alg not in ALGORITHMS:

@@ -3,21 +3,32 @@ form-body parameters only, and RFC 6749 §5.2 status codes for ``invalid_client`
 
 from __future__ import annotations
 
+import logging
+
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _FlaskAuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from flask import request as flask_request
 
+from .client_auth import claimed_client_id
 from .clients import ClientRegistry
-from .syntax import safe_description
+from .syntax import printable, safe_description
 from .tokens import TokenIssuer
 
-__all__ = ["AuthorizationServer", "TokenEndpointRequest"]
+__all__ = ["AUTHENTICATION_FAILED", "AuthorizationServer", "TokenEndpointRequest"]
 
-#: Authlib's invalid_client descriptions that are replaced by one generic message.
-_GENERIC_INVALID_CLIENT = (
-    "The client cannot authenticate", "The client does not exist", "Missing 'client_id'",
+log = logging.getLogger("m2mauth.server")
+
+#: How Authlib's error starts when every method returned no client (no method raised).
+_NO_METHOD_AUTHENTICATED = "The client cannot authenticate with methods"
+
+#: The one error_description of every failed client authentication, whatever the method and
+#: whatever went wrong: a different text for an unknown id than for a wrong secret, a missing
+#: key or a bad signature would tell anyone which client ids exist (the detail is logged).
+AUTHENTICATION_FAILED = (
+    "Client authentication failed: unknown client, wrong credentials,"
+    " or an auth method this client may not use."
 )
 
 
@@ -49,6 +60,9 @@ class TokenEndpointRequest(FlaskOAuth2Request):
         self._request = request
         self.payload = _FormPayload(request.form)
         self.issued = None
+        #: Why a client-secret method refused (for the log), when Authlib reports only
+        #: that no method authenticated the client.
+        self.auth_detail: str | None = None
 
     @property
     def form(self):
@@ -93,13 +107,12 @@ class AuthorizationServer(_FlaskAuthorizationServer):
             headers = request.headers if request is not None else flask_request.headers
             used_basic = bool(headers.get("Authorization"))
             error.status_code = 401 if used_basic else 400
-            if error.description.startswith(_GENERIC_INVALID_CLIENT):
-                # Authlib lists every method the server knows, or says that the client id is
-                # unknown (which lets anyone enumerate client ids); one answer for all.
-                error.description = (
-                    "Client authentication failed: unknown client, wrong credentials,"
-                    " or an auth method this client may not use."
-                )
+            detail = error.description or ""
+            if request is not None and request.auth_detail and \
+                    detail.startswith(_NO_METHOD_AUTHENTICATED):
+                detail = request.auth_detail
+            _log_authentication_failure(headers, request, detail)
+            error.description = AUTHENTICATION_FAILED
             response = super().handle_error_response(request, error)
             if used_basic:
                 response.headers["WWW-Authenticate"] = (
@@ -108,3 +121,15 @@ class AuthorizationServer(_FlaskAuthorizationServer):
             return response
         return super().handle_error_response(request, error)
 
+
+def _log_authentication_failure(headers, request: TokenEndpointRequest | None,
+                                detail: str | None) -> None:
+    """The detail the answer leaves out (unknown client, wrong secret, bad signature, replayed
+    jti, ...), for the operator: the claimed client id escaped as on the token log line, and
+    never a secret or an assertion (the details name claims, not their values' secrets)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    # Without a request the precheck refused a malformed Authorization header: no form read.
+    form = request.form if request is not None else None
+    log.info("client authentication failed client_id=%s detail=%s",
+             printable(claimed_client_id(headers, form)), printable(detail, 200))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .algorithms import ALGORITHMS, key_type, one_of
+from .algorithms import ALGORITHMS, KEY_TYPES, fits, key_type, one_of
 from .errors import ConfigError
 from .syntax import is_client_id, is_scope_token, strings
 
@@ -213,18 +213,95 @@ class ClientSettings:
             raise fail("algorithm", one_of(self.algorithm))
         if not isinstance(self.claims, dict):
             raise fail("claims", "must be a table of claim names to values")
+        problem = _claims_problem(self.claims)
+        if problem is not None:  # found now, not as a 500 at every token request
+            raise fail("claims", problem)
         return self
 
 
-def _jwks_problem(jwks: dict[str, Any]) -> str | None:
-    """Why joserfc cannot import ``jwks`` as the client's public keys, or None."""
-    from joserfc.errors import JoseError
-    from joserfc.jwk import KeySet
+#: Bounds of a client's static claims: nesting (the token is serialised, and later parsed by
+#: every validator, recursively) and size (they go into every token and every log record).
+MAX_CLAIMS_DEPTH = 32
+MAX_CLAIMS_BYTES = 16 * 1024
 
+
+def _claims_problem(claims: dict[str, Any]) -> str | None:
+    """Why ``claims`` cannot go into tokens as JSON, or None. Walked with an explicit stack,
+    not recursively: the value may be nested deeper than Python's recursion limit."""
+    stack: list[tuple[Any, int]] = [(claims, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list, tuple)):
+            if depth > MAX_CLAIMS_DEPTH:
+                return f"nest more than {MAX_CLAIMS_DEPTH} levels deep"
+            if isinstance(value, dict):
+                if not all(isinstance(name, str) for name in value):
+                    return "claim and member names must be strings"
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                return "must not hold NaN or infinity (not JSON)"
+        elif value is not None and not isinstance(value, (str, int, bool)):
+            return f"must hold JSON values only, not {type(value).__name__}"
+    size = len(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_CLAIMS_BYTES:
+        return f"are {size} bytes as JSON; at most {MAX_CLAIMS_BYTES} are allowed"
+    return None
+
+
+#: The key a private_key_jwt key type must be to verify one of ALGORITHMS (see fits()).
+_CLIENT_KEY_ALGORITHM = {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}
+_CLIENT_KEY_CURVES = {"EC": "P-256", "OKP": "Ed25519"}
+
+
+def _jwks_problem(jwks: dict[str, Any]) -> str | None:
+    """Why ``jwks`` cannot be the client's private_key_jwt keys, or None: every key must be
+    a public RSA (2048 bits or more), EC P-256 or Ed25519 key for signatures – one that can
+    verify an algorithm the server accepts. A symmetric (``oct``) key never passes: it would
+    be a shared secret kept in a public-key field."""
+    import warnings
+
+    from joserfc.errors import JoseError
+    from joserfc.jwk import KeySet, import_key
+
+    if not jwks["keys"]:
+        return "has no keys"
+    for i, jwk in enumerate(jwks["keys"]):
+        where = f"keys[{i}]"
+        if not isinstance(jwk, dict):
+            return f"{where} is not a JWK (a table of key parameters)"
+        kty = jwk.get("kty")
+        if kty == "oct":
+            return (f"{where} is a symmetric (oct) key; private_key_jwt needs public RSA, EC"
+                    " or OKP keys (use client_secret for a shared secret)")
+        if not isinstance(kty, str) or kty not in _CLIENT_KEY_ALGORITHM:
+            return f"{where}: kty {kty!r} is not one of RSA, EC, OKP"
+        curve = _CLIENT_KEY_CURVES.get(kty)
+        if curve is not None and jwk.get("crv") != curve:
+            return f"{where}: crv {jwk.get('crv')!r} is not {curve}, the {kty} curve accepted"
+        if jwk.get("use", "sig") != "sig":
+            return f"{where}: use is {jwk['use']!r}; private_key_jwt keys are for 'sig'"
+        alg = jwk.get("alg", _CLIENT_KEY_ALGORITHM[kty])
+        if not isinstance(alg, str) or alg not in ALGORITHMS or KEY_TYPES[alg] != kty:
+            return f"{where}: alg {alg!r} is not one of the {kty} algorithms the server accepts"
+        try:
+            with warnings.catch_warnings():  # joserfc warns about weak keys: refused below
+                warnings.simplefilter("ignore")
+                key = import_key(jwk)  # type: ignore[arg-type]
+        except (JoseError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            reason = str(exc).strip() or "malformed key parameters"
+            return f"{where} is not a usable {kty} public key: {reason}"
+        if key.is_private:
+            return f"{where} is a private key; register public keys only"
+        if not fits(alg, key.public_key):
+            return f"{where} cannot verify {alg}: RSA needs 2048 bits or more, EC P-256," \
+                " OKP Ed25519"
     try:
         KeySet.import_key_set(jwks)  # type: ignore[arg-type]
-    except (JoseError, ValueError, TypeError, KeyError) as exc:
-        return f"is not a usable JWKS: {exc}"
+    except (JoseError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        return f"is not a usable JWKS: {str(exc).strip() or type(exc).__name__}"
     return None
 
 
@@ -276,6 +353,10 @@ class ServerSettings:
     keys_dir: Path | None = _setting(
         None, kind=Path, flag=True,
         help="Directory of <alg>.pem signing keys.  [default: the shipped test keys]")
+    unsafe_key_permissions: bool = _setting(
+        False, kind=bool, flag=True,
+        help="Load keys_dir keys whatever their owner and mode (other users may read or "
+             "replace them): for throwaway setups only.")
     ephemeral_keys: bool = _setting(
         False, kind=bool, flag=True,
         help="Generate fresh in-memory signing keys instead of loading any.")
@@ -289,6 +370,10 @@ class ServerSettings:
     assertion_max_lifetime: int = _setting(
         3600, kind=int, check=_positive,
         help="Longest accepted client-assertion lifetime (exp - now), in seconds.")
+    assertion_jtis_per_client: int = _setting(
+        10_000, kind=int, check=_positive,
+        help="Most unexpired client-assertion jtis remembered per client (the replay cache); "
+             "beyond it, that client's new assertions are refused until some expire.")
     lab: bool = _setting(
         True, kind=bool, flag=True,
         help="Attach the lab: test controls, the /admin API, faults, request log, clock "

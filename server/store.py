@@ -18,6 +18,7 @@ lock-free reads of immutable snapshots on the token path.
 from __future__ import annotations
 
 import abc
+import heapq
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -125,7 +126,9 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def remember_jti(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
         """Record an assertion ``jti`` of ``client_id`` until ``expires_at``; False if it was
-        seen before and has not expired (a replay), or if no room is left for it."""
+        seen before and has not expired (a replay), or if no room is left for it in this
+        client's share. Entries expire by time (``now``); each client's share is bounded on
+        its own, so a client that fills its share never causes another client's refusal."""
 
     # -- all of it --------------------------------------------------------------------
 
@@ -139,22 +142,26 @@ class MemoryStore(StateStore):
     """The state of one issuer in this process's memory: the default, and the pytest
     plugin's. Bounded: each log keeps its newest ``max_records`` and at most
     ``max_record_bytes`` (the records' strings counted), the replay cache at most
-    ``max_jtis`` live entries."""
+    ``max_jtis_per_client`` live entries per client."""
 
     def __init__(self, clients: Iterable[ClientSettings] = (), keys: Iterable[SigningKey] = (),
                  *, max_records: int = 10_000, max_record_bytes: int = 8 * 1024 * 1024,
-                 max_jtis: int = 100_000) -> None:
+                 max_jtis_per_client: int = 10_000) -> None:
         self._lock = threading.RLock()
         self._max_records = max_records
         self._max_record_bytes = max_record_bytes
-        self._max_jtis = max_jtis
+        self._max_jtis_per_client = max_jtis_per_client
         # Read without the lock on the token path: each is replaced whole, never mutated.
         self._clients: dict[str, ClientSettings] = {}
         self._keys: tuple[SigningKey, ...] = ()
         self._clock = ClockState()
         self._faults: dict[str, deque[dict[str, Any]]] = {}
         self._logs: dict[str, _Log] = {}
-        self._jtis: dict[tuple[str, str], float] = {}
+        # Replay cache: client id -> {jti: expires_at}, and every entry once more in a heap
+        # ordered by expiry, so that expired entries are dropped oldest first at O(log n) each
+        # instead of by scanning (or rebuilding) everything under the lock.
+        self._jtis: dict[str, dict[str, float]] = {}
+        self._jti_expiry: list[tuple[float, str, str]] = []
         self.restore(clients, keys)
 
     # -- clients ----------------------------------------------------------------------
@@ -264,18 +271,30 @@ class MemoryStore(StateStore):
     # -- client-assertion replay ------------------------------------------------------
 
     def remember_jti(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
-        key = (client_id, jti)
         with self._lock:
-            seen_until = self._jtis.get(key)
-            if seen_until is not None and seen_until >= now:
+            self._forget_expired_jtis(now)
+            seen = self._jtis.setdefault(client_id, {})
+            # Every entry left is live (expires_at >= now): being there is a replay.
+            if jti in seen:
                 return False
-            if len(self._jtis) >= self._max_jtis:
-                self._jtis = {k: v for k, v in self._jtis.items() if v >= now}
-                if len(self._jtis) >= self._max_jtis:
-                    # Full of live entries: refuse rather than forget one and allow a replay.
-                    return False
-            self._jtis[key] = expires_at
+            if len(seen) >= self._max_jtis_per_client:
+                # This client's share is full of live entries: refuse rather than forget one
+                # and allow a replay. Other clients have shares of their own.
+                return False
+            seen[jti] = expires_at
+            heapq.heappush(self._jti_expiry, (expires_at, client_id, jti))
             return True
+
+    def _forget_expired_jtis(self, now: float) -> None:
+        """Drop every entry that expired before ``now`` (the caller holds the lock)."""
+        expiry = self._jti_expiry
+        while expiry and expiry[0][0] < now:
+            _, client_id, jti = heapq.heappop(expiry)
+            seen = self._jtis.get(client_id)
+            if seen is not None:
+                seen.pop(jti, None)
+                if not seen:
+                    del self._jtis[client_id]
 
     # -- all of it --------------------------------------------------------------------
 
@@ -287,6 +306,7 @@ class MemoryStore(StateStore):
             self._faults.clear()
             self._logs.clear()
             self._jtis.clear()
+            self._jti_expiry.clear()
 
     def __repr__(self) -> str:
         return f"<MemoryStore clients={len(self._clients)} keys={len(self._keys)}>"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "is_client_id", "is_error_text", "is_scope", "is_scope_token", "safe_description", "strings",
+    "is_client_id", "is_error_text", "is_scope", "is_scope_token", "printable", "safe_description",
+    "strings",
 ]
 
 # A.4: scope-token = 1*NQCHAR; NQCHAR = %x21 / %x23-5B / %x5D-7E
@@ -56,3 +57,11 @@ def safe_description(text: str, limit: int = 200) -> str:
         for c in text[:limit]
     )
     return cleaned + ("..." if len(text) > limit else "")
+
+
+def printable(value: str | None, limit: int = 80) -> str:
+    """A log-safe rendering of caller input: quoted, escaped, cut (no log injection)."""
+    if value is None:
+        return "-"
+    text = value if len(value) <= limit else value[:limit] + "..."
+    return ascii(text)

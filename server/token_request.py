@@ -12,9 +12,10 @@ from flask import Request, Response, current_app
 from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .client_auth import basic_credentials, is_hmac, unverified_part
+from .client_auth import basic_credentials, claimed_client_id, is_hmac
 from .oauth import AuthorizationServer, TokenEndpointRequest
 from .signals import token_request_handled
+from .syntax import printable as _printable
 
 __all__ = ["TokenRequest", "describe", "handle_token_request", "log_token_request"]
 
@@ -164,17 +165,7 @@ def _form(request: Request) -> ImmutableMultiDict[str, str] | None:
 
 def _claimed_client_id(request: Request) -> str | None:
     """The client id the caller claims (unverified), for the log only."""
-    header = request.headers.get("Authorization")
-    if header:
-        creds = basic_credentials(header)
-        return creds[0] if creds else None
-    form = _form(request)
-    if form is None:
-        return None
-    if form.get("client_id"):
-        return form["client_id"]
-    subject = (unverified_part(form.get("client_assertion", ""), 1) or {}).get("sub")
-    return subject if isinstance(subject, str) else None
+    return claimed_client_id(request.headers, _form(request))
 
 
 def _claimed_auth_method(request: Request) -> str | None:
@@ -187,11 +178,3 @@ def _claimed_auth_method(request: Request) -> str | None:
     if "client_assertion" in form:
         return "client_secret_jwt" if is_hmac(form["client_assertion"]) else "private_key_jwt"
     return "client_secret_post" if "client_secret" in form else None
-
-
-def _printable(value: str | None, limit: int = 80) -> str:
-    """A log-safe rendering of caller input: quoted, escaped, cut (no log injection)."""
-    if value is None:
-        return "-"
-    text = value if len(value) <= limit else value[:limit] + "..."
-    return ascii(text)

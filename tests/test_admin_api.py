@@ -540,3 +540,20 @@ def test_deeply_nested_json_body_is_400(changed_idp, data):
     assert response.status_code == 400, response.text
     assert response.json()["field"] == "(body)"
     assert state(changed_idp) == before
+
+
+def test_claims_nested_970_deep_are_refused_and_the_server_keeps_serving(idp):
+    """Issue 9 item 7: such a client was registered (201), then every token request for it
+    was a 500 (RecursionError). The body is written by hand: it is deeper than the JSON
+    encoder of the test process may go."""
+    body = '{"client_id": "deep", "client_secret": "s3cret-s3cret", "claims": ' \
+        + '{"n": ' * 970 + "1" + "}" * 970 + "}"
+    response = requests.post(idp.admin_url + "/clients", data=body, timeout=5,
+                             headers={"Content-Type": JSON})
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["field"] == "claims" and "claims" in error["error_description"]
+    assert "deep" not in [c.client_id for c in idp.clients()]
+    token = requests.post(idp.issuer + "/token", data={"grant_type": "client_credentials"},
+                          auth=("demo-client", "demo-secret"), timeout=5)
+    assert token.status_code == 200

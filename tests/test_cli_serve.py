@@ -143,3 +143,66 @@ def test_admin_token_flag_short_token_is_a_config_error():
     assert result.exit_code == 2
     assert "admin_token: must be at least 16 characters" in result.output
     assert "short" not in result.output.replace("admin_token", "")
+
+
+# A point that is not on P-256 (x = y = 1), in base64url of 32 bytes.
+_ONE = "A" * 42 + "E"
+
+
+@pytest.mark.parametrize(("jwks", "problem"), [
+    ('{ keys = [ { kty = "RSA", n = "AAAA" } ] }', "keys[0] is not a usable RSA public key"),
+    ('{ keys = [ { kty = "oct", k = "c2VjcmV0LXNlY3JldC1zZWNyZXQ" } ] }',
+     "keys[0] is a symmetric (oct) key"),
+    (f'{{ keys = [ {{ kty = "EC", crv = "P-256", x = "{_ONE}", y = "{_ONE}" }} ] }}',
+     "keys[0] is not a usable EC public key: Invalid EC key. Point is not on the curve"),
+    ('{ keys = ["x"] }', "keys[0] is not a JWK"),
+    ('{ keys = [ { kty = "OKP", crv = "X25519", x = "' + "A" * 43 + '" } ] }',
+     "keys[0]: crv 'X25519' is not Ed25519"),
+    ('{ keys = [ { kty = "EC", crv = "P-999", x = "AA", y = "AA" } ] }',
+     "keys[0]: crv 'P-999' is not P-256"),
+])
+def test_a_malformed_client_jwks_in_the_file_is_one_line_and_exit_2(tmp_path, monkeypatch,
+                                                                    jwks, problem):
+    """Issue 9 item 8: the file, the key and the problem on one line, exit 2 – never a
+    traceback, and never a server that starts with a key it cannot use (oct used to)."""
+    from werkzeug.serving import BaseWSGIServer
+
+    monkeypatch.setattr(BaseWSGIServer, "serve_forever", lambda self, poll_interval: None)
+    path = tmp_path / "m2mauth.toml"
+    path.write_text(f'[[clients]]\nclient_id = "pk"\njwks = {jwks}\n')
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: {path}: clients[0].jwks: {problem}"), line
+
+
+def test_unsafe_key_files_are_one_line_and_exit_2_unless_overridden(tmp_path, monkeypatch):
+    """Issue 9 item 9: another local user could have swapped a world-writable key."""
+    from werkzeug.serving import BaseWSGIServer
+
+    monkeypatch.setattr(BaseWSGIServer, "serve_forever", lambda self, poll_interval: None)
+    runner = CliRunner()
+    assert runner.invoke(main, ["keys", "generate", str(tmp_path), "--alg", "RS256"]).exit_code == 0
+    key = tmp_path / "rs256.pem"
+    key.chmod(0o666)
+    result = runner.invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: {key}: the private key has mode 0666") and \
+        f"run chmod 600 {key}" in line
+    result = runner.invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0",
+                                  "--unsafe-key-permissions"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0"],
+                           env={"M2MAUTH_UNSAFE_KEY_PERMISSIONS": "true"})
+    assert result.exit_code == 0, result.output
+
+
+def test_keys_generate_refuses_a_world_writable_directory(tmp_path):
+    tmp_path.chmod(0o777)
+    result = CliRunner().invoke(main, ["keys", "generate", str(tmp_path), "--alg", "ES256"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"Error: {tmp_path}: the key directory has mode 0777: other users can add or replace"
+        f" keys in it; run chmod 700 {tmp_path}")
+    assert not (tmp_path / "es256.pem").exists()

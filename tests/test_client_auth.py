@@ -480,3 +480,114 @@ def test_hostile_assertions_get_invalid_client_not_500(live_server, client_keys)
         assert '"' not in description and "\\" not in description, (name, description)
     ok = post(live_server, GRANT, auth=("secret-client", SECRET))
     assert ok.status_code == 200
+
+
+# -- one answer for every failed authentication ---------------------------------------------
+
+
+def _comparable(response: requests.Response) -> tuple:
+    """What a caller can compare between two answers: status, headers (but Date, which
+    follows the wall clock) and the body's bytes."""
+    headers = tuple(sorted(
+        (k.lower(), v) for k, v in response.headers.items() if k.lower() != "date"))
+    return response.status_code, headers, response.content
+
+
+@SHORT_HMAC_KEY
+def test_every_failed_authentication_gets_one_answer(live_server, client_keys, caplog):
+    """No client enumeration (issue 9 item 3): unknown id, wrong secret, no secret, no keys,
+    bad signature, bad claims, replayed jti and a forbidden method answer byte for byte alike,
+    per status rule; the server log keeps the detail (and no secret or assertion)."""
+    es = client_keys["ES256"]
+    kid = {"kid": es.jwk.kid}
+    live_server.add_client("keys-but-basic", client_secret=SECRET, jwks=es.public_jwks(),
+                           auth_methods=["client_secret_basic"])
+    used = assertion(live_server, "jwt-es256", es.pem(), "ES256", headers=kid)
+    assert post(live_server, with_assertion(used)).status_code == 200
+    head, body, _ = assertion(live_server, "jwt-es256", es.pem(), "ES256", headers=kid).split(".")
+    forged = jwt.encode({"x": 1}, es.pem(), algorithm="ES256").split(".")[2]
+    # name → (request for a known client, the same request for an unknown one)
+    body_failures = {
+        "post, wrong secret": ({**GRANT, "client_id": "post-only", "client_secret": "wrong"},
+                               {**GRANT, "client_id": "nobody", "client_secret": "wrong"}),
+        "post, no secret": ({**GRANT, "client_id": "jwt-es256", "client_secret": SECRET},
+                            {**GRANT, "client_id": "nobody", "client_secret": SECRET}),
+        "post, method not allowed": (
+            {**GRANT, "client_id": "basic-only", "client_secret": SECRET},
+            {**GRANT, "client_id": "nobody", "client_secret": SECRET}),
+        "client_secret_jwt, wrong secret": (
+            with_assertion(assertion(live_server, "hmac-jwt", "w" * 32, "HS256")),
+            with_assertion(assertion(live_server, "nobody", "w" * 32, "HS256"))),
+        "client_secret_jwt, no secret": (
+            with_assertion(assertion(live_server, "jwt-es256", SECRET, "HS256")),
+            with_assertion(assertion(live_server, "nobody", SECRET, "HS256"))),
+        "private_key_jwt, no keys": (
+            with_assertion(assertion(live_server, "secret-client", es.pem(), "ES256")),
+            with_assertion(assertion(live_server, "nobody", es.pem(), "ES256"))),
+        "private_key_jwt, bad signature": (
+            with_assertion(f"{head}.{body}.{forged}"),
+            with_assertion(assertion(live_server, "nobody", es.pem(), "ES256", headers=kid))),
+        "private_key_jwt, bad claims": (
+            with_assertion(assertion(live_server, "jwt-es256", es.pem(), "ES256", headers=kid,
+                                     aud="https://other.test/token")),
+            with_assertion(assertion(live_server, "nobody", es.pem(), "ES256", headers=kid,
+                                     aud="https://other.test/token"))),
+        "private_key_jwt, replayed jti": (
+            with_assertion(used),
+            with_assertion(assertion(live_server, "nobody", es.pem(), "ES256", headers=kid))),
+        "private_key_jwt, method not allowed": (
+            with_assertion(assertion(live_server, "keys-but-basic", es.pem(), "ES256",
+                                     headers=kid)),
+            with_assertion(assertion(live_server, "nobody", es.pem(), "ES256", headers=kid))),
+    }
+    basic_failures = {
+        "basic, wrong secret": (("secret-client", "wrong"), ("nobody", "wrong")),
+        "basic, no secret": (("jwt-es256", SECRET), ("nobody", SECRET)),
+        "basic, method not allowed": (("post-only", SECRET), ("nobody", SECRET)),
+    }
+    caplog.set_level("INFO", logger="m2mauth.server")
+    answers = {}
+    for name, (known, unknown) in body_failures.items():
+        answers[name] = _comparable(post(live_server, known))
+        answers[name + " (unknown)"] = _comparable(post(live_server, unknown))
+    for name, (known, unknown) in basic_failures.items():
+        answers[name] = _comparable(post(live_server, GRANT, auth=known))
+        answers[name + " (unknown)"] = _comparable(post(live_server, GRANT, auth=unknown))
+    in_body = {answers[n] for n in answers if not n.startswith("basic")}
+    with_basic = {answers[n] for n in answers if n.startswith("basic")}
+    assert len(in_body) == 1, answers
+    assert len(with_basic) == 1, answers
+    (status, headers, content), = in_body
+    assert status == 400 and "www-authenticate" not in dict(headers)
+    assert json.loads(content) == {
+        "error": "invalid_client",
+        "error_description": "Client authentication failed: unknown client, wrong"
+                             " credentials, or an auth method this client may not use."}
+    (status, headers, _), = with_basic
+    assert status == 401 and dict(headers)["www-authenticate"].startswith('Basic realm="')
+
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "m2mauth.server" and "client authentication failed" in r.getMessage()]
+    assert len(lines) == len(answers)
+    text = "\n".join(lines)
+    for detail in ("client_id='post-only' detail='client_secret_post: wrong client secret'",
+                   "client_id='nobody' detail='client_secret_basic: unknown client'",
+                   "client_id='jwt-es256' detail='client_secret_basic: the client has no"
+                   " secret'",
+                   "client_id='basic-only' detail='client_secret_post: not an auth method",
+                   "client_id='secret-client' detail='The client has no registered public",
+                   "client_id='keys-but-basic' detail='The client cannot authenticate with"
+                   " method: private_key_jwt'",
+                   "detail='Client assertion: jti was used before.'",
+                   "detail='Client assertion: bad_signature",
+                   "client_id='nobody' detail='The client does not exist"):
+        assert detail in text, (detail, text)
+    assert SECRET not in text and used not in text and "wrong'" not in text
+
+
+def test_the_failure_log_escapes_the_client_id(live_server, caplog):
+    caplog.set_level("INFO", logger="m2mauth.server")
+    r = post(live_server, {**GRANT, "client_id": "evil\nclient_id=admin", "client_secret": "x"})
+    assert r.status_code == 400
+    (line,) = [r.getMessage() for r in caplog.records if "authentication failed" in r.getMessage()]
+    assert "\n" not in line and r"client_id='evil\nclient_id=admin'" in line

@@ -423,9 +423,8 @@ def test_advancing_the_server_clock_expires_a_client_assertion(idp):
     stale = assertion(idp, "pk-clock", private, public["kid"], lifetime=60)
     idp.clock.advance(3600)
     refused = with_assertion(idp, stale)
+    # Why (expired) is in the server log only: every failed authentication answers alike.
     assert (refused.status_code, refused.json()["error"]) == (400, "invalid_client")
-    assert "exp" in refused.json()["error_description"] or "expired" in \
-        refused.json()["error_description"]
     fresh = with_assertion(idp, assertion(idp, "pk-clock", private, public["kid"]))
     assert fresh.status_code == 200, fresh.text
 

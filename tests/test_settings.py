@@ -220,3 +220,41 @@ def test_localhost_counts_as_loopback_only_when_it_resolves_to_loopback(
     settings = ServerSettings(host="localhost")
     assert settings.binds_loopback is loopback
     assert settings.admin_enabled is loopback
+
+
+def _nested(depth: int) -> dict:
+    claims: dict = {}
+    inner = claims
+    for _ in range(depth - 1):
+        inner["n"] = {}
+        inner = inner["n"]
+    return claims
+
+
+@pytest.mark.parametrize(("claims", "why"), [
+    (_nested(33), "nest more than 32 levels deep"),
+    ({"list": [[[[1]]]] * 1, "deep": {"n": [_nested(31)]}}, "nest more than 32"),
+    ({"big": "x" * 17_000}, "bytes as JSON; at most 16384"),
+    ({"n": {1: "a"}}, "names must be strings"),
+    ({"n": float("nan")}, "NaN or infinity"),
+    ({"n": {"s": {1, 2}}}, "JSON values only, not set"),
+])
+def test_client_claims_are_bounded_json(claims, why):
+    """Issue 9 item 7: checked when the client is registered (file or admin API), so that a
+    RecursionError or an unserialisable value can never come up at token time."""
+    with pytest.raises(ConfigError) as caught:
+        ClientSettings("c", "secret", claims=claims).validate("add_client", "client")
+    assert caught.value.key == "client.claims" and why in caught.value.why
+
+
+def test_client_claims_within_the_bounds_pass():
+    ClientSettings("c", "secret", claims={"tenant": "acme", "n": _nested(31),
+                                          "list": [1, 2.5, None, True, "x"]}).validate("t", "c")
+
+
+def test_deep_claims_in_the_config_file_name_the_key(tmp_path):
+    deep = "{ n = " * 40 + "1" + " }" * 40
+    path = _write(tmp_path, f'[[clients]]\nclient_id = "a"\nclient_secret = "s"\nclaims = {deep}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value) == f"{path}: clients[0].claims: nest more than 32 levels deep"

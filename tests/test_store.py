@@ -331,7 +331,7 @@ def test_remember_jti_refuses_a_replay_until_it_expires():
 
 
 def test_remember_jti_refuses_when_full_of_live_entries():
-    store = MemoryStore(max_jtis=3)
+    store = MemoryStore(max_jtis_per_client=3)
     for j in ("a", "b", "c"):
         assert store.remember_jti("c", j, expires_at=T0 + 60, now=T0)
     # Full of live entries: refused, rather than forgetting one and allowing its replay.
@@ -342,6 +342,46 @@ def test_remember_jti_refuses_when_full_of_live_entries():
     assert store.remember_jti("c", "d", expires_at=T0 + 200, now=T0 + 61) is True
     assert store.remember_jti("c", "a", expires_at=T0 + 200, now=T0 + 61) is True
     assert store.remember_jti("c", "d", expires_at=T0 + 200, now=T0 + 62) is False
+
+
+def test_one_client_filling_its_share_never_refuses_another_client():
+    """Issue 9 item 6: the bound is per client; a greedy client's long-lived assertions
+    refuse only its own next ones."""
+    store = MemoryStore(max_jtis_per_client=3)
+    for j in ("a", "b", "c"):
+        assert store.remember_jti("greedy", j, expires_at=T0 + 3600, now=T0)
+    assert store.remember_jti("greedy", "d", expires_at=T0 + 60, now=T0 + 1) is False
+    for other in ("x", "y", "z"):
+        assert store.remember_jti(other, "a", expires_at=T0 + 60, now=T0 + 1) is True
+        assert store.remember_jti(other, "a", expires_at=T0 + 60, now=T0 + 2) is False
+
+
+def test_remember_jti_forgets_expired_entries_as_time_passes():
+    """Expired entries go by time, whether or not a share is full: a steady client with
+    60 s assertions keeps about 60 s worth of entries, not all it ever sent."""
+    store = MemoryStore(max_jtis_per_client=100_000)
+    for i in range(5_000):
+        now = T0 + i * 0.5  # two assertions a second
+        assert store.remember_jti(f"c{i % 7}", f"j{i}", expires_at=now + 60, now=now)
+        # Private state, read to check the bound: at most 60 s of entries stay.
+        assert len(store._jti_expiry) <= 122
+    assert sum(len(seen) for seen in store._jtis.values()) == len(store._jti_expiry)
+    later = T0 + 5_000
+    assert store.remember_jti("new", "j", expires_at=later + 60, now=later)
+    assert len(store._jti_expiry) == 1 and list(store._jtis) == ["new"]
+
+
+def test_the_per_client_bound_is_a_setting():
+    from m2mauth.server.issuer import Issuer
+    from m2mauth.server.settings import ServerSettings, load_settings
+
+    settings = load_settings(env={"M2MAUTH_ASSERTION_JTIS_PER_CLIENT": "2"})
+    assert settings.assertion_jtis_per_client == 2
+    assert ServerSettings().assertion_jtis_per_client == 10_000
+    store = Issuer(settings).store
+    assert store.remember_jti("c", "a", T0 + 60, T0) and store.remember_jti("c", "b", T0 + 60, T0)
+    assert store.remember_jti("c", "c", T0 + 60, T0) is False
+    assert store.remember_jti("d", "c", T0 + 60, T0) is True
 
 
 def test_remember_jti_is_exactly_once_under_concurrency():
