@@ -5,8 +5,11 @@ only; every wait is bounded, and expiry is reached by moving injected clocks, ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +23,7 @@ from jwt.algorithms import ECAlgorithm
 from m2mauth.client import (
     InvalidTokenError,
     JWKSError,
+    TokenProvider,
     TokenValidator,
 )
 from m2mauth.client.jwks import JWKSCache
@@ -254,3 +258,32 @@ def test_a_key_published_during_the_cooldown_is_found_at_the_next_refetch(signer
     assert cache.fetches == fetches + 1
 
 
+# -- item 17: the cache key is keyed per process --------------------------------------------------
+
+def _unkeyed(secret: str) -> str:
+    """The cache key as it was: SHA-256 of the parameters and SHA-256(secret)."""
+    material = json.dumps(["https://idp.test/token", "demo-client", "client_secret_basic",
+                           ["read"], [], []])
+    digest = hashlib.sha256(material.encode())
+    digest.update(b"\0" + hashlib.sha256(secret.encode()).digest())
+    return digest.hexdigest()
+
+
+def _provider_key(secret: str) -> str:
+    return TokenProvider("https://idp.test/token", "demo-client", secret, "read").cache_key
+
+
+def test_the_cache_key_resists_a_dictionary():
+    key = _provider_key("demo-secret")
+    words = ["secret", "password", "demo", "demo-secret", "changeme", "admin", "test"]
+    assert [w for w in words if _unkeyed(w) == key] == []
+    assert _provider_key("demo-secret") == key  # equal inputs, equal keys, in one process
+    assert _provider_key("other-secret") != key
+
+
+def test_the_cache_key_differs_between_processes():
+    code = ("from m2mauth.client import TokenProvider; print(TokenProvider("
+            "'https://idp.test/token', 'demo-client', 'demo-secret', 'read').cache_key)")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, check=True).stdout.strip()
+    assert other and other != _provider_key("demo-secret")
