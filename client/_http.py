@@ -15,7 +15,8 @@ from typing import Any
 import requests
 import urllib3.exceptions
 
-__all__ = ["DEFAULT_MAX_BYTES", "BodyTooLarge", "DeadlinePassed", "read_body", "remaining"]
+__all__ = ["DEFAULT_MAX_BYTES", "BodyTooLarge", "DeadlinePassed", "close", "read_body",
+           "remaining"]
 
 #: What metadata, token and JWKS responses may weigh: far more than any real one needs.
 DEFAULT_MAX_BYTES = 256 * 1024
@@ -52,6 +53,11 @@ def read_body(response: requests.Response, *, max_bytes: int, deadline: float) -
     :class:`DeadlinePassed`. Other failures are ``requests.RequestException``."""
     raw = response.raw
     body = bytearray()
+    if not hasattr(raw, "read1"):  # a stand-in response (tests, adapters): already in memory
+        content = response.content or b""
+        if len(content) > max_bytes:
+            raise BodyTooLarge
+        return content
     try:
         while True:
             _read_timeout(raw, remaining(deadline))
@@ -67,4 +73,10 @@ def read_body(response: requests.Response, *, max_bytes: int, deadline: float) -
         raise requests.ConnectionError(exc) from exc
     finally:
         if len(body) > max_bytes or time.monotonic() >= deadline:
-            response.close()  # never give a half-read connection back to the pool
+            close(response)  # never give a half-read connection back to the pool
+
+
+def close(response: requests.Response) -> None:
+    """Close ``response``, also a stand-in one without a connection (``raw`` None)."""
+    if response.raw is not None:
+        response.close()

@@ -20,6 +20,7 @@ import requests
 
 from ._arguments import as_list
 from ._flow import Flow, called, run
+from ._http import DEFAULT_MAX_BYTES
 from ._jwt import unverified_jwt
 from .assertions import PrivateKey, load_private_key
 from .discovery import MetadataCache
@@ -272,6 +273,8 @@ class _ProviderBase:
     cache: TokenCache[Any] | None = None
     #: None: a metadata cache of this provider's own (for ``issuer=``).
     metadata_cache: MetadataCache | None = None
+    #: Token and metadata responses larger than this are refused (``TransportError``).
+    max_response_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         private_key = self.private_key
@@ -289,6 +292,7 @@ class _ProviderBase:
             client_secret=self.client_secret, private_key=private_key, kid=self.kid,
             scope=scopes, resource=resources, auth_method=self.auth_method,
             timeout=self.timeout, clock=self.clock, extra_params=self.extra_params,
+            max_response_bytes=self.max_response_bytes,
             # "is not None": a MetadataCache has __len__, so a given (still empty) one is falsy.
             metadata_cache=(self.metadata_cache if self.metadata_cache is not None
                             else MetadataCache()),

@@ -5,6 +5,7 @@ only; every wait is bounded, and expiry is reached by moving injected clocks, ne
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -21,11 +22,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from m2mauth.client import (
+    DiscoveryError,
     InvalidTokenError,
     JWKSError,
     TokenProvider,
     TokenValidator,
+    TransportError,
+    fetch_token,
 )
+from m2mauth.client.aio import afetch_token
+from m2mauth.client.discovery import discover
 from m2mauth.client.jwks import JWKSCache
 
 ISSUER = "https://issuer.test"
@@ -256,6 +262,47 @@ def test_a_key_published_during_the_cooldown_is_found_at_the_next_refetch(signer
     clock.now = NOW + 1 + 30  # the next permitted refetch
     assert validator.validate(token).subject == "svc"
     assert cache.fetches == fetches + 1
+
+
+# -- item 16: metadata and token responses are capped ------------------------------------------
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_metadata_is_refused_at_the_cap(peer, chunked):
+    server = peer(big(50 * 1024 * 1024, chunked))
+    elapsed, error = _timed(lambda: discover(server.url, timeout=2, max_bytes=4096))
+    assert isinstance(error, DiscoveryError), error
+    assert "4096" in str(error)
+    assert elapsed < 2
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversized_token_response_is_refused_at_the_cap(peer, chunked):
+    server = peer(big(50 * 1024 * 1024, chunked))
+    args = dict(token_url=server.url + "/token", client_id="c", client_secret="s", timeout=2,
+                max_response_bytes=4096)
+    for call in (lambda: fetch_token(**args), lambda: asyncio.run(afetch_token(**args))):
+        elapsed, error = _timed(call)
+        assert isinstance(error, TransportError), error
+        assert "4096" in str(error)
+        assert elapsed < 2
+
+
+def test_a_trickling_token_endpoint_is_cut_off_at_the_deadline(peer):
+    server = peer(trickle(b'{"access_token": "x", "token_type": "Bearer"}' + b" " * 40, 0.1))
+    args = dict(token_url=server.url + "/token", client_id="c", client_secret="s",
+                timeout=0.5)
+    for call in (lambda: fetch_token(**args), lambda: asyncio.run(afetch_token(**args))):
+        elapsed, error = _timed(call)
+        assert isinstance(error, TransportError), error
+        assert elapsed < 1.5
+
+
+def test_the_provider_takes_the_cap(peer):
+    server = peer(big(1024 * 1024))
+    provider = TokenProvider(server.url + "/token", "c", "s", max_response_bytes=4096,
+                             timeout=2)
+    with pytest.raises(TransportError, match="4096"):
+        provider.get_token()
 
 
 # -- item 17: the cache key is keyed per process --------------------------------------------------
