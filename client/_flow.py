@@ -32,8 +32,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 
+from ._http import (
+    DEFAULT_MAX_BYTES,
+    BodyTooLarge,
+    DeadlinePassed,
+    close,
+    read_body,
+)
 from .discovery import MetadataCache, discover
-from .errors import transport_error
+from .errors import TransportError, transport_error
 
 if TYPE_CHECKING:
     import httpx
@@ -53,7 +60,10 @@ class Request:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     form: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The whole exchange, not each read: a peer trickling bytes cannot stretch it.
     timeout: float = 10.0
+    #: A larger body is refused (``TransportError``) once that much has been read.
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class Discover:
     issuer: str
     timeout: float
     cache: MetadataCache | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -184,8 +195,9 @@ class _BlockingIO:
                 return self._send(action)
             case Wait(seconds=seconds):
                 return self._sleep(seconds)
-            case Discover(issuer=issuer, timeout=timeout, cache=cache):
-                return discover(issuer, session=self._session, timeout=timeout, cache=cache)
+            case Discover(issuer=issuer, timeout=timeout, cache=cache, max_bytes=max_bytes):
+                return discover(issuer, session=self._session, timeout=timeout, cache=cache,
+                                max_bytes=max_bytes)
             case Call(fn=fn):
                 return fn()
         raise TypeError(f"a flow yielded {action!r}, not an action")
@@ -194,14 +206,22 @@ class _BlockingIO:
         session = self._session
         if session is None:
             session = self._own = self._own or requests.Session()
+        deadline = time.monotonic() + request.timeout
         try:
             response = session.request(
                 request.method, request.url, data=list(request.form),
-                headers=dict(request.headers), timeout=request.timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise transport_error(exc, request.url, timeout=request.timeout,
-                                  timed_out=isinstance(exc, requests.Timeout)) from exc
-        return Response(response.status_code, response.headers, response.content)
+                headers=dict(request.headers), timeout=request.timeout,
+                allow_redirects=False, stream=True)
+            try:
+                content = read_body(response, max_bytes=request.max_bytes, deadline=deadline)
+            finally:
+                close(response)
+        except BodyTooLarge:
+            raise _too_large(request) from None
+        except (requests.RequestException, DeadlinePassed) as exc:
+            raise transport_error(exc, request.url, timeout=request.timeout, timed_out=isinstance(
+                exc, (requests.Timeout, DeadlinePassed))) from exc
+        return Response(response.status_code, response.headers, content)
 
     def close(self) -> None:
         if self._own is not None:
@@ -223,8 +243,9 @@ class _AsyncIO:
                 return await self._send(action)
             case Wait(seconds=seconds):
                 return await self._sleep(seconds)
-            case Discover(issuer=issuer, timeout=timeout, cache=cache):
-                return await asyncio.to_thread(discover, issuer, timeout=timeout, cache=cache)
+            case Discover(issuer=issuer, timeout=timeout, cache=cache, max_bytes=max_bytes):
+                return await asyncio.to_thread(discover, issuer, timeout=timeout, cache=cache,
+                                               max_bytes=max_bytes)
             case Call(fn=fn):
                 value = fn()
                 return await value if inspect.isawaitable(value) else value
@@ -240,14 +261,26 @@ class _AsyncIO:
         for name, item in request.form:  # httpx repeats a form field given a list, not pairs
             form.setdefault(name, []).append(item)
         try:
-            response = await client.request(
-                request.method, request.url, data=form or None,
-                headers=dict(request.headers), timeout=request.timeout, follow_redirects=False)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, request.url, timeout=request.timeout,
-                                  timed_out=isinstance(exc, httpx.TimeoutException)) from exc
-        return Response(response.status_code, response.headers, response.content)
+            async with asyncio.timeout(request.timeout):  # the whole exchange, not each read
+                async with client.stream(
+                        request.method, request.url, data=form or None,
+                        headers=dict(request.headers), timeout=request.timeout,
+                        follow_redirects=False) as response:
+                    content = bytearray()
+                    async for piece in response.aiter_bytes():
+                        content += piece
+                        if len(content) > request.max_bytes:
+                            raise _too_large(request)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise transport_error(exc, request.url, timeout=request.timeout, timed_out=isinstance(
+                exc, (httpx.TimeoutException, TimeoutError))) from exc
+        return Response(response.status_code, response.headers, bytes(content))
 
     async def aclose(self) -> None:
         if self._own is not None:
             await self._own.aclose()
+
+
+def _too_large(request: Request) -> TransportError:
+    return TransportError(error_description=f"{request.url} answered with a body larger than "
+                          f"{request.max_bytes} bytes; reading stopped there.")

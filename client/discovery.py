@@ -4,6 +4,7 @@ fallback), and a small per-issuer cache that lives on an object, never in the mo
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from ._http import (
+    DEFAULT_MAX_BYTES,
+    BodyTooLarge,
+    DeadlinePassed,
+    close,
+    read_body,
+    remaining,
+)
 from .errors import DiscoveryError, transport_error
 
 __all__ = ["MetadataCache", "discover", "metadata_urls"]
@@ -42,15 +51,28 @@ def metadata_urls(issuer: str) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def _get_json(url: str, session: requests.Session, timeout: float) -> tuple[int, Any]:
-    """(status, parsed body or None when the body is not JSON)."""
+def _get_json(url: str, session: requests.Session, timeout: float, *,
+              deadline: float | None = None,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[int, Any]:
+    """(status, parsed body or None when the body is not JSON), read before ``deadline``
+    (``time.monotonic``; else ``timeout`` from now) and at most ``max_bytes`` long."""
+    if deadline is None:
+        deadline = time.monotonic() + timeout
     try:
-        response = session.get(url, timeout=timeout, headers={"Accept": "application/json"})
-    except requests.RequestException as exc:
-        raise transport_error(exc, url, timeout=timeout, fetching="metadata",
-                              timed_out=isinstance(exc, requests.Timeout)) from exc
+        response = session.get(url, timeout=remaining(deadline), stream=True,
+                               allow_redirects=False, headers={"Accept": "application/json"})
+        try:
+            body = read_body(response, max_bytes=max_bytes, deadline=deadline)
+        finally:
+            close(response)
+    except BodyTooLarge:
+        raise DiscoveryError("discovery_error", f"Metadata at {url} is larger than {max_bytes} "
+                             "bytes; reading stopped there.") from None
+    except (requests.RequestException, DeadlinePassed) as exc:
+        raise transport_error(exc, url, timeout=timeout, fetching="metadata", timed_out=isinstance(
+            exc, (requests.Timeout, DeadlinePassed))) from exc
     try:
-        return response.status_code, response.json()
+        return response.status_code, json.loads(body)
     except (ValueError, RecursionError):
         return response.status_code, None
 
@@ -61,26 +83,30 @@ def discover(
     session: requests.Session | None = None,
     timeout: float = 10,
     cache: MetadataCache | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> dict[str, Any]:
     """The metadata document of ``issuer`` (a fresh copy the caller may change).
 
-    Tries the RFC 8414 URL, then OpenID Connect's. The document's ``issuer`` must equal the
+    Tries the RFC 8414 URL, then OpenID Connect's, all within ``timeout`` seconds in total;
+    a document over ``max_bytes`` is refused. The document's ``issuer`` must equal the
     requested one exactly (RFC 8414 §3.3), else :class:`DiscoveryError`: a look-alike issuer
     could otherwise point the client at another server's token endpoint and keys. Without
     ``cache`` every call fetches; pass a :class:`MetadataCache` to reuse results.
     """
     if cache is not None:
-        return cache.get(issuer, session=session, timeout=timeout)
-    return _fetch(issuer, session=session, timeout=timeout)
+        return cache.get(issuer, session=session, timeout=timeout, max_bytes=max_bytes)
+    return _fetch(issuer, session=session, timeout=timeout, max_bytes=max_bytes)
 
 
-def _fetch(issuer: str, *, session: requests.Session | None, timeout: float) -> dict[str, Any]:
+def _fetch(issuer: str, *, session: requests.Session | None, timeout: float,
+           max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     urls = metadata_urls(issuer)
     http = session or requests.Session()
+    deadline = time.monotonic() + timeout
     tried: list[str] = []
     try:
         for url in urls:
-            status, body = _get_json(url, http, timeout)
+            status, body = _get_json(url, http, timeout, deadline=deadline, max_bytes=max_bytes)
             if status != 200 or not isinstance(body, dict):
                 why = f"HTTP {status}" if status != 200 else "not a JSON object"
                 tried.append(f"{url} ({why})")
@@ -114,7 +140,8 @@ class MetadataCache:
         self._issuer_locks: dict[str, threading.Lock] = {}
 
     def get(
-        self, issuer: str, *, session: requests.Session | None = None, timeout: float = 10
+        self, issuer: str, *, session: requests.Session | None = None, timeout: float = 10,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> dict[str, Any]:
         """Cached metadata of ``issuer``, fetched when missing or older than ``ttl``."""
         cached = self._fresh(issuer)
@@ -126,7 +153,7 @@ class MetadataCache:
             cached = self._fresh(issuer)  # another thread may have fetched while we waited
             if cached is not None:
                 return cached
-            metadata = _fetch(issuer, session=session, timeout=timeout)
+            metadata = _fetch(issuer, session=session, timeout=timeout, max_bytes=max_bytes)
             with self._lock:
                 self._entries[issuer] = (self._clock() + self.ttl, metadata)
             return copy.deepcopy(metadata)

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import requests
@@ -34,6 +35,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
 from ._algorithms import ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, algorithms_for
+from ._http import DEFAULT_MAX_BYTES, BodyTooLarge, DeadlinePassed, read_body
 from ._untrusted import shown
 from .errors import InvalidTokenError, JWKSError, root_cause
 
@@ -41,6 +43,8 @@ __all__ = ["ASYMMETRIC_ALGORITHMS", "JWKSCache", "KeySet", "VerificationKey"]
 
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MIN_RSA_BITS = 2048
+_STRING_MEMBERS = MappingProxyType({"kty": "key type", "crv": "curve", "alg": "algorithm",
+                                    "kid": "key id", "use": "use"})
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d{1,10})\"?", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|[,\s])no-(?:cache|store)\b", re.IGNORECASE)
 
@@ -100,9 +104,12 @@ def parse_jwk(jwk: Mapping[str, Any], allowed: Iterable[str],
     allowed = frozenset(allowed) & ASYMMETRIC_ALGORITHMS
     if not isinstance(jwk, Mapping):
         raise ValueError("not a JSON object")
+    # JSON lets every member be a list or an object; one such key must be skipped, not raise
+    # TypeError (unhashable) later and break validation with every other key of the set.
+    for name, what in _STRING_MEMBERS.items():
+        if name in jwk and not isinstance(jwk[name], str):
+            raise ValueError(f"{what} ({name}) is not a string")
     kty, crv, alg, kid = jwk.get("kty"), jwk.get("crv"), jwk.get("alg"), jwk.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise ValueError("kid is not a string")
     if kty == "oct":
         raise ValueError("symmetric (oct) keys are never taken from a JWKS")
     if _PRIVATE_MEMBERS & set(jwk):
@@ -163,7 +170,7 @@ class JWKSCache:
         max_stale: float = 900.0,
         failure_backoff: float = 5.0,
         max_keys: int = 100,
-        max_bytes: int = 256 * 1024,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         max_negative: int = 4096,
         fetch: Callable[[], tuple[Any, str | None]] | None = None,
     ) -> None:
@@ -194,7 +201,6 @@ class JWKSCache:
         self._in_flight = False
         self._next_attempt = float("-inf")     # after a failure: no new attempt before this
         self._next_unknown_refetch = float("-inf")
-        self._last_unknown_refetch = float("-inf")
         self._last_error: JWKSError | None = None
         self._unknown: dict[str, float] = {}   # negative cache: kid -> refuse-until
         #: Successful and failed fetches, for tests and metrics.
@@ -246,8 +252,11 @@ class JWKSCache:
 
     def refresh(self) -> KeySet:
         """Fetch now (regardless of TTL and cooldown); raises :class:`JWKSError` on failure."""
-        with self._fetch_lock:
+        self._take_turn()
+        try:
             return self._fetch(self.clock())
+        finally:
+            self._fetch_lock.release()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -257,9 +266,23 @@ class JWKSCache:
             return keyset
         return None
 
+    def _take_turn(self) -> None:
+        """Acquire the fetch lock, waiting no longer than one fetch may take (``timeout``):
+        a fetch in flight ends by then, so a longer wait means something is wrong."""
+        if not self._fetch_lock.acquire(timeout=self.timeout):
+            raise JWKSError(error_description=f"a JWKS fetch in progress did not finish "
+                            f"within {self.timeout:g} s")
+
     def _refresh(self, now: float) -> KeySet:
         seen = self._attempts
-        with self._fetch_lock:
+        try:
+            self._take_turn()
+        except JWKSError:
+            stale = self._usable_stale(now)
+            if stale is not None:
+                return stale
+            raise
+        try:
             keyset = self._keyset
             if keyset is not None and now < keyset.expires_at:
                 return keyset  # refreshed by another thread while we waited
@@ -279,6 +302,8 @@ class JWKSCache:
                     f"stale keys are used for at most {self.max_stale:g} s") from error
             raise JWKSError(error_description=error.error_description if error else
                             "the JWKS could not be fetched") from error
+        finally:
+            self._fetch_lock.release()
 
     def _refetch_for(self, kid: str, now: float) -> KeySet:
         """After an unknown kid: a new set when a refetch is allowed, else the current one."""
@@ -289,18 +314,21 @@ class JWKSCache:
                 until = None
             cooling = not self._in_flight and now < self._next_unknown_refetch
             if until is not None or cooling:
-                if until is None:  # judged on the set of the last refetch: as fresh
-                    self._remember_unknown(kid, self._last_unknown_refetch + self.negative_ttl)
+                if until is None:
+                    # First seen after the last refetch, so no fetch has looked for it yet:
+                    # refused only until the next permitted refetch, which looks (a key
+                    # published since must not wait for negative_ttl after an older fetch).
+                    self._remember_unknown(kid, self._next_unknown_refetch)
                 return self._keyset  # type: ignore[return-value]
         seen = self._attempts
-        with self._fetch_lock:
+        self._take_turn()  # JWKSError: we could not check this kid in time
+        try:
             if self._attempts == seen:  # nobody fetched while we waited: our turn?
                 if now < self._next_unknown_refetch or now < self._next_attempt:
-                    with self._lock:
-                        self._remember_unknown(kid, max(now, self._last_unknown_refetch
-                                                        + self.negative_ttl))
+                    with self._lock:  # not looked for yet: until the next permitted refetch
+                        self._remember_unknown(kid, max(self._next_unknown_refetch,
+                                                        self._next_attempt))
                     return self._keyset  # type: ignore[return-value]
-                self._last_unknown_refetch = now
                 self._next_unknown_refetch = now + self.cooldown
                 keyset = self._fetch(now)  # JWKSError: we could not check this kid
             else:
@@ -309,6 +337,8 @@ class JWKSCache:
                 with self._lock:
                     self._remember_unknown(kid, now + self.negative_ttl)
             return keyset
+        finally:
+            self._fetch_lock.release()
 
     def _remember_unknown(self, kid: str, until: float) -> None:
         if len(self._unknown) >= self.max_negative:
@@ -349,20 +379,21 @@ class JWKSCache:
                 raise JWKSError(error_description=f"JWKS fetch failed: {root_cause(exc)}") from exc
         url = self.jwks_uri
         session = self._session or requests.Session()
+        # ``timeout`` is the whole fetch: requests' own timeout is per socket read, which a
+        # peer trickling bytes never trips.
+        deadline = time.monotonic() + self.timeout
         try:
             with session.get(url, timeout=self.timeout, stream=True, allow_redirects=False,
                              headers={"Accept": "application/json"}) as response:
                 if response.status_code != 200:
                     raise JWKSError(error_description=f"JWKS {url} answered HTTP "
                                     f"{response.status_code}", status=response.status_code)
-                body = b""
-                for chunk in response.iter_content(16384):
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        raise JWKSError(error_description=f"JWKS {url} is larger than "
-                                        f"{self.max_bytes} bytes")
+                body = read_body(response, max_bytes=self.max_bytes, deadline=deadline)
                 cache_control = response.headers.get("Cache-Control")
-        except requests.Timeout:
+        except BodyTooLarge:
+            raise JWKSError(error_description=f"JWKS {url} is larger than {self.max_bytes} "
+                            "bytes") from None
+        except (requests.Timeout, DeadlinePassed):
             raise JWKSError(error_description=f"timed out after {self.timeout} s fetching "
                             f"the JWKS {url}") from None
         except requests.RequestException as exc:
@@ -394,7 +425,7 @@ class JWKSCache:
             if key is None:  # parse once; an unchanged key keeps its object across refreshes
                 try:
                     key = parse_jwk(jwk, self.algorithms, self._pyjwt_algorithms)
-                except ValueError as exc:
+                except (ValueError, TypeError) as exc:  # TypeError: belt and braces, one key
                     kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
                     ignored.append(f"{shown(kid)}: {exc}")
                     continue

@@ -5,8 +5,10 @@ and served from the cache while a refresh fails and the token is still valid."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -18,6 +20,7 @@ import requests
 
 from ._arguments import as_list
 from ._flow import Flow, called, run
+from ._http import DEFAULT_MAX_BYTES
 from ._jwt import unverified_jwt
 from .assertions import PrivateKey, load_private_key
 from .discovery import MetadataCache
@@ -34,6 +37,11 @@ DEFAULT_REFRESH_MARGIN = 60.0
 #: ...but never earlier than this fraction of the token's lifetime before expiry, so a token
 #: that arrives with little time left is still used (no refresh storm).
 MAX_MARGIN_FRACTION = 0.5
+#: The key of the cache-key HMAC: random, made once per process at import. Module-level
+#: and still no mutable state – it never changes after import, and a per-process value is
+#: what keeps cache keys equal for equal inputs across providers (and their shared caches)
+#: while making them useless for guessing a secret in any other process.
+_CACHE_KEY_SECRET = secrets.token_bytes(32)
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,9 @@ def cache_key(
     extras = sorted((k, sorted(as_list(v))) for k, v in (extra_params or {}).items())
     material = json.dumps([endpoint, client_id, auth_method, sorted(set(scopes)),
                            sorted(set(resources)), extras])
-    digest = hashlib.sha256(material.encode())
+    # Keyed, not a plain hash: a plain SHA-256 over guessable parameters and SHA-256(secret)
+    # gives a weak secret back to a dictionary in microseconds.
+    digest = hmac.new(_CACHE_KEY_SECRET, material.encode(), hashlib.sha256)
     digest.update(b"\0" + _credential_fingerprint(credential))
     return digest.hexdigest()
 
@@ -263,6 +273,8 @@ class _ProviderBase:
     cache: TokenCache[Any] | None = None
     #: None: a metadata cache of this provider's own (for ``issuer=``).
     metadata_cache: MetadataCache | None = None
+    #: Token and metadata responses larger than this are refused (``TransportError``).
+    max_response_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         private_key = self.private_key
@@ -280,6 +292,7 @@ class _ProviderBase:
             client_secret=self.client_secret, private_key=private_key, kid=self.kid,
             scope=scopes, resource=resources, auth_method=self.auth_method,
             timeout=self.timeout, clock=self.clock, extra_params=self.extra_params,
+            max_response_bytes=self.max_response_bytes,
             # "is not None": a MetadataCache has __len__, so a given (still empty) one is falsy.
             metadata_cache=(self.metadata_cache if self.metadata_cache is not None
                             else MetadataCache()),
@@ -303,7 +316,8 @@ class _ProviderBase:
 
     @property
     def cache_key(self) -> str:
-        """The key this provider's token is cached under (no secret can be read from it)."""
+        """The key this provider's token is cached under: an HMAC under a random per-process key,
+        so no secret can be guessed from it; equal for equal inputs within this process only."""
         return self._key
 
     def invalidate(self, access_token: str | None = None) -> None:

@@ -21,6 +21,7 @@ import requests
 
 from ._arguments import as_list, takes
 from ._flow import Discover, Flow, Request, run
+from ._http import DEFAULT_MAX_BYTES
 from .assertions import (
     ASSERTION_TYPE,
     PrivateKey,
@@ -129,6 +130,8 @@ class TokenRequest:
     clock: Callable[[], float] | None = None
     extra_params: Mapping[str, str | Sequence[str]] | None = None
     metadata_cache: MetadataCache | None = None
+    #: Token and metadata responses larger than this are refused (``TransportError``).
+    max_response_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         check_arguments(self.token_url, self.issuer, self.client_id, self.client_secret,
@@ -142,7 +145,8 @@ class TokenRequest:
         token_url = self.token_url
         if token_url is None:
             assert self.issuer is not None
-            metadata = yield Discover(self.issuer, self.timeout, self.metadata_cache)
+            metadata = yield Discover(self.issuer, self.timeout, self.metadata_cache,
+                                      self.max_response_bytes)
             token_url = metadata.get("token_endpoint")
             if not _is_http_url(token_url):
                 raise DiscoveryError("discovery_error", f"The metadata of {self.issuer} has "
@@ -155,7 +159,8 @@ class TokenRequest:
         log.debug("token request to %s client_id=%s auth_method=%s scope=%s", token_url,
                   self.client_id, self.auth_method, " ".join(scopes) or "-")
         started = now()
-        response = yield Request("POST", token_url, headers, tuple(params), self.timeout)
+        response = yield Request("POST", token_url, headers, tuple(params), self.timeout,
+                                 self.max_response_bytes)
         token = parse_response(response, token_url, requested_scope=scopes, started=started,
                                now=now())
         log.debug("token received from %s client_id=%s token=%s expires_in=%s", token_url,

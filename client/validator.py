@@ -105,9 +105,11 @@ def _secs(value: float) -> str:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
+    """The NumericDate claim ``name``; None only when absent. A present JSON null is not
+    absence: it is a claim of the wrong type, like any other (``invalid_claim``)."""
+    if name not in claims:
         return None
+    value = claims[name]
     kind = type(value)
     if kind is float and math.isfinite(value):
         return value
@@ -386,7 +388,9 @@ class TokenValidator:
                 raise InvalidTokenError("missing_claim", f"claim {name} is missing",
                                         claim=name)
         iss = claims["iss"]
-        if type(iss) is not str or iss != self.issuer:  # exact: no prefix/substring games
+        if type(iss) is not str:
+            raise InvalidTokenError("invalid_claim", "claim iss is not a string", claim="iss")
+        if iss != self.issuer:  # exact: no prefix/substring games
             raise InvalidTokenError("wrong_issuer", f"iss is {shown(iss, 60)}, not the "
                                     "configured issuer", claim="iss")
         aud = claims["aud"]
@@ -395,7 +399,7 @@ class TokenValidator:
         elif type(aud) is list and aud and all(type(a) is str for a in aud):
             audience = tuple(aud)
         else:
-            raise InvalidTokenError("invalid_claim", "aud is not a string or a list of "
+            raise InvalidTokenError("invalid_claim", "claim aud is not a string or a list of "
                                     "strings", claim="aud")
         if self._audiences.isdisjoint(audience):
             raise InvalidTokenError("wrong_audience", "aud does not name this API",
@@ -408,13 +412,11 @@ class TokenValidator:
             if type(claims[name]) is not str or not claims[name]:
                 raise InvalidTokenError("invalid_claim", f"claim {name} is not a non-empty "
                                         "string", claim=name)
-        scope = claims.get("scope")
-        if scope is None:
-            granted: tuple[str, ...] = ()
-        elif type(scope) is str:
-            granted = tuple(dict.fromkeys(scope.split()))
-        else:
-            raise InvalidTokenError("invalid_claim", "scope is not a string", claim="scope")
+        scope = claims.get("scope", "")  # a present null is of the wrong type, not absent
+        if type(scope) is not str:
+            raise InvalidTokenError("invalid_claim", "claim scope is not a string",
+                                    claim="scope")
+        granted: tuple[str, ...] = tuple(dict.fromkeys(scope.split()))
         validated = ValidatedToken(
             subject=claims["sub"], client_id=claims["client_id"], scopes=granted,
             expires_at=exp, issued_at=iat, audience=audience,  # type: ignore[arg-type]
