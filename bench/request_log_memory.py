@@ -9,21 +9,11 @@ Run: python bench/request_log_memory.py [--requests 5000]
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 
 import requests
+from _serve import rss_mb, start_serve
 
 FORM = "application/x-www-form-urlencoded"
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _hostile_body() -> str:
@@ -34,23 +24,15 @@ def _hostile_body() -> str:
 
 
 def _growth(body: str, n: int) -> tuple[float, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
-    proc = subprocess.Popen([sys.executable, "-m", "m2mauth.server.cli", "serve", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc, issuer = start_serve()
+    token_url = issuer + "/token"
     try:
-        token_url = None
-        for _ in range(30):  # bounded: the banner is a dozen lines
-            line = proc.stdout.readline()
-            if line.strip().startswith("token "):
-                token_url = line.split()[-1]
-                break
-        assert token_url, "no banner"
         with requests.Session() as http:
             http.post(token_url, data=body, headers={"Content-Type": FORM}, timeout=10)
-            start = _rss_mb(proc.pid)
+            start = rss_mb(proc.pid)
             for _ in range(n):
                 http.post(token_url, data=body, headers={"Content-Type": FORM}, timeout=10)
-        return start, _rss_mb(proc.pid)
+        return start, rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

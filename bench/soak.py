@@ -20,43 +20,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 import requests
+from _serve import rss_mb, start_serve
 
 from m2mauth.client import JWKSCache, OAuthError, TokenValidator
 
 AUDIENCE = "api://default"
 DEMO = ("demo-client", "demo-secret")
 GRANT = {"grant_type": "client_credentials"}
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    """`m2mauth serve --port 0` in a process of its own; its issuer URL."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "m2mauth.server.cli", "serve", "--port", "0",
-                             "--algorithm", "ES256", "--ephemeral-keys"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    for _ in range(30):  # bounded: the banner is a dozen lines
-        line = proc.stdout.readline()
-        if line.strip().startswith("issuer"):
-            return proc, line.split()[-1]
-    proc.kill()
-    raise RuntimeError("m2mauth serve printed no issuer")
 
 
 @dataclass
@@ -82,7 +57,7 @@ class Counts:
 
 def run(seconds: float, concurrency: int) -> dict:
     """The soak itself; returns its counts and RSS figures."""
-    proc, issuer = start_server()
+    proc, issuer = start_serve("--algorithm", "ES256", "--ephemeral-keys")
     offset = [0.0]  # the server clock's offset, which the controller alone changes
     counts = Counts()
     stop = threading.Event()
@@ -132,7 +107,7 @@ def run(seconds: float, concurrency: int) -> dict:
                     http.post(admin + "/clock", json={"advance": move}, timeout=10)
                     offset[0] += move
 
-    rss_start = _rss_mb(proc.pid)
+    rss_start = rss_mb(proc.pid)
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     threads.append(threading.Thread(target=controller, daemon=True))
     started = time.monotonic()
@@ -144,7 +119,7 @@ def run(seconds: float, concurrency: int) -> dict:
         stop.set()
         for thread in threads:
             thread.join(timeout=15)
-        rss_end = _rss_mb(proc.pid)
+        rss_end = rss_mb(proc.pid)
         proc.terminate()
         proc.wait(timeout=10)
     fifth = seconds / 5

@@ -8,28 +8,11 @@ a plain request. Run: python bench/token_endpoint.py [--requests N] [--repeat R]
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import requests
-
-
-def _start(alg: str) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "m2mauth.server.cli", "serve", "--port", "0", "--algorithm", alg],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
-    for _ in range(30):
-        line = proc.stdout.readline()
-        if line.strip().startswith("issuer"):
-            return proc, line.split()[-1]
-    proc.kill()
-    raise RuntimeError("m2mauth serve printed no issuer")
+from _serve import start_serve
 
 
 def _rate(fn, n: int, repeat: int) -> float:
@@ -50,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for alg in ("RS256", "ES256", "EdDSA", "PS256"):
-        proc, issuer = _start(alg)
+        proc, issuer = start_serve("--algorithm", alg)
         try:
             session = requests.Session()
             token_url, jwks_url = issuer + "/token", issuer + "/jwks.json"

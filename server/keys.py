@@ -149,11 +149,8 @@ def check_key_directory(path: Path, st: os.stat_result | None = None, *,
     bit: anyone could add a key for a missing algorithm) lets another user swap the keys."""
     st = os.stat(path) if st is None else st
     _check_owner(path, st, "the key directory", hint)
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o022:
-        raise KeyStoreError(
-            f"{path}: the key directory has mode {mode:04o}: other users can add or replace"
-            f" keys in it; run chmod 700 {path}{hint}")
+    _check_mode(path, st, 0o022, "the key directory", "other users can add or replace keys in"
+                " it", "chmod 700", hint)
 
 
 def check_key_file(path: Path, st: os.stat_result, *, hint: str = _OVERRIDE) -> None:
@@ -163,11 +160,15 @@ def check_key_file(path: Path, st: os.stat_result, *, hint: str = _OVERRIDE) -> 
     if not stat.S_ISREG(st.st_mode):
         raise KeyStoreError(f"{path}: not a regular file")
     _check_owner(path, st, "the private key", hint)
+    _check_mode(path, st, 0o077, "the private key", "other users can read or change it",
+                "chmod 600", hint)
+
+
+def _check_mode(path: Path, st: os.stat_result, forbidden: int, what: str, risk: str,
+                fix: str, hint: str) -> None:
     mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise KeyStoreError(
-            f"{path}: the private key has mode {mode:04o}: other users can read or change it;"
-            f" run chmod 600 {path}{hint}")
+    if mode & forbidden:
+        raise KeyStoreError(f"{path}: {what} has mode {mode:04o}: {risk}; run {fix} {path}{hint}")
 
 
 class KeyStore:

@@ -80,23 +80,18 @@ def _validator(jwks: list[dict], clock: Callable[[], float] | None = None) -> To
 
 # -- item 11: registered claims of the wrong type, null included --------------------------------
 
-WRONG_TYPES = [None, "1700000300", [1], {"a": 1}, True]
+#: (claim, a value of the wrong type): time claims must be numbers, the others strings (aud:
+#: a string or strings).
+WRONG_TYPES = [
+    *[(claim, value) for claim in ("exp", "iat", "nbf")
+      for value in (None, "1700000300", [1], {"a": 1}, True)],
+    *[(claim, value) for claim in ("iss", "aud", "sub", "client_id", "jti", "scope")
+      for value in (None, 1, [1], {"a": 1}, True)],
+]
 
 
-@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
-@pytest.mark.parametrize("value", WRONG_TYPES, ids=repr)
-def test_a_time_claim_of_the_wrong_type_is_invalid_claim(signer, claim, value):
-    private, jwk = signer
-    token = _token(private, _claims(**{claim: value}))
-    with pytest.raises(InvalidTokenError) as caught:
-        _validator([jwk]).validate(token)
-    assert caught.value.reason == "invalid_claim"
-    assert claim in str(caught.value)
-
-
-@pytest.mark.parametrize("claim", ["iss", "aud", "sub", "client_id", "jti", "scope"])
-@pytest.mark.parametrize("value", [None, 1, [1], {"a": 1}, True], ids=repr)
-def test_a_string_claim_of_the_wrong_type_is_invalid_claim(signer, claim, value):
+@pytest.mark.parametrize(("claim", "value"), WRONG_TYPES, ids=repr)
+def test_a_registered_claim_of_the_wrong_type_is_invalid_claim(signer, claim, value):
     private, jwk = signer
     token = _token(private, _claims(**{claim: value}))
     with pytest.raises(InvalidTokenError) as caught:
@@ -112,14 +107,18 @@ def test_the_well_typed_token_is_valid(signer):
 
 # -- item 12: a JWKS key with a field of the wrong type is skipped, the rest kept -------------
 
-@pytest.mark.parametrize("field", ["kty", "crv", "alg", "kid", "use"])
-@pytest.mark.parametrize("value", [["ES256"], {"x": "y"}, 5, None], ids=repr)
+#: (member, a value of the wrong type); a null optional member (kid, use, alg) is left out:
+#: many libraries read it as absent, and so may this one.
+BAD_MEMBERS = [(field, value) for field in ("kty", "crv", "alg", "kid", "use")
+               for value in (["ES256"], {"x": "y"}, 5, None)
+               if not (value is None and field in ("kid", "use", "alg"))]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_MEMBERS, ids=repr)
 def test_a_key_with_a_field_of_the_wrong_type_is_skipped(signer, field, value):
     private, jwk = signer
     _, other = _ec_key("bad")
     other[field] = value
-    if value is None and field in ("kid", "use", "alg"):
-        pytest.skip("a null optional member reads as absent in many libraries; not tested")
     validator = _validator([other, jwk])
     assert validator.validate(_token(private, _claims())).subject == "svc"
     ignored = validator.jwks.current.ignored
