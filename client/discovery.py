@@ -1,5 +1,6 @@
 """Authorization-server metadata lookup (RFC 8414, with the OpenID Connect discovery URL as a
-fallback), and a small per-issuer cache that lives on an object, never in the module."""
+fallback), and a small per-issuer cache that lives on an object, never in the module: one
+fetch in flight per issuer, failures backed off."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ._http import (
     read_body,
     remaining,
 )
-from .errors import DiscoveryError, transport_error
+from .errors import DiscoveryError, OAuthError, TransportError, transport_error
 
 __all__ = ["MetadataCache", "discover", "metadata_urls"]
 
@@ -91,7 +92,8 @@ def discover(
     a document over ``max_bytes`` is refused. The document's ``issuer`` must equal the
     requested one exactly (RFC 8414 §3.3), else :class:`DiscoveryError`: a look-alike issuer
     could otherwise point the client at another server's token endpoint and keys. Without
-    ``cache`` every call fetches; pass a :class:`MetadataCache` to reuse results.
+    ``cache`` every call fetches; pass a :class:`MetadataCache` to reuse results, share one
+    fetch between concurrent callers and back off after a failure.
     """
     if cache is not None:
         return cache.get(issuer, session=session, timeout=timeout, max_bytes=max_bytes)
@@ -125,38 +127,110 @@ def _fetch(issuer: str, *, session: requests.Session | None, timeout: float,
     raise DiscoveryError("discovery_error", "No metadata found: " + "; ".join(tried))
 
 
-class MetadataCache:
-    """Metadata per issuer, kept for ``ttl`` seconds of ``clock``; thread-safe, and one fetch
-    at a time per issuer so concurrent callers do not all hit the server.
+class _Flight:
+    """One fetch in progress for one issuer: its callers wait on ``done`` for its outcome."""
 
-    Failures are not cached. :meth:`clear` or :meth:`invalidate` drop entries (tests, rotation).
+    __slots__ = ("done", "error", "metadata")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.metadata: dict[str, Any] | None = None
+        self.error: OAuthError | None = None
+
+
+def _again(error: OAuthError, note: str | None = None) -> OAuthError:
+    """A copy of ``error`` to raise in another caller (one exception object raised in several
+    threads would collect all their tracebacks), with ``note`` added to its description."""
+    twin = copy.copy(error)
+    twin.__cause__ = error.__cause__  # the network failure underneath, if any
+    if note:
+        twin.error_description = f"{error.error_description or error.error} ({note})"
+    return twin
+
+
+class MetadataCache:
+    """Metadata per issuer, kept for ``ttl`` seconds of ``clock``; thread-safe.
+
+    One fetch at a time per issuer: concurrent callers share the fetch in flight and its
+    outcome – the metadata, or the error – and none waits longer than its own ``timeout``.
+    A failure is remembered for ``backoff`` seconds of ``clock``: until then :meth:`get`
+    raises it again (a copy, saying so) without a request; the first call after fetches again.
+    :meth:`clear` or :meth:`invalidate` drop entries and remembered failures (tests, rotation).
     """
 
-    def __init__(self, ttl: float = 300, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, ttl: float = 300, clock: Callable[[], float] | None = None,
+                 backoff: float = 5) -> None:
+        if backoff < 0:
+            raise ValueError("backoff must not be negative")
         self.ttl = ttl
+        self.backoff = backoff
         self._clock = clock or time.time
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._issuer_locks: dict[str, threading.Lock] = {}
+        self._failures: dict[str, tuple[float, OAuthError]] = {}
+        self._flights: dict[str, _Flight] = {}
 
     def get(
         self, issuer: str, *, session: requests.Session | None = None, timeout: float = 10,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> dict[str, Any]:
-        """Cached metadata of ``issuer``, fetched when missing or older than ``ttl``."""
+        """Cached metadata of ``issuer``, fetched when missing or older than ``ttl``; a failure
+        of the last ``backoff`` seconds is raised again. A caller that finds a fetch in flight
+        waits for it (its ``session`` and ``max_bytes`` are the first caller's) at most
+        ``timeout`` seconds."""
         cached = self._fresh(issuer)
         if cached is not None:
             return cached
         with self._lock:
-            issuer_lock = self._issuer_locks.setdefault(issuer, threading.Lock())
-        with issuer_lock:
-            cached = self._fresh(issuer)  # another thread may have fetched while we waited
-            if cached is not None:
-                return cached
+            now = self._clock()
+            entry = self._entries.get(issuer)
+            if entry is not None and entry[0] > now:  # fetched since _fresh looked
+                return copy.deepcopy(entry[1])
+            failure = self._failures.get(issuer)
+            if failure is not None and failure[0] > now:
+                raise _again(failure[1], f"a remembered failure: the next fetch in "
+                             f"{failure[0] - now:.1f} s at the earliest") from failure[1]
+            flight = self._flights.get(issuer)
+            if flight is None:
+                flight = self._flights[issuer] = _Flight()
+                owner = True
+            else:
+                owner = False
+        if owner:
+            return self._fly(issuer, flight, session=session, timeout=timeout,
+                             max_bytes=max_bytes)
+        if not flight.done.wait(timeout):
+            raise TransportError(error_description=f"Timed out after {timeout} s waiting for "
+                                 f"the metadata of {issuer} (a fetch already in progress).")
+        if flight.error is not None:
+            raise _again(flight.error) from flight.error
+        if flight.metadata is None:  # the fetching thread failed with something unexpected
+            raise DiscoveryError("discovery_error", f"The metadata fetch of {issuer} this "
+                                 "call waited for failed unexpectedly.")
+        return copy.deepcopy(flight.metadata)
+
+    def _fly(self, issuer: str, flight: _Flight, *, session: requests.Session | None,
+             timeout: float, max_bytes: int) -> dict[str, Any]:
+        """Fetch for every caller of ``flight``: record the outcome, then wake them."""
+        try:
             metadata = _fetch(issuer, session=session, timeout=timeout, max_bytes=max_bytes)
+        except OAuthError as exc:
+            # A copy to keep and share: this caller's retry logic may change ``exc`` (attempts).
+            flight.error = _again(exc)
+            with self._lock:
+                self._failures[issuer] = (self._clock() + self.backoff, flight.error)
+            raise
+        else:
+            flight.metadata = metadata
             with self._lock:
                 self._entries[issuer] = (self._clock() + self.ttl, metadata)
+                self._failures.pop(issuer, None)
             return copy.deepcopy(metadata)
+        finally:
+            with self._lock:
+                if self._flights.get(issuer) is flight:
+                    del self._flights[issuer]
+            flight.done.set()
 
     def _fresh(self, issuer: str) -> dict[str, Any] | None:
         with self._lock:
@@ -169,15 +243,17 @@ class MetadataCache:
         """Forget ``issuer``'s metadata; the next :meth:`get` fetches it again."""
         with self._lock:
             self._entries.pop(issuer, None)
+            self._failures.pop(issuer, None)
 
     def clear(self) -> None:
         """Forget everything."""
         with self._lock:
             self._entries.clear()
+            self._failures.clear()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
     def __repr__(self) -> str:
-        return f"<MetadataCache ttl={self.ttl}s entries={len(self)}>"
+        return f"<MetadataCache ttl={self.ttl}s backoff={self.backoff}s entries={len(self)}>"

@@ -54,7 +54,7 @@ from ._algorithms import (
 )
 from ._arguments import as_list
 from ._untrusted import shown
-from .discovery import discover
+from .discovery import MetadataCache, discover
 from .errors import DiscoveryError, InsufficientScopeError, InvalidTokenError
 from .jwks import JWKSCache, VerificationKey
 
@@ -166,8 +166,10 @@ class TokenValidator:
     identifier, or several accepted ones).
 
     ``jwks_uri``: where the issuer's keys are; None looks it up in the issuer's RFC 8414
-    metadata on first use. ``algorithms``: the allow-list (``none`` is refused; ``HS256``,
-    ``HS384``, ``HS512`` only together with ``hmac_secret``, which is then the only HMAC key).
+    metadata on first use (concurrent first uses share one fetch; a failed one is raised again
+    without a request for 5 s of ``clock``). ``algorithms``: the allow-list (``none`` is
+    refused; ``HS256``, ``HS384``, ``HS512`` only together with ``hmac_secret``, which is then
+    the only HMAC key).
     ``leeway``: seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
     ``require_typ``: True (default) wants ``typ: at+jwt``; False is a compatibility switch for
     providers that omit ``typ`` – a missing one is then accepted, a wrong one still is not.
@@ -238,6 +240,7 @@ class TokenValidator:
         self._jwks = jwks_cache
         self._session, self._timeout = session, timeout
         self._setup_lock = threading.Lock()
+        self._metadata = MetadataCache(clock=clock)
         self._cache: dict[str, _Entry] = {}
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
@@ -250,10 +253,12 @@ class TokenValidator:
         """The JWKS cache (made on first use; discovery happens here when no jwks_uri)."""
         jwks = self._jwks
         if jwks is None:
+            # Discovery outside the lock: concurrent callers share one fetch, and its failure
+            # for a backoff, through the metadata cache – none queues behind another's fetch.
+            uri = self._jwks_uri or self._discover_jwks_uri()
             with self._setup_lock:
                 jwks = self._jwks
                 if jwks is None:
-                    uri = self._jwks_uri or self._discover_jwks_uri()
                     jwks = self._jwks = JWKSCache(
                         uri, algorithms=self._asymmetric, session=self._session,
                         timeout=self._timeout, clock=self.clock)
@@ -487,7 +492,8 @@ class TokenValidator:
                 self._cache_bytes -= entry.size
 
     def _discover_jwks_uri(self) -> str:
-        metadata = discover(self.issuer, session=self._session, timeout=self._timeout)
+        metadata = discover(self.issuer, session=self._session, timeout=self._timeout,
+                            cache=self._metadata)
         uri = metadata.get("jwks_uri")
         if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
             raise DiscoveryError("discovery_error", f"the metadata of {self.issuer} has no "

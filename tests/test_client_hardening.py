@@ -25,13 +25,14 @@ from m2mauth.client import (
     DiscoveryError,
     InvalidTokenError,
     JWKSError,
+    OAuthError,
     TokenProvider,
     TokenValidator,
     TransportError,
     fetch_token,
 )
 from m2mauth.client.aio import afetch_token
-from m2mauth.client.discovery import discover
+from m2mauth.client.discovery import MetadataCache, discover
 from m2mauth.client.jwks import JWKSCache
 
 ISSUER = "https://issuer.test"
@@ -236,6 +237,85 @@ def test_a_trickling_jwks_endpoint_is_cut_off_at_the_deadline(peer):
         assert isinstance(error, JWKSError), error
         assert elapsed < 1.5, results
     assert "0.5" in str(results[0][1]) or "0.5" in str(results[1][1])
+
+
+# -- item 14: discovery shares one in-flight fetch and backs off failures -------------------------
+
+def _concurrently(fn: Callable[[], object], n: int = 6,
+                  bound: float = 10) -> list[tuple[float, BaseException | None]]:
+    """``_timed(fn)`` in ``n`` threads started together; each joined within ``bound`` s."""
+    results: list[tuple[float, BaseException | None]] = []
+    barrier = threading.Barrier(n, timeout=bound)
+
+    def run() -> None:
+        barrier.wait()
+        results.append(_timed(fn))
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(bound)
+    assert len(results) == n and not any(t.is_alive() for t in threads), results
+    return results
+
+
+def test_concurrent_discoveries_share_one_fetch_and_its_failure(peer):
+    server = peer(hang)
+    clock = Clock()
+    cache = MetadataCache(clock=clock)  # backoff 5 s by default
+    results = _concurrently(lambda: cache.get(server.url, timeout=0.5))
+    assert all(isinstance(error, OAuthError) for _, error in results), results
+    assert max(elapsed for elapsed, _ in results) < 2, results  # one timeout, not six in a row
+    assert server.connections == 1
+    # Backed off: a call within the backoff gets the failure without a request.
+    clock.now += 4
+    elapsed, error = _timed(lambda: cache.get(server.url, timeout=0.5))
+    assert isinstance(error, OAuthError) and elapsed < 0.4 and server.connections == 1
+    clock.now += 1.5  # past the backoff: tried again
+    _, error = _timed(lambda: cache.get(server.url, timeout=0.2))
+    assert isinstance(error, OAuthError) and server.connections == 2
+
+
+def test_concurrent_validators_discoveries_share_one_fetch(peer, signer):
+    server = peer(hang)
+    private, _ = signer
+    clock = Clock()
+    validator = TokenValidator(server.url, AUDIENCE, timeout=0.5, clock=clock)
+    token = _token(private, _claims(iss=server.url))
+    results = _concurrently(lambda: validator.validate(token))
+    assert all(isinstance(error, (DiscoveryError, TransportError)) for _, error in results), (
+        results)
+    assert max(elapsed for elapsed, _ in results) < 2, results
+    assert server.connections == 1
+    clock.now += 60  # past the backoff: the next validate() discovers again
+    _, error = _timed(lambda: validator.validate(token))
+    assert isinstance(error, (DiscoveryError, TransportError)) and server.connections == 2
+
+
+def test_a_remembered_discovery_failure_is_dropped_by_invalidate_and_a_success(monkeypatch):
+    import m2mauth.client.discovery as discovery_module
+
+    outcomes: list[object] = [TransportError(error_description="down"), {"issuer": ISSUER}]
+    calls: list[str] = []
+
+    def fetch(issuer: str, **_: object) -> dict:
+        calls.append(issuer)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome  # type: ignore[return-value]
+
+    monkeypatch.setattr(discovery_module, "_fetch", fetch)
+    cache = MetadataCache(clock=Clock(), backoff=5)
+    with pytest.raises(TransportError, match="down") as first:
+        cache.get(ISSUER)
+    with pytest.raises(TransportError, match="remembered failure") as again:
+        cache.get(ISSUER)
+    assert again.value is not first.value and len(calls) == 1
+    cache.invalidate(ISSUER)  # forgets the failure too
+    assert cache.get(ISSUER) == {"issuer": ISSUER} and len(calls) == 2
+    assert cache.get(ISSUER) == {"issuer": ISSUER} and len(calls) == 2  # cached (ttl)
 
 
 # -- item 15: a kid first seen during the cooldown is looked up at the next refetch -----------
