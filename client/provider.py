@@ -295,7 +295,9 @@ class _ProviderBase:
             max_response_bytes=self.max_response_bytes,
             # "is not None": a MetadataCache has __len__, so a given (still empty) one is falsy.
             metadata_cache=(self.metadata_cache if self.metadata_cache is not None
-                            else MetadataCache()),
+                            # backoff 0: the retry policy paces this provider's attempts;
+                            # a remembered failure would answer all of them at once.
+                            else MetadataCache(backoff=0.0)),
         )
         self._retry = self.retry or RetryPolicy()
         self._timing = _Timing(self.refresh_margin, self.default_expires_in)

@@ -413,3 +413,24 @@ def test_the_cache_key_differs_between_processes():
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            timeout=60, check=True).stdout.strip()
     assert other and other != _provider_key("demo-secret")
+
+
+def test_a_providers_own_metadata_cache_lets_each_retry_discover_again(monkeypatch):
+    """A provider's retries are paced by its RetryPolicy: its own metadata cache remembers no
+    failure, so the attempt after a failed discovery discovers again."""
+    import m2mauth.client.discovery as discovery_module
+    from m2mauth.client import RetryPolicy, TokenProvider
+
+    calls: list[str] = []
+
+    def fetch(issuer: str, **_: object) -> dict:
+        calls.append(issuer)
+        raise TransportError(error_description="down")
+
+    monkeypatch.setattr(discovery_module, "_fetch", fetch)
+    waits: list[float] = []
+    provider = TokenProvider(issuer=ISSUER, client_id="c", client_secret="s",
+                             retry=RetryPolicy(max_attempts=3, sleep=waits.append))
+    with pytest.raises(TransportError) as caught:
+        provider.get_token()
+    assert len(calls) == 3 and caught.value.attempts == 3
