@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import heapq
+import json
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -332,12 +333,19 @@ class _Log:
             self.bytes -= self.sizes.popleft()
 
 
-def _size(value: Any) -> int:
-    """About what a record's values take: string lengths, and a word for anything else."""
-    if isinstance(value, str):
-        return len(value) + 8
-    if isinstance(value, dict):
-        return sum(len(k) + _size(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return sum(_size(v) for v in value) + 8
-    return 8
+def _size(record: dict[str, Any]) -> int:
+    """About what a record's values take: string lengths, and a word for anything else. On
+    the token path for every request, so flat records (the log's) are summed without
+    recursion; a nested value is counted as its JSON."""
+    size = 0
+    for value in record.values():
+        kind = type(value)
+        if kind is str:
+            size += len(value) + 8
+        elif kind is tuple or kind is list:
+            size += 8 + sum(len(v) + 8 if type(v) is str else len(json.dumps(v)) for v in value)
+        elif kind is dict:
+            size += len(json.dumps(value))
+        else:
+            size += 8
+    return size
