@@ -134,6 +134,3 @@ class ClientRegistry:
 
     def __iter__(self) -> Iterator[Client]:
         return iter([c for s in self.store.clients() if (c := self.get(s.client_id))])
-
-    def __len__(self) -> int:
-        return len(self.store.clients())

@@ -256,8 +256,6 @@ class KeyStore:
         self.store.add_signing_key(new)
         return self.get(new.kid)
 
-    add = rotate
-
     def retire(self, kid: str) -> SigningKey:
         """Remove a non-active key from the JWKS; tokens it signed stop validating."""
         key = self.get(kid)

@@ -13,6 +13,7 @@ from flask import request as flask_request
 
 from .client_auth import claimed_client_id
 from .clients import ClientRegistry
+from .responses import basic_challenge
 from .syntax import printable, safe_description
 from .tokens import TokenIssuer
 
@@ -115,9 +116,7 @@ class AuthorizationServer(_FlaskAuthorizationServer):
             error.description = AUTHENTICATION_FAILED
             response = super().handle_error_response(request, error)
             if used_basic:
-                response.headers["WWW-Authenticate"] = (
-                    f'Basic realm="{self.realm}", charset="UTF-8"'
-                )
+                response.headers["WWW-Authenticate"] = basic_challenge(self.realm)
             return response
         return super().handle_error_response(request, error)
 

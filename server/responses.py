@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Response, json
 
-__all__ = ["json_error", "json_response"]
+__all__ = ["basic_challenge", "json_error", "json_response"]
 
 
 def json_response(body: Any, status: int = 200,
@@ -28,3 +28,9 @@ def json_error(status: int, error: str | None, description: str | None = None,
         body["error_description"] = description
     body.update(extra)
     return json_response(body, status, headers)
+
+
+def basic_challenge(realm: str) -> str:
+    """The ``WWW-Authenticate`` value of the token endpoint's 401s (RFC 7617): Basic is the
+    one header scheme it takes."""
+    return f'Basic realm="{realm}", charset="UTF-8"'

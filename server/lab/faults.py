@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Request, Response, json
 
-from ..responses import json_error
+from ..responses import basic_challenge, json_error
 
 __all__ = ["ENDPOINTS", "KINDS", "Fault", "drop_connection", "response_for", "strip_expires_in"]
 
@@ -63,7 +63,7 @@ def response_for(fault: Fault, request: Request, realm: str) -> Response | None:
     if fault.retry_after is not None:
         headers["Retry-After"] = str(fault.retry_after)
     if fault.status == 401:  # RFC 9110 §15.5.2: a 401 always carries a challenge
-        headers["WWW-Authenticate"] = f'Basic realm="{realm}", charset="UTF-8"'
+        headers["WWW-Authenticate"] = basic_challenge(realm)
     return json_error(fault.status, fault.error, fault.error_description, headers)
 
 
