@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import sys
 import warnings
@@ -75,13 +77,14 @@ def _setting_options(command):
 def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
     """Run the authorization server (defaults: 127.0.0.1:8000, RS256, demo-client)."""
     from . import create_app
-    from .serving import bind_app
+    from .serving import ServingLimits, bind_app
     from .settings import load_settings
 
     settings = load_settings(config_file, overrides=overrides)
     _configure_logging(verbose)
     server, app = _bind_or_exit(settings.host, settings.port, lambda port: create_app(
-        dataclasses.replace(settings, port=port)), bind_app)
+        dataclasses.replace(settings, port=port)), functools.partial(
+            bind_app, limits=ServingLimits.of(settings)))
     _banner(app)
     _serve_until_interrupted(server)
 
@@ -110,13 +113,9 @@ def _bind_or_exit(host: str, port: int, make_app, bind_app):
 
 
 def _serve_until_interrupted(server) -> None:
-    """Serve until Ctrl+C, then release the port."""
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    """Serve until Ctrl+C; serve_forever() then closes every connection and the port."""
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
 
 
 def _banner(app) -> None:
@@ -450,7 +449,7 @@ def demo_api_command(issuer: str, audience: str, host: str, port: int, leeway: f
             issuer, audience, leeway=leeway), bind_app)
     except ValueError as exc:  # the validator's own checks (an empty issuer or audience)
         raise click.UsageError(str(exc)) from None
-    bound = int(server.server_address[1])
+    bound = server.port
     shown_host = f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{bound}"
     echo = click.echo

@@ -1,20 +1,58 @@
-"""Running a WSGI app over HTTP: bind first (so port 0 works and the issuer can name the
-real port), then serve with werkzeug's threaded server, in the foreground for `m2mauth serve`
-and `m2mauth demo-api`, or in a background thread for tests."""
+"""Running a WSGI app over HTTP with waitress: bind first (so port 0 works and the issuer can
+name the real port), then serve in the foreground for `m2mauth serve` and `m2mauth demo-api`,
+or from a background thread for tests.
+
+waitress was chosen by measurement (``python bench/wsgi_servers.py``): it reads requests on
+one event loop and hands only complete ones to a bounded thread pool, so slow clients cost a
+file descriptor, not a thread; gunicorn's gthread worker and cheroot answered nothing while 500
+slow connections were held, and werkzeug's development server has no timeouts at all.
+"""
 
 from __future__ import annotations
 
 import errno
+import io
+import json
 import logging
+import resource
 import socket
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, WSGITask
+from waitress.utilities import (
+    BadRequest,
+    Error,
+    RequestEntityTooLarge,
+    RequestHeaderFieldsTooLarge,
+)
 
-__all__ = ["BackgroundServer", "PortInUseError", "bind_app"]
+if TYPE_CHECKING:
+    from .settings import ServerSettings
+
+__all__ = ["SOCKET_KEY", "BackgroundServer", "HTTPServer", "PortInUseError", "ServingLimits",
+           "bind_app"]
+
+#: The WSGI environ key of the connection's socket (as werkzeug's "werkzeug.socket" and
+#: gunicorn's "gunicorn.socket"): the lab's ``drop`` fault closes it under the response.
+SOCKET_KEY = "m2mauth.socket"
+
+App = TypeVar("App", bound=Callable[..., Any])
+
+# Descriptors kept back from the connection limit for everything else the process opens
+# (the listening socket, waitress's wake-up pipe, logs, key files); accept() failing with
+# EMFILE would leave the listening socket readable and the event loop spinning.
+_RESERVED_FILES = 64
+# A lingering close reads and discards at most this long and this much.
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1024 * 1024
 
 
 class PortInUseError(OSError):
@@ -28,34 +66,196 @@ class PortInUseError(OSError):
         return self.strerror or ""
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """werkzeug's per-request access line goes to the 'werkzeug' logger at INFO; the token
-    endpoint writes its own line, so the access log is left to logging configuration.
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one server process spends on its callers: threads, connections, time and bytes."""
 
-    A request line that does not parse is answered by http.server itself, before the app:
-    with a status line (it would otherwise answer as to an HTTP/0.9 client, a bare body) and
-    a JSON body (never an HTML page)."""
+    #: Threads that run the app; requests are read in full before one is taken.
+    threads: int = 8
+    #: Open connections at once; beyond it the server stops accepting until one closes.
+    #: None: the process's open-file limit less a reserve.
+    connection_limit: int | None = None
+    #: Seconds a request may take to arrive, headers and body, from its first byte.
+    request_timeout: float = 10.0
+    #: Seconds a connection may stay open with nothing to do (keep-alive idle, a stalled read).
+    idle_timeout: float = 30.0
+    #: Largest request line plus headers; larger ones get 431.
+    max_header_bytes: int = 32 * 1024
+    #: Largest request body; larger ones are answered 413 by the app, without their body.
+    max_body_bytes: int = 64 * 1024
 
-    default_request_version = "HTTP/1.0"
-    error_content_type = "application/json"
-    # explain: http.server's fixed text for the status (no quotes); message may quote input.
-    error_message_format = '{"error": "invalid_request", "error_description": "%(explain)s"}'
+    @classmethod
+    def of(cls, settings: ServerSettings) -> ServingLimits:
+        """The limits a server's settings declare."""
+        return cls(threads=settings.threads, connection_limit=settings.connection_limit,
+                   request_timeout=settings.request_timeout, idle_timeout=settings.idle_timeout,
+                   max_body_bytes=settings.max_body_bytes)
 
-    def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        # A request line that does not parse (GET / HTTP/9.9, a 70 KB URI, garbage) is answered
-        # 400/414/505 before command and path are set: log what there is.
-        path = getattr(self, "path", None) or "-"
-        logging.getLogger("m2mauth.access").debug(
-            "%s %s %s", getattr(self, "command", None) or "-", path.split("?", 1)[0], code
-        )
+    def connections(self) -> int:
+        """The connection limit in force."""
+        if self.connection_limit is not None:
+            return self.connection_limit
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            soft = 65536
+        return max(16, soft - _RESERVED_FILES)
 
-    def log_error(self, format: str, *args: Any) -> None:
-        # What http.server refused (a bad request line) – client input, not a server error.
-        logging.getLogger("m2mauth.access").debug("refused: " + format, *args)
+
+def _json_error(task: ErrorTask) -> None:
+    """waitress's own refusals (a request that does not parse, headers too large) as JSON, not
+    its text/plain page; the description is fixed text, never the caller's input."""
+    error = task.request.error
+    body = json.dumps({"error": "invalid_request" if error.code < 500 else "server_error",
+                       "error_description": f"{error.reason}."}).encode()
+    task.status = f"{error.code} {error.reason}"
+    task.response_headers.extend([("Content-Type", "application/json"),
+                                  ("Cache-Control", "no-store")])
+    task.set_close_on_finish()
+    task.channel.linger = True
+    task.content_length = len(body)
+    task.write(body)
+
+
+class _JSONErrorTask(ErrorTask):
+    def execute(self) -> None:
+        _json_error(self)
+
+
+class _Task(WSGITask):
+    def get_environment(self) -> dict[str, Any]:
+        environ = super().get_environment()
+        environ[SOCKET_KEY] = self.channel.socket
+        return environ
+
+
+class _TooLargeTask(_Task):
+    """A body over the limit, refused by waitress before it is buffered, is still answered by
+    the app – with the headers and no body – so the app's 413 and the lab's request log see it
+    as they would under any other server."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ = super().get_environment()
+        limit = self.channel.server.adj.max_request_body_size - 1
+        declared = environ.get("CONTENT_LENGTH", "")
+        if not declared.isdigit() or int(declared) <= limit:  # chunked: no length declared
+            environ["CONTENT_LENGTH"] = str(limit + 1)
+        environ["wsgi.input"] = io.BytesIO()
+        return environ
+
+    def execute(self) -> None:
+        self.set_close_on_finish()  # the rest of the body is never read
+        self.channel.linger = True
+        super().execute()
+
+
+def _error_task(channel: HTTPChannel, request: Any) -> ErrorTask | WSGITask:
+    if isinstance(request.error, RequestEntityTooLarge) and request.headers_finished:
+        return _TooLargeTask(channel, request)
+    return _JSONErrorTask(channel, request)
+
+
+class _VersionNotSupported(Error):
+    code = 505
+    reason = "HTTP Version Not Supported"
+
+
+class _URITooLong(Error):
+    code = 414
+    reason = "URI Too Long"
+
+
+class _Parser(HTTPRequestParser):
+    """Request lines answered as http.server does: waitress answers any HTTP/x.y as 1.0, so
+    what is neither 1.0 nor 1.1 is refused (505; no version at all, HTTP/0.9: 400), and a
+    request line that alone exceeds the header limit is 414, not 431."""
+
+    def received(self, data: bytes) -> int:
+        in_first_line = not self.headers_finished and b"\n" not in self.header_plus
+        consumed = super().received(data)
+        if (isinstance(self.error, RequestHeaderFieldsTooLarge) and in_first_line
+                and b"\n" not in data[:consumed]):
+            self.error = _URITooLong("uri")
+        if self.headers_finished and self.error is None and not self.empty and (
+                self.version not in ("1.0", "1.1")):
+            self.error = (_VersionNotSupported if self.version else BadRequest)("version")
+            self.completed = True
+        return consumed
+
+
+class _Channel(HTTPChannel):
+    """One connection; notes when the request now arriving began, for the request deadline."""
+
+    task_class = _Task
+    error_task_class = staticmethod(_error_task)
+    parser_class = _Parser
+    request_started: float | None = None
+
+    #: Set by an answer given before the request was read to its end (413, 431, 400).
+    linger = False
+    linger_until: float | None = None
+    _discarded = 0
+
+    def handle_close(self) -> None:
+        # Closing with unread input makes the kernel reset the connection, and the reset can
+        # destroy the answer before the client reads it: shut the sending side, then read and
+        # discard for a moment (a lingering close, RFC 9112 section 9.6).
+        if self.linger and self.linger_until is None and self.connected:
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            else:
+                self.linger_until = time.time() + _LINGER_SECONDS
+                return
+        super().handle_close()
+
+    def readable(self) -> bool:
+        return True if self.linger_until is not None else super().readable()
+
+    def writable(self) -> bool:
+        return False if self.linger_until is not None else super().writable()
+
+    def handle_read(self) -> None:
+        if self.linger_until is None:
+            return super().handle_read()
+        try:
+            data = self.recv(self.adj.recv_bytes)
+        except OSError:
+            data = b""
+        self._discarded += len(data)
+        if not data or self._discarded > _LINGER_BYTES:
+            super().handle_close()
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:
+            self.request_started = time.time()
+        try:
+            return super().received(data)
+        finally:
+            if self.request is None:  # every request in the data is complete
+                self.request_started = None
+
+
+class _Server(TcpWSGIServer):
+    """waitress's server with a deadline for a request to arrive: waitress closes idle
+    connections only, so a client trickling a byte at a time would keep one forever."""
+
+    channel_class = _Channel
+    request_timeout = 10.0
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        cutoff = now - self.request_timeout
+        for channel in list(self.active_channels.values()):
+            if channel.linger_until is not None and channel.linger_until < now:
+                channel.handle_close()
+            elif channel.request_started is not None and channel.request_started < cutoff:
+                # Closed without an answer, as nginx does on client_header_timeout.
+                channel.will_close = True
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket; our own so that a taken port is an exception, not werkzeug's exit."""
+    """A listening socket; our own so that a taken port is an exception, not an exit."""
     try:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
@@ -63,8 +263,10 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(1024)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -73,48 +275,107 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def bind_app(host: str, port: int, make_app: Callable[[int], Flask],
-             ) -> tuple[BaseWSGIServer, Flask]:
-    """Listen on ``host:port`` (0 picks a free port; a taken one raises
-    :class:`PortInUseError`), build the app knowing the port actually bound, and wrap it in
-    werkzeug's threaded server. Serve with ``server.serve_forever()`` or
-    :class:`BackgroundServer`."""
-    sock = _listen(host, port)
-    try:
-        bound = sock.getsockname()[1]
-        app = make_app(bound)
-        server = make_server(host, bound, app, threaded=True, request_handler=_QuietHandler,
-                             fd=sock.fileno())
-    finally:
-        sock.close()  # werkzeug keeps its own duplicate of the descriptor
-    return server, app
+class HTTPServer:
+    """A bound HTTP/1.1 server (keep-alive, a bounded thread pool, read and idle deadlines)
+    for one WSGI app. :meth:`serve_forever` in the foreground, or :class:`BackgroundServer`."""
 
-
-class BackgroundServer:
-    """A bound werkzeug server answering from a daemon thread until :meth:`stop` (also a
-    context manager): for tests, fixtures and benchmarks."""
-
-    def __init__(self, server: BaseWSGIServer) -> None:
-        self.server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"m2mauth-http-{self.port}", daemon=True,
+    def __init__(self, sock: socket.socket, app: Callable[..., Any],
+                 limits: ServingLimits) -> None:
+        self.app = app
+        self.limits = limits
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._server = _Server(
+            app, map={}, _sock=sock, bind_socket=False,
+            sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
+            sockets=[sock], threads=limits.threads, connection_limit=limits.connections(),
+            channel_timeout=limits.idle_timeout, cleanup_interval=1,
+            max_request_header_size=limits.max_header_bytes,
+            # waitress refuses a body of exactly its limit; the app allows max_body_bytes.
+            max_request_body_size=limits.max_body_bytes + 1,
+            # poll(), not select(): select() cannot watch descriptors above 1023.
+            asyncore_use_poll=True, backlog=1024, ident="m2mauth",
+            # The app sees forwarding headers as sent (the admin guard refuses them).
+            clear_untrusted_proxy_headers=False,
         )
-        self._thread.start()
+        self._server.request_timeout = limits.request_timeout
+        # "Task queue depth is N" is normal under load: every thread busy, requests waiting.
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+    @property
+    def host(self) -> str:
+        return str(self._server.effective_host)
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        return int(self._server.effective_port)
 
     @property
     def url(self) -> str:
         """Where the server listens."""
-        host = self.server.server_address[0]
+        host = self.host
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        """Answer requests until :meth:`shutdown` (from another thread) or KeyboardInterrupt;
+        then close every connection and stop the threads."""
+        # waitress's own run() cannot be stopped from another thread: loop one poll at a time.
+        server = self._server
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
+        finally:
+            server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+            wasyncore.close_all(server._map)
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait (a few seconds at most) for it to finish."""
+        self._stopping.set()
+        self._server.pull_trigger()
+        self._stopped.wait(timeout=10)
+
+    def close(self) -> None:
+        """Release the port of a server that is not serving."""
+        if not self._stopped.is_set():
+            wasyncore.close_all(self._server._map)
+
+
+def bind_app(host: str, port: int, make_app: Callable[[int], App],
+             limits: ServingLimits | None = None) -> tuple[HTTPServer, App]:
+    """Listen on ``host:port`` (0 picks a free port; a taken one raises
+    :class:`PortInUseError`), build the app knowing the port actually bound, and wrap it in
+    an :class:`HTTPServer`."""
+    sock = _listen(host, port)
+    try:
+        app = make_app(sock.getsockname()[1])
+        return HTTPServer(sock, app, limits or ServingLimits()), app
+    except BaseException:
+        sock.close()
+        raise
+
+
+class BackgroundServer:
+    """An :class:`HTTPServer` answering from a daemon thread until :meth:`stop` (also a
+    context manager): for tests, fixtures and benchmarks."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        name=f"m2mauth-http-{server.port}", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        """Where the server listens."""
+        return self.server.url
 
     def stop(self) -> None:
         self.server.shutdown()
-        self.server.server_close()
         self._thread.join(timeout=5)
 
     def __enter__(self) -> BackgroundServer:

@@ -364,6 +364,19 @@ class ServerSettings:
                                  help="Cache-Control max-age of the JWKS, in seconds.")
     max_body_bytes: int = _setting(64 * 1024, kind=int, check=_positive,
                                    help="Largest accepted request body; larger ones get 413.")
+    threads: int = _setting(8, kind=int, check=_positive, flag=True,
+                            help="Threads that answer requests (requests are read in full "
+                                 "first, so slow clients hold no thread).")
+    connection_limit: int | None = _setting(
+        None, kind=int, check=_positive,
+        help="Most open connections; beyond it new ones wait in the listen queue.  "
+             "[default: the open-file limit less 64]")
+    request_timeout: int = _setting(
+        10, kind=int, check=_positive,
+        help="Seconds a request may take to arrive, headers and body; then it is closed.")
+    idle_timeout: int = _setting(
+        30, kind=int, check=_positive,
+        help="Seconds a connection may stay open with nothing arriving or to answer.")
     assertion_leeway: int = _setting(
         60, kind=int, check=_non_negative,
         help="Clock-skew allowance for client assertions, in seconds.")

@@ -19,13 +19,12 @@ import httpx
 import jwt
 import pytest
 import requests
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from m2mauth.client import TokenProvider
 from m2mauth.client.aio import AsyncTokenProvider
 from m2mauth.client.auth import HttpxBearerAuth, RequestsBearerAuth
-from m2mauth.server.serving import BackgroundServer
+from m2mauth.server.serving import BackgroundServer, bind_app
 
 AUDIENCE = "https://api.test"
 SCOPE = "api:read"
@@ -82,7 +81,7 @@ class ResourceServer:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._jwks = jwt.PyJWKClient(self.jwks_uri, timeout=5)
-        self._running = BackgroundServer(make_server("127.0.0.1", 0, self._wsgi, threaded=True))
+        self._running = BackgroundServer(bind_app("127.0.0.1", 0, lambda _port: self._wsgi)[0])
         self.url = self._running.url
 
     def stop(self) -> None:

@@ -97,9 +97,9 @@ def test_loopback_with_shipped_keys_only_notes(host, capsys):
 
 
 def test_loopback_with_own_keys_does_not_warn(tmp_path, monkeypatch):
-    from werkzeug.serving import BaseWSGIServer
+    from m2mauth.server.serving import HTTPServer
 
-    monkeypatch.setattr(BaseWSGIServer, "serve_forever", lambda self, poll_interval: None)
+    monkeypatch.setattr(HTTPServer, "serve_forever", HTTPServer.close)
     runner = CliRunner()
     assert runner.invoke(main, ["keys", "generate", str(tmp_path), "--alg", "RS256"]).exit_code == 0
     result = runner.invoke(main, ["serve", "--keys-dir", str(tmp_path), "--port", "0"])
@@ -165,9 +165,9 @@ def test_a_malformed_client_jwks_in_the_file_is_one_line_and_exit_2(tmp_path, mo
                                                                     jwks, problem):
     """Issue 9 item 8: the file, the key and the problem on one line, exit 2 – never a
     traceback, and never a server that starts with a key it cannot use (oct used to)."""
-    from werkzeug.serving import BaseWSGIServer
+    from m2mauth.server.serving import HTTPServer
 
-    monkeypatch.setattr(BaseWSGIServer, "serve_forever", lambda self, poll_interval: None)
+    monkeypatch.setattr(HTTPServer, "serve_forever", HTTPServer.close)
     path = tmp_path / "m2mauth.toml"
     path.write_text(f'[[clients]]\nclient_id = "pk"\njwks = {jwks}\n')
     result = CliRunner().invoke(main, ["serve", "--port", "0", "--config", str(path)])
@@ -178,9 +178,9 @@ def test_a_malformed_client_jwks_in_the_file_is_one_line_and_exit_2(tmp_path, mo
 
 def test_unsafe_key_files_are_one_line_and_exit_2_unless_overridden(tmp_path, monkeypatch):
     """Issue 9 item 9: another local user could have swapped a world-writable key."""
-    from werkzeug.serving import BaseWSGIServer
+    from m2mauth.server.serving import HTTPServer
 
-    monkeypatch.setattr(BaseWSGIServer, "serve_forever", lambda self, poll_interval: None)
+    monkeypatch.setattr(HTTPServer, "serve_forever", HTTPServer.close)
     runner = CliRunner()
     assert runner.invoke(main, ["keys", "generate", str(tmp_path), "--alg", "RS256"]).exit_code == 0
     key = tmp_path / "rs256.pem"

@@ -102,14 +102,15 @@ def assert_core_only(app) -> None:
 @pytest.fixture
 def captured_serve(monkeypatch, clean_env):
     """``m2mauth serve`` that returns instead of serving; the app it would serve is kept."""
-    from werkzeug.serving import BaseWSGIServer
+    from m2mauth.server.serving import HTTPServer
 
     apps = []
 
-    def serve_forever(self, poll_interval=0.5):
+    def serve_forever(self):
         apps.append(self.app)
+        self.close()
 
-    monkeypatch.setattr(BaseWSGIServer, "serve_forever", serve_forever)
+    monkeypatch.setattr(HTTPServer, "serve_forever", serve_forever)
 
     def run(*args: str, env: dict | None = None):
         result = CliRunner().invoke(main, ["serve", "--port", "0", *args], env=env)

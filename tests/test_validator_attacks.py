@@ -17,10 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
-from werkzeug.serving import make_server
 
 from m2mauth.client import InvalidTokenError, JWKSCache, JWKSError, TokenValidator
-from m2mauth.server.serving import BackgroundServer
+from m2mauth.server.serving import BackgroundServer, bind_app
 
 AUD = "api://default"
 
@@ -169,7 +168,7 @@ class _CountingServer:
 
     def __init__(self) -> None:
         self.hits = 0
-        self._running = BackgroundServer(make_server("127.0.0.1", 0, self._count))
+        self._running = BackgroundServer(bind_app("127.0.0.1", 0, lambda _port: self._count)[0])
         self.url = self._running.url
 
     def _count(self, environ, start_response):

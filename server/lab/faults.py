@@ -13,6 +13,7 @@ from typing import Any
 from flask import Request, Response, json
 
 from ..responses import basic_challenge, json_error
+from ..serving import SOCKET_KEY
 
 __all__ = ["ENDPOINTS", "KINDS", "Fault", "drop_connection", "response_for", "strip_expires_in"]
 
@@ -56,7 +57,7 @@ def response_for(fault: Fault, request: Request, realm: str) -> Response | None:
     if fault.kind == "malformed":
         return Response(_MALFORMED[fault.endpoint], status=200, mimetype="application/json")
     if fault.kind == "drop":
-        if request.environ.get("werkzeug.socket") is not None:
+        if _socket(request) is not None:
             return Response(b"", status=500)  # never sent: drop_connection() closes first
         return json_error(502, "server_error", "Connection dropped (injected; no socket here).")
     headers = {}
@@ -78,7 +79,12 @@ def strip_expires_in(response: Response) -> None:
 def drop_connection(request: Request) -> None:
     """The ``drop`` fault: close the connection under the response, so the client sees it
     drop with no answer."""
-    sock = request.environ.get("werkzeug.socket")
+    sock = _socket(request)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def _socket(request: Request) -> socket.socket | None:
+    """The connection's socket, from m2mauth's own server or werkzeug's."""
+    return request.environ.get(SOCKET_KEY) or request.environ.get("werkzeug.socket")

@@ -9,7 +9,7 @@ from flask import Flask
 
 from ..app import create_core_app
 from ..issuer import METADATA_PATHS
-from ..serving import BackgroundServer, bind_app
+from ..serving import BackgroundServer, ServingLimits, bind_app
 from ..settings import ServerSettings
 from ..store import StateStore
 from .admin import ADMIN_PREFIX, EXTENSION
@@ -52,7 +52,7 @@ class IdentityProvider(Controls):
             Lab(app)
             return app
 
-        server, app = bind_app(host, port, make_app)
+        server, app = bind_app(host, port, make_app, ServingLimits.of(settings))
         return cls(BackgroundServer(server), app)
 
     def stop(self) -> None:
