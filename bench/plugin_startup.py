@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -54,28 +53,21 @@ def _get_metadata(host: str, port: int) -> None:
     assert response.status == 200, response.status
 
 
-def _bare_werkzeug_start() -> float:
-    """Baseline: ms for a werkzeug threaded server with a trivial WSGI app to answer its
-    first 200 (shutdown excluded)."""
-    from werkzeug.serving import WSGIRequestHandler, make_server
-
-    class Quiet(WSGIRequestHandler):
-        def log_request(self, *args: object) -> None:
-            pass
+def _bare_server_start() -> float:
+    """Baseline: ms for the same HTTP server (m2mauth.server.serving, waitress) with a
+    trivial WSGI app to answer its first 200 (shutdown excluded)."""
+    from m2mauth.server.serving import BackgroundServer, bind_app
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b"{}"]
 
     start = time.perf_counter()
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    _get_metadata("127.0.0.1", server.server_address[1])
+    server, _ = bind_app("127.0.0.1", 0, lambda _port: app)
+    running = BackgroundServer(server)
+    _get_metadata("127.0.0.1", running.port)
     elapsed = (time.perf_counter() - start) * 1000
-    server.shutdown()
-    server.server_close()
+    running.stop()
     return elapsed
 
 
@@ -108,9 +100,9 @@ def main() -> None:
         idp.stop()
         return elapsed
 
-    session_start(), _bare_werkzeug_start()  # warm-up: first-use imports inside the libraries
+    session_start(), _bare_server_start()  # warm-up: first-use imports inside the libraries
     starts = [session_start() for _ in range(args.repeat)]
-    bare = [_bare_werkzeug_start() for _ in range(args.repeat)]
+    bare = [_bare_server_start() for _ in range(args.repeat)]
     rows.append(("session start to first 200 (ms)", statistics.median(starts),
                  statistics.median(bare), "< 50 ms"))
 
@@ -140,7 +132,7 @@ def main() -> None:
         ratio = f"{value / base:6.2f}" if base else "     -"
         base_text = f"{base:9.2f}" if base is not None else "        -"
         print(f"{name:<36} {value:9.2f} {base_text} {ratio}  {target}")
-    print("baselines: pytest run with -p no:m2mauth; a bare werkzeug thread serving a trivial "
+    print("baselines: pytest run with -p no:m2mauth; the same HTTP server serving a trivial "
           "app; reset of an already clean server")
 
 
