@@ -34,6 +34,8 @@ from waitress.utilities import (
     RequestHeaderFieldsTooLarge,
 )
 
+from .syntax import printable
+
 if TYPE_CHECKING:
     from .settings import ServerSettings
 
@@ -50,6 +52,7 @@ App = TypeVar("App", bound=Callable[..., Any])
 # (the listening socket, waitress's wake-up pipe, logs, key files); accept() failing with
 # EMFILE would leave the listening socket readable and the event loop spinning.
 _RESERVED_FILES = 64
+_access = logging.getLogger("m2mauth.access")
 # A lingering close reads and discards at most this long and this much.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1024 * 1024
@@ -101,6 +104,19 @@ class ServingLimits:
         return max(16, soft - _RESERVED_FILES)
 
 
+class _AccessLogged:
+    """One DEBUG line per answer on ``m2mauth.access`` (``serve -v``); the token endpoint
+    writes its own INFO line."""
+
+    def finish(self) -> None:
+        super().finish()  # type: ignore[misc]
+        if _access.isEnabledFor(logging.DEBUG):
+            request = self.request  # type: ignore[attr-defined]
+            _access.debug("%s %s %s", printable(request.command or "-", 16),
+                          printable(request.path or "-", 200),
+                          self.status.split(" ", 1)[0])  # type: ignore[attr-defined]
+
+
 def _json_error(task: ErrorTask) -> None:
     """waitress's own refusals (a request that does not parse, headers too large) as JSON, not
     its text/plain page; the description is fixed text, never the caller's input."""
@@ -116,12 +132,12 @@ def _json_error(task: ErrorTask) -> None:
     task.write(body)
 
 
-class _JSONErrorTask(ErrorTask):
+class _JSONErrorTask(_AccessLogged, ErrorTask):
     def execute(self) -> None:
         _json_error(self)
 
 
-class _Task(WSGITask):
+class _Task(_AccessLogged, WSGITask):
     def get_environment(self) -> dict[str, Any]:
         environ = super().get_environment()
         environ[SOCKET_KEY] = self.channel.socket

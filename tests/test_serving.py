@@ -3,6 +3,7 @@ traceback and a silent close, and the server keeps serving."""
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
@@ -50,3 +51,15 @@ def test_the_demo_api_answers_malformed_request_lines(capfd, raw, status):
         assert answer.split(b" ", 2)[1] == status, answer[:100]
         assert "Traceback" not in capfd.readouterr().err
         assert requests.get(running.url + "/", timeout=5).status_code == 200
+
+
+def test_every_answer_gets_an_access_line_at_debug(idp, caplog):
+    caplog.set_level(logging.DEBUG, logger="m2mauth.access")
+    # Connection: close, so that the answer ends after the line is written (in finish()).
+    jwks = _send(idp.server.port, b"GET /jwks.json?x=1 HTTP/1.1\r\nHost: a\r\n"
+                 b"Connection: close\r\n\r\n")
+    assert jwks.split(b" ", 2)[1] == b"200"
+    assert _send(idp.server.port, b"GET /\x1b[2J HTTP/9.9\r\n\r\n").split(b" ", 2)[1] == b"505"
+    lines = [r.getMessage() for r in caplog.records if r.name == "m2mauth.access"]
+    assert "'GET' '/jwks.json' 200" in lines
+    assert any(line.endswith(" 505") and "\x1b" not in line for line in lines)
