@@ -301,6 +301,7 @@ class HTTPServer:
         self.limits = limits
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self._serving = False
         self._server = _Server(
             app, map={}, _sock=sock, bind_socket=False,
             sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
@@ -337,6 +338,7 @@ class HTTPServer:
         then close every connection and stop the threads."""
         # waitress's own run() cannot be stopped from another thread: loop one poll at a time.
         server = self._server
+        self._serving = True
         try:
             while not self._stopping.is_set():
                 wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
@@ -348,13 +350,18 @@ class HTTPServer:
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` and wait (a few seconds at most) for it to finish."""
         self._stopping.set()
+        if not self._serving:
+            return self.close()
         self._server.pull_trigger()
         self._stopped.wait(timeout=10)
+        return None
 
     def close(self) -> None:
-        """Release the port of a server that is not serving."""
+        """Release the port and the threads of a server that is not serving."""
         if not self._stopped.is_set():
+            self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
             wasyncore.close_all(self._server._map)
+            self._stopped.set()
 
 
 def bind_app(host: str, port: int, make_app: Callable[[int], App],
