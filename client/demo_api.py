@@ -45,7 +45,7 @@ def create_demo_api(issuer: str, audience: str, *, validator: TokenValidator | N
 
     @app.get("/")
     def index() -> Any:
-        base = request.host_url.rstrip("/")
+        base = request.url_root.rstrip("/")  # with the mount point, if mounted (/demo)
         return jsonify(
             service="m2mauth demo API", issuer=validator.issuer,
             audience=list(validator.audience),

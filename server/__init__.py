@@ -87,7 +87,32 @@ def create_app(settings: ServerSettings | None = None, *,
         from .lab import Lab
 
         Lab(app)
+        _mount_demo_api(app, settings)
     return app
+
+
+#: Where :func:`create_app` mounts the demo API when the lab is on.
+DEMO_API_PREFIX = "/demo"
+
+
+def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
+    """``m2mauth.client``'s demo API under ``/demo`` (``/demo/hello`` needs scope ``read``):
+    the resource server of the learning pages, trusting this issuer for the default audience.
+    It fetches the JWKS over HTTP from this very server, as a separate service would, and
+    reads the server's clock, so the lab's clock moves reach it (a token expires at the API
+    when the server's clock passes its ``exp``)."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from m2mauth.client.demo_api import create_demo_api
+
+    from .issuer import JWKS_PATH
+    from .settings import default_issuer
+
+    issuer = app.extensions["m2mauth"]
+    demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=30,
+                           jwks_uri=default_issuer(settings.host, settings.port) + JWKS_PATH,
+                           clock=issuer.clock.now)
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {DEMO_API_PREFIX: demo})  # type: ignore[method-assign]
 
 
 __getattr__, _ = lazy_exports(__name__, _EXPORTS)

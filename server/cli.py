@@ -129,9 +129,12 @@ def _banner(app) -> None:
     echo(f"  metadata  {issuer.issuer}/.well-known/oauth-authorization-server")
     if not settings.lab:
         echo("  lab       off (--no-lab): no /admin, no faults, no request log, real time")
-    elif settings.admin_enabled:
-        guard = "admin token required" if settings.admin_token else "open on loopback"
-        echo(f"  admin     {issuer.issuer}/admin  (test controls, {guard})")
+    else:
+        if settings.admin_enabled:
+            guard = "admin token required" if settings.admin_token else "open on loopback"
+            echo(f"  admin     {issuer.issuer}/admin  (test controls, {guard})")
+        echo(f"  demo API  {issuer.issuer}/demo/hello  (needs scope read; a resource server "
+             "to call with the token)")
     algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in issuer.clients}))
     echo(f"  signing   {algs} ({_keys_source(settings)})")
     demo = issuer.clients.get(DEMO_CLIENT_ID)
