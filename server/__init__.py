@@ -106,10 +106,11 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     from m2mauth.client.demo_api import create_demo_api
 
     from .issuer import JWKS_PATH
+    from .lab.lessons import DEMO_LEEWAY
     from .settings import default_issuer
 
     issuer = app.extensions["m2mauth"]
-    demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=30,
+    demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=DEMO_LEEWAY,
                            jwks_uri=default_issuer(settings.host, settings.port) + JWKS_PATH,
                            clock=issuer.clock.now)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {DEMO_API_PREFIX: demo})  # type: ignore[method-assign]
