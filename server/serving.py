@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import (
@@ -56,6 +56,10 @@ _access = logging.getLogger("m2mauth.access")
 # A lingering close reads and discards at most this long and this much.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1024 * 1024
+# A chunked body may take this many times max_body_bytes on the wire with its chunk sizes;
+# its decoded length is then checked by the app. (Bodies in chunks of a few bytes are refused
+# sooner.)
+_CHUNK_FRAMING = 2
 
 
 class PortInUseError(OSError):
@@ -111,9 +115,10 @@ class _AccessLogged:
     def finish(self) -> None:
         super().finish()  # type: ignore[misc]
         if _access.isEnabledFor(logging.DEBUG):
+            # A request refused in its request line has no command or path.
             request = self.request  # type: ignore[attr-defined]
-            _access.debug("%s %s %s", printable(request.command or "-", 16),
-                          printable(request.path or "-", 200),
+            _access.debug("%s %s %s", printable(getattr(request, "command", None), 16),
+                          printable(getattr(request, "path", None), 200),
                           self.status.split(" ", 1)[0])  # type: ignore[attr-defined]
 
 
@@ -151,7 +156,7 @@ class _TooLargeTask(_Task):
 
     def get_environment(self) -> dict[str, Any]:
         environ = super().get_environment()
-        limit = self.channel.server.adj.max_request_body_size - 1
+        limit = self.channel.server.adj.m2mauth_max_body_bytes
         declared = environ.get("CONTENT_LENGTH", "")
         if not declared.isdigit() or int(declared) <= limit:  # chunked: no length declared
             environ["CONTENT_LENGTH"] = str(limit + 1)
@@ -181,9 +186,29 @@ class _URITooLong(Error):
 
 
 class _Parser(HTTPRequestParser):
-    """Request lines answered as http.server does: waitress answers any HTTP/x.y as 1.0, so
-    what is neither 1.0 nor 1.1 is refused (505; no version at all, HTTP/0.9: 400), and a
-    request line that alone exceeds the header limit is 414, not 431."""
+    """waitress's parser, stricter where RFC 9112 says a server must be:
+
+    - a version other than 1.0 and 1.1 is refused (505; none at all, HTTP/0.9: 400), where
+      waitress answers any HTTP/x.y as 1.0; a request line that alone exceeds the header
+      limit is 414, not 431;
+    - an HTTP/1.1 request without exactly one Host is 400 (section 3.2);
+    - Content-Length with Transfer-Encoding, and Transfer-Encoding in HTTP/1.0, are 400 and
+      close the connection: framing two parties could read differently (sections 6.1, 6.3);
+    - a Content-Length over the app's limit is refused from the headers (413, answered by
+      the app), and a request already refused is never sent 100 Continue.
+    """
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        headers = self.headers
+        if self.version == "1.1":
+            host = headers.get("HOST")
+            if host is None or "," in host:  # waitress joins repeated fields with ", "
+                raise ParsingError("Host")
+            if self.chunked and "CONTENT_LENGTH" in headers:
+                raise ParsingError("Content-Length with Transfer-Encoding")
+        elif "TRANSFER_ENCODING" in headers:
+            raise ParsingError("Transfer-Encoding in HTTP/1.0")
 
     def received(self, data: bytes) -> int:
         in_first_line = not self.headers_finished and b"\n" not in self.header_plus
@@ -191,10 +216,16 @@ class _Parser(HTTPRequestParser):
         if (isinstance(self.error, RequestHeaderFieldsTooLarge) and in_first_line
                 and b"\n" not in data[:consumed]):
             self.error = _URITooLong("uri")
-        if self.headers_finished and self.error is None and not self.empty and (
-                self.version not in ("1.0", "1.1")):
-            self.error = (_VersionNotSupported if self.version else BadRequest)("version")
-            self.completed = True
+        if self.headers_finished and self.error is None and not self.empty:
+            if self.version not in ("1.0", "1.1"):
+                self.error = (_VersionNotSupported if self.version else BadRequest)("version")
+                self.completed = True
+            elif not self.chunked and self.content_length > self.adj.m2mauth_max_body_bytes:
+                self.error = RequestEntityTooLarge("body")
+                self.completed = True
+        if self.error is not None:
+            # waitress would send 100 Continue and wait for a body it will not read.
+            self.expect_continue = False
         return consumed
 
 
@@ -243,12 +274,15 @@ class _Channel(HTTPChannel):
             super().handle_close()
 
     def received(self, data: bytes) -> bool:
-        if self.request is None:
+        if self.request is None and self.request_started is None:
             self.request_started = time.time()
+        queued = len(self.requests)
         try:
             return super().received(data)
         finally:
-            if self.request is None:  # every request in the data is complete
+            # Every request in the data is complete – unless it was only blank lines, which
+            # waitress drops as empty requests: those do not restart the deadline.
+            if self.request is None and (len(self.requests) > queued or data.strip()):
                 self.request_started = None
 
 
@@ -308,14 +342,17 @@ class HTTPServer:
             sockets=[sock], threads=limits.threads, connection_limit=limits.connections(),
             channel_timeout=limits.idle_timeout, cleanup_interval=1,
             max_request_header_size=limits.max_header_bytes,
-            # waitress refuses a body of exactly its limit; the app allows max_body_bytes.
-            max_request_body_size=limits.max_body_bytes + 1,
+            # waitress counts a chunked body with its framing; Content-Length is checked
+            # against the app's own limit by _Parser.
+            max_request_body_size=_CHUNK_FRAMING * limits.max_body_bytes,
             # poll(), not select(): select() cannot watch descriptors above 1023.
             asyncore_use_poll=True, backlog=1024, ident="m2mauth",
             # The app sees forwarding headers as sent (the admin guard refuses them).
             clear_untrusted_proxy_headers=False,
         )
         self._server.request_timeout = limits.request_timeout
+        # The parser sees only waitress's Adjustments: the app's own body limit rides on it.
+        self._server.adj.m2mauth_max_body_bytes = limits.max_body_bytes
         # "Task queue depth is N" is normal under load: every thread busy, requests waiting.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 

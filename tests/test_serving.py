@@ -63,3 +63,67 @@ def test_every_answer_gets_an_access_line_at_debug(idp, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "m2mauth.access"]
     assert "'GET' '/jwks.json' 200" in lines
     assert any(line.endswith(" 505") and "\x1b" not in line for line in lines)
+
+
+# Found by attacking the server: each of these once wedged a connection, ran a smuggled
+# request, or waited for a body it would never read.
+
+@pytest.mark.parametrize("raw", [
+    b"get / HTTP/1.1\r\nHost: x\r\n\r\n",  # no command parsed: the access line had none
+    b"GET / HTTP/1.1\r\nHost: x\r\nBogusHeader\r\n\r\n",
+    b"GET /jwks.json\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+], ids=["lowercase-method", "header-without-colon", "non-ascii-path"])
+def test_a_refused_request_closes_its_connection_with_the_access_log_on(idp, caplog, capfd, raw):
+    caplog.set_level(logging.DEBUG, logger="m2mauth.access")
+    answer = _send(idp.server.port, raw)  # returns only once the server closes
+    assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+    assert b'"invalid_request"' in answer
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_content_length_with_transfer_encoding_is_refused_and_closed(idp):
+    smuggled = b"GET /admin/requests/token HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    answer = _send(idp.server.port, (
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+        b"\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        % (5 + len(smuggled))) + smuggled)
+    assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+    assert answer.count(b"HTTP/1.") == 1  # the smuggled request was never run
+
+
+def test_transfer_encoding_in_http_1_0_is_refused(idp):
+    answer = _send(idp.server.port, (
+        b"POST /token HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+    assert answer.count(b"HTTP/1.") == 1
+
+
+@pytest.mark.parametrize("hosts", [b"", b"Host: a\r\nHost: b\r\n"], ids=["none", "two"])
+def test_http_1_1_needs_exactly_one_host(idp, hosts):
+    answer = _send(idp.server.port, b"GET /jwks.json HTTP/1.1\r\n" + hosts + b"\r\n")
+    assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+
+
+def test_an_oversized_body_behind_expect_100_continue_is_413_at_once(idp):
+    answer = _send(idp.server.port, (
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+        b"\r\nAuthorization: Basic ZGVtby1jbGllbnQ6ZGVtby1zZWNyZXQ=\r\n"
+        b"Content-Length: 70000\r\nExpect: 100-continue\r\n\r\n"))
+    assert answer.split(b" ", 2)[1] == b"413", answer[:100]
+    assert b"100 Continue" not in answer
+    (entry,) = idp.token_requests
+    assert (entry.status, entry.client_id) == (413, "demo-client")
+
+
+def test_a_chunked_body_of_max_body_bytes_is_read(idp):
+    limit = idp.settings.max_body_bytes
+    prefix = b"grant_type=client_credentials&pad="
+    body = prefix + b"x" * (limit - len(prefix))
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1024]), body[i:i + 1024])
+                      for i in range(0, len(body), 1024))
+    answer = _send(idp.server.port, (
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+        b"\r\nAuthorization: Basic ZGVtby1jbGllbnQ6ZGVtby1zZWNyZXQ=\r\nConnection: close\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n") + chunks + b"0\r\n\r\n")
+    assert answer.split(b" ", 2)[1] == b"200", answer[:300]

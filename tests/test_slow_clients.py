@@ -190,3 +190,19 @@ def test_at_the_file_limit_the_server_does_not_spin_and_answers_once_they_go(tmp
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_blank_lines_do_not_hold_a_connection_past_the_request_deadline(quick_deadlines):
+    # waitress reads CRLF CRLF as an empty request and drops it; each was fresh activity.
+    with socket.create_connection(("127.0.0.1", quick_deadlines.server.port), timeout=5) as sock:
+        closed = False
+        for _ in range(60):  # bounded: at most 60 pairs of blank lines
+            try:
+                sock.sendall(b"\r\n\r\n")
+            except OSError:
+                closed = True
+                break
+            if _closed_by_peer(sock, 0.2):
+                closed = True
+                break
+    assert closed
