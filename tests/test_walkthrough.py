@@ -187,3 +187,18 @@ def test_colour_on_a_terminal_unless_no_color(monkeypatch):
     plain = _Terminal()
     assert run(only="bad-scope", pause=False, out=Output(plain)) == 0
     assert _ANSI not in plain.getvalue() and "[ok] lesson bad-scope" in plain.getvalue()
+
+
+def test_only_the_walkthrough_of_the_lab_imports_the_client_side():
+    import ast
+    from pathlib import Path
+
+    lab = Path(lessons.__file__).parent
+    importers = set()
+    for path in lab.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "m2mauth.client" or n.startswith("m2mauth.client.") for n in names):
+                importers.add(path.relative_to(lab).parts[0])
+    assert importers == {"walkthrough"}
