@@ -156,6 +156,12 @@ def test_an_admin_token_is_needed_used_and_never_printed(cli_process):
 
 
 def test_only_takes_the_names_and_a_wrong_one_is_a_usage_error():
+    from click.testing import CliRunner
+
+    from m2mauth.server.cli import main
+
+    shown = " ".join(CliRunner().invoke(main, ["walkthrough", "-h"]).output.split())
+    assert all(name in shown for name in NAMES)
     done = _walkthrough("--only", "nope")
     assert done.returncode == 2
     assert "Invalid value for '--only'" in done.stderr
