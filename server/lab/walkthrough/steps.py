@@ -13,7 +13,7 @@ import jwt
 
 from m2mauth.client.validator import DEFAULT_ALGORITHMS
 
-from ..lessons import CLAIMS, DEMO_SCOPE, HEADER, METADATA_FIELDS
+from ..lessons import CLAIMS, CLIENT_FIELDS, DEMO_SCOPE, HEADER, METADATA_FIELDS
 from .checks import Misbehaved, bearer_challenge, check, expect, json_object
 from .context import METADATA_PATH, Walk
 
@@ -51,13 +51,9 @@ def client(walk: Walk) -> None:
     expect(out, demo is not None, f"the demo client {walk.client_id} registered",
            "no such client")
     assert demo is not None
-    out.explain("client_id", str(demo["client_id"]), "What the client calls itself: the "
-                "user name of HTTP Basic, and sub and client_id in its tokens.")
-    out.explain("auth_methods", " ".join(demo.get("auth_methods") or []), "How it may "
-                "authenticate; the walkthrough uses client_secret_basic.")
-    out.explain("scopes", " ".join(demo.get("scopes") or []), "What it may ask for.")
-    out.explain("audiences", " ".join(demo.get("audiences") or []), "The APIs it may get "
-                "tokens for (the demo API is the first).")
+    for name, why in CLIENT_FIELDS.items():
+        value = demo.get(name)
+        out.explain(name, " ".join(value) if isinstance(value, list) else str(value), why)
     out.line()
     expect(out, "client_secret_basic" in (demo.get("auth_methods") or []),
            "client_secret_basic allowed")
