@@ -68,6 +68,7 @@ class Wire(requests.Session):
     def request(self, method: str | bytes, url: str | bytes,  # type: ignore[override]
                 *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)  # every read has a deadline
+        # A redirect is shown as the answer it is: none of these endpoints may send one.
         kwargs.setdefault("allow_redirects", False)
         if self.admin_token and self.admin_prefix and str(url).startswith(self.admin_prefix):
             headers = dict(kwargs.get("headers") or {})
@@ -99,7 +100,9 @@ class Wire(requests.Session):
         body = request.body
         if body:
             sent = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
-            out.request(f">\n> {self._mask_form(sent)}" if "=" in sent and "{" not in sent
+            form = request.headers.get("Content-Type", "").startswith(
+                "application/x-www-form-urlencoded")
+            out.request(f">\n> {self._mask_form(sent)}" if form
                         else ">\n" + _indent(self._mask_json_text(sent), "> "))
         out.response(f"< {_status_line(response)}", response.status_code)
         for name, value in response.headers.items():
