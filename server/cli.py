@@ -1,5 +1,5 @@
-"""The ``m2mauth`` command line: ``serve``, ``keys generate``, ``token``, ``decode`` and
-``demo-api``."""
+"""The ``m2mauth`` command line: ``serve``, ``keys generate``, ``token``, ``decode``,
+``demo-api`` and ``walkthrough``."""
 
 from __future__ import annotations
 
@@ -468,6 +468,70 @@ def demo_api_command(issuer: str, audience: str, host: str, port: int, leeway: f
     echo(f'  curl -s -H "Authorization: Bearer $TOKEN" {shlex.quote(base + "/hello")}')
     echo("Press Ctrl+C to stop.", err=True)
     _serve_until_interrupted(server)
+
+
+# -- learning: the flow and its failures, step by step ----------------------------------------
+
+
+def _walkthrough_names() -> list[str]:
+    from .lab.walkthrough import NAMES
+
+    return list(NAMES)
+
+
+class _LazyChoice(click.Choice):
+    """The step and lesson names, read only when the command runs (``m2mauth -h`` and the
+    other commands do not import the walkthrough)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def convert(self, value, param, ctx):
+        self.choices = _walkthrough_names()
+        return super().convert(value, param, ctx)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "NAME"
+
+
+@main.command("walkthrough")
+@click.option("--issuer", help="A running m2mauth server (its lab on) to walk through; "
+              "everything else is discovered from its metadata.  [default: start one in this "
+              "process on a free loopback port]")
+@click.option("--admin-token", envvar="M2MAUTH_ADMIN_TOKEN",
+              help="The admin token of --issuer's admin API, if it has one (also "
+                   "M2MAUTH_ADMIN_TOKEN); never printed.")
+@click.option("--only", type=_LazyChoice(), help="Run one step or lesson: discover, client, "
+              "token, inspect, call, wrong-secret, bad-scope, bad-audience, expired, skew, "
+              "rotation, rate-limit, caching, insufficient-scope.")
+@click.option("--register-client", is_flag=True, help="Register a new client through the "
+              "admin API in the client step (removed at the end) instead of using demo-client.")
+@click.option("--pause/--no-pause", default=True, show_default=True,
+              help="Wait for a key between steps (never when stdin or stdout is not a "
+                   "terminal).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for each answer.")
+def walkthrough_command(issuer: str | None, admin_token: str | None, only: str | None,
+                        register_client: bool, pause: bool, timeout: float) -> None:
+    """Learn the client-credentials flow in the terminal: the five steps (discover, client,
+    token, inspect, call) and nine lessons (what goes wrong, why, and what a correct client
+    does), every HTTP exchange printed. Exits 0 when each behaved as taught, 1 naming the
+    ones that did not."""
+    from .lab.walkthrough import WalkthroughError, run
+
+    if admin_token and issuer is None:
+        raise click.UsageError("--admin-token needs --issuer (the server started here has "
+                               "none).")
+    try:
+        code = run(issuer, admin_token=admin_token, only=only, pause=pause,
+                   register=register_client, timeout=timeout)
+    except WalkthroughError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("\nwalkthrough: stopped", err=True)
+        sys.exit(130)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

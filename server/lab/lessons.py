@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CLAIMS", "HEADER", "LESSONS", "METADATA_FIELDS", "STEPS", "as_json"]
+__all__ = ["CLAIMS", "CLIENT_FIELDS", "HEADER", "LESSONS", "METADATA_FIELDS", "STEPS",
+           "as_json"]
 
 #: The demo resource the steps and lessons call (mounted by create_app with the lab on).
 DEMO_RESOURCE = "/demo/hello"
@@ -71,6 +72,15 @@ CLAIMS: dict[str, str] = {
     "nbf": "Not valid before this time.",
     "exp": "Not valid after this time; clients get a new token before it.",
     "jti": "A unique id of this token.",
+}
+
+CLIENT_FIELDS: dict[str, str] = {
+    "client_id": "What the client calls itself: the user name of HTTP Basic, and sub and "
+                 "client_id in its tokens.",
+    "auth_methods": "How it may authenticate at the token endpoint (client_secret_basic: "
+                    "the secret in an HTTP Basic header).",
+    "scopes": "What it may ask for.",
+    "audiences": "The APIs it may get tokens for; without a resource, the first.",
 }
 
 LESSONS: list[dict[str, str]] = [
@@ -145,4 +155,5 @@ def as_json() -> dict[str, Any]:
     """All of it, for the playground page."""
     return {"steps": STEPS, "metadata_fields": METADATA_FIELDS, "header": HEADER,
             "claims": CLAIMS, "lessons": LESSONS, "demo_resource": DEMO_RESOURCE,
-            "demo_scope": DEMO_SCOPE, "demo_leeway": DEMO_LEEWAY}
+            "demo_scope": DEMO_SCOPE, "demo_leeway": DEMO_LEEWAY,
+            "client_fields": CLIENT_FIELDS}
