@@ -10,6 +10,7 @@ slow connections were held, and werkzeug's development server has no timeouts at
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -389,7 +390,9 @@ class HTTPServer:
         self._stopping.set()
         if not self._serving:
             return self.close()
-        self._server.pull_trigger()
+        # The loop may see the flag at its next poll and close the trigger first.
+        with contextlib.suppress(OSError):
+            self._server.pull_trigger()
         self._stopped.wait(timeout=10)
         return None
 
