@@ -294,6 +294,8 @@ async function main() {
   }
   $("#lessons").replaceChildren(...state.texts.lessons.map(lessonBox));
   $("#reset").addEventListener("click", reset);
+  // Enter in the field must not submit (and reload) the page.
+  $("#admin-token-box").addEventListener("submit", (event) => event.preventDefault());
   $("#admin-token").addEventListener("input", (event) => {
     session.adminToken = event.target.value.trim() || null;
   });
