@@ -283,12 +283,19 @@ def test_keyboard_and_labels(page):
             name = control.evaluate("e => e.labels && e.labels.length ? e.labels[0].textContent"
                                     " : (e.getAttribute('aria-label') || e.textContent)")
             assert name and name.strip(), control.evaluate("e => e.outerHTML")
+    # From the Reset button, Tab reaches the first step's button; Enter runs it.
     page.page.locator("#reset").focus()
-    for _ in range(3):
+    for _ in range(5):
         page.page.keyboard.press("Tab")
-        focused = page.page.evaluate("document.activeElement.closest('[data-step]')")
-        if focused is not None:
+        if page.page.evaluate("document.activeElement.matches('[data-step=discover] button.run')"):
             break
-    page.page.locator('[data-step="discover"] button.run').focus()
+    else:
+        pytest.fail("Tab never reached the discover step's button")
     page.page.keyboard.press("Enter")
     page.page.wait_for_selector('[data-step="discover"][data-state="done"]')
+    # Lessons are buttons too: Enter on one runs it, and focus comes back to it.
+    run = page.page.locator('[data-lesson="bad-scope"] button.run')
+    run.focus()
+    page.page.keyboard.press("Enter")
+    page.page.wait_for_selector('[data-lesson="bad-scope"][data-outcome="as-taught"]')
+    assert run.evaluate("e => e === document.activeElement")
