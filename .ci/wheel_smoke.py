@@ -52,8 +52,21 @@ try:
                         audience="api://default")
     with urllib.request.urlopen(token_url.rsplit("/", 1)[0] + "/admin", timeout=10) as resp:
         assert resp.status == 200 and json.load(resp)["operations"], "no admin API"
+    # The playground's files come from the installed package (package data), not a tree.
+    base = token_url.rsplit("/", 1)[0]
+    assert (Path(m2mauth.server.__file__).parent / "lab" / "web" / "playground.js").is_file()
+    with urllib.request.urlopen(base + "/playground", timeout=10) as resp:
+        page = resp.read().decode()
+        assert resp.status == 200 and 'data-step="discover"' in page, "no playground page"
+        assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    for name in ("playground.js", "exchange.js", "flow.js", "jwt.js", "lessons.js",
+                 "playground.css"):
+        with urllib.request.urlopen(f"{base}/playground/static/{name}", timeout=10) as resp:
+            assert resp.status == 200 and resp.read(), name
+    with urllib.request.urlopen(base + "/playground/lessons.json", timeout=10) as resp:
+        assert len(json.load(resp)["lessons"]) == 9
     print(f"wheel smoke test: token for {claims['sub']} with scope {claims['scope']!r}, "
-          "admin API OK")
+          "admin API and playground OK")
 finally:
     proc.terminate()
     proc.wait(timeout=10)

@@ -135,6 +135,8 @@ def _banner(app) -> None:
             echo(f"  admin     {issuer.issuer}/admin  (test controls, {guard})")
         echo(f"  demo API  {issuer.issuer}/demo/hello  (needs scope read; a resource server "
              "to call with the token)")
+        echo(f"  playground {issuer.issuer}/playground  (the flow and its failures, step by "
+             "step, in your browser)")
     algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in issuer.clients}))
     echo(f"  signing   {algs} ({_keys_source(settings)})")
     demo = issuer.clients.get(DEMO_CLIENT_ID)

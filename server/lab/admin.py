@@ -4,8 +4,9 @@ methods as the Python handle, so both validate alike and a bad request changes n
 
 With an admin token configured, every request needs ``Authorization: Bearer <admin_token>``.
 Without one, it answers only requests whose peer (``REMOTE_ADDR``) is a loopback address,
-on a server configured to listen on loopback, that do not look like a web page's request –
-decided per request, so it holds under any WSGI server.
+on a server configured to listen on loopback, that do not look like another site's web page –
+decided per request, so it holds under any WSGI server. The playground (``/playground``), a
+page of this same origin, passes.
 """
 
 from __future__ import annotations
@@ -122,27 +123,40 @@ def _guard() -> Response | None:
                           "configure an admin token to use it through one.")
     elif _from_a_browser_elsewhere():
         return json_error(403, "access_denied", "The admin API without an admin token refuses "
-                          "cross-site browser requests (an Origin header, Sec-Fetch-Site, or a "
-                          "Host that is neither loopback nor the issuer's).")
+                          "browser requests from other sites (an Origin other than this "
+                          "server's, Sec-Fetch-Site other than same-origin, or a Host that is "
+                          "neither loopback nor the issuer's); the playground's own requests "
+                          "pass.")
     return None
 
 
 def _from_a_browser_elsewhere() -> bool:
-    """Whether a tokenless request may come from a web page rather than a local tool: a
-    cross-site form POST needs no preflight and carries an empty or form body, and a
-    DNS-rebound page talks to us under its own host name. Browsers send Origin on every
+    """Whether a tokenless request may come from a web page rather than a local tool or the
+    playground: a cross-site form POST needs no preflight and carries an empty or form body,
+    and a DNS-rebound page talks to us under its own host name. Browsers send Origin on every
     non-GET request; curl, requests and test code send none."""
-    if "Origin" in request.headers:
-        return True
-    if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
-        return True
     try:
         host = urlsplit("//" + request.host).hostname or ""
     except ValueError:  # "[::1" and the like
         return True
-    if host in ("localhost", urlsplit(_controls().core.issuer).hostname):
-        return False
-    return not is_loopback(host)
+    if host not in ("localhost", urlsplit(_controls().core.issuer).hostname) and not (
+        is_loopback(host)
+    ):
+        # A rebound name: the page's origin and our Host agree, but neither is ours.
+        return True
+    origin = request.headers.get("Origin")
+    if origin is not None and not _own_page(origin):
+        return True
+    return request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin")
+
+
+def _own_page(origin: str) -> bool:
+    """Whether Origin names this server as the request reached it (scheme and Host, which
+    the caller checked is loopback or the issuer's), sent by a browser that itself calls the
+    request same-origin: the playground's fetch() calls, and nothing from another site."""
+    own = f"{request.scheme}://{request.host}"
+    return (hmac.compare_digest(origin.lower().encode(), own.lower().encode())
+            and request.headers.get("Sec-Fetch-Site") == "same-origin")
 
 
 @bp.errorhandler(ControlError)

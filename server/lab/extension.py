@@ -9,7 +9,8 @@
 - the request log, fed by the core's ``token_request_handled`` signal and by the same hooks
   for JWKS fetches and requests a fault answered;
 - :class:`Controls` at ``app.extensions["m2mauth_lab"].controls``, and the ``/admin``
-  blueprint over them.
+  blueprint over them;
+- the playground page at ``/playground``, which drives the admin API from the browser.
 
 Request hooks for faults, because a fault changes or replaces a response, which signals must
 not do; a signal for the log, because the token endpoint's record (what the grant verified,
@@ -37,6 +38,7 @@ from .faults import (
     response_for,
     strip_expires_in,
 )
+from .playground import bp as playground_bp
 
 __all__ = ["Lab", "LabState"]
 
@@ -75,6 +77,9 @@ class Lab:
         token_request_handled.connect(state.on_token_request, sender=app)
         if core.settings.admin_api:
             app.register_blueprint(admin_bp)
+        # Whenever the lab is on: without the admin API the page still walks through the
+        # steps and says why the lessons cannot run.
+        app.register_blueprint(playground_bp)
         return state
 
 
