@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any
 
 import requests
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
@@ -82,7 +83,16 @@ class KeySet:
         return sum(len(v) for v in self.by_kid.values())
 
     def contains(self, kid: str | None, key: VerificationKey) -> bool:
-        return any(k is key for k in self.by_kid.get(kid, ()))
+        """Whether ``key`` (under ``kid``) is in this set: the same object, or – for a key
+        that left the JWKS and came back, parsed anew – the same public key."""
+        candidates = self.by_kid.get(kid, ())
+        return any(k is key for k in candidates) or any(
+            k.algorithms == key.algorithms and _public_bytes(k.key) == _public_bytes(key.key)
+            for k in candidates)
+
+
+def _public_bytes(key: Any) -> bytes:
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def _ttl_from(cache_control: str | None, default: float, low: float, high: float) -> float:

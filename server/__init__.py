@@ -99,10 +99,11 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     """``m2mauth.client``'s demo API under ``/demo`` (``/demo/hello`` needs scope ``read``):
     the resource server of the learning pages, trusting this issuer for the default audience.
     It fetches the JWKS over HTTP from this very server, as a separate service would, and
-    reads the server's clock, so the lab's clock moves reach it (a token expires at the API
-    when the server's clock passes its ``exp``)."""
+    judges tokens by the server's clock, so the lab's clock moves reach it (a token expires
+    at the API when the server's clock passes its ``exp``)."""
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+    from m2mauth.client import JWKSCache
     from m2mauth.client.demo_api import create_demo_api
 
     from .issuer import JWKS_PATH
@@ -110,9 +111,13 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     from .settings import default_issuer
 
     issuer = app.extensions["m2mauth"]
+    # Real time for the key cache, and a new kid looked up at once: the lessons rotate and
+    # retire keys, move the server's clock back and forth, and run again within seconds. A
+    # production validator keeps JWKSCache's defaults (30 s cooldown, 60 s negative cache).
+    keys = JWKSCache(default_issuer(settings.host, settings.port) + JWKS_PATH, cooldown=0,
+                     negative_ttl=0)
     demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=DEMO_LEEWAY,
-                           jwks_uri=default_issuer(settings.host, settings.port) + JWKS_PATH,
-                           clock=issuer.clock.now)
+                           jwks_cache=keys, clock=issuer.clock.now)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {DEMO_API_PREFIX: demo})  # type: ignore[method-assign]
 
 

@@ -403,3 +403,18 @@ def test_shared_jwks_cache(idp):
     b.validate(idp.issue_token("secret-client", audience="https://api.test"))
     assert len(idp.jwks_requests) == 1
     assert "TokenValidator" in repr(a) and "JWKSCache" in repr(cache)
+
+
+def test_a_key_that_leaves_the_jwks_and_comes_back_still_verifies_its_tokens(idp, validator):
+    # Parsed anew when it came back, the key was a new object, and the validated-token cache
+    # compared objects: the token was refused once, as signed by a key no longer published.
+    old = idp.issue_token("demo-client", expires_in=3600)  # outlives the clock moves below
+    old_kid = validator.validate(old).header["kid"]
+    idp.rotate_key()
+    idp.retire_key(old_kid)
+    idp.clock.advance(validator.jwks.current.expires_at - idp.clock.now())
+    assert validator.validate(idp.issue_token("demo-client"))  # the set without the old key
+    idp.reset()  # the original key published again
+    idp.clock.advance(validator.jwks.current.expires_at - idp.clock.now() + 1)
+    assert validator.validate(idp.issue_token("demo-client"))  # refreshed: the key is back
+    assert validator.validate(old).header["kid"] == old_kid

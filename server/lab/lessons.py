@@ -16,6 +16,9 @@ DEMO_RESOURCE = "/demo/hello"
 DEMO_SCOPE = "read"
 #: Seconds of clock skew the demo resource tolerates (its TokenValidator's leeway).
 DEMO_LEEWAY = 30
+#: The skew lesson's far-behind case: the server behind the API by the token's lifetime plus
+#: the leeway plus this many seconds (the lifetime is the server's: read it from expires_in).
+SKEW_BEYOND_LIFETIME = 70
 
 STEPS: list[dict[str, str]] = [
     {"name": "discover", "title": "Discover the server",
@@ -113,9 +116,11 @@ LESSONS: list[dict[str, str]] = [
             "and retry once."},
     {"name": "skew", "title": "Clocks that disagree",
      "does": "Issues tokens while the server's clock is 20 s and 120 s ahead of the API's, "
-             "and 20 s and 400 s behind it, and calls the API with each.",
+             "then 20 s behind it and further behind than the token's lifetime plus the "
+             "leeway (70 s more), and calls the API with each.",
      "shows": "Within the 30 s leeway both ways: 200. 120 s ahead: 401 (iat/nbf in the "
-              "future). 400 s behind: 401 (already expired: 300 s lifetime + 30 s leeway).",
+              "future). Behind by more than the lifetime plus the leeway: 401 (the token "
+              "arrives already expired).",
      "why": "The API judges iat, nbf and exp by its own clock; hosts drift.",
      "fix": "Run NTP everywhere; validators allow a small leeway (30–60 s), never minutes."},
     {"name": "rotation", "title": "The server rotates its key",
