@@ -161,4 +161,4 @@ def as_json() -> dict[str, Any]:
     return {"steps": STEPS, "metadata_fields": METADATA_FIELDS, "header": HEADER,
             "claims": CLAIMS, "lessons": LESSONS, "demo_resource": DEMO_RESOURCE,
             "demo_scope": DEMO_SCOPE, "demo_leeway": DEMO_LEEWAY,
-            "client_fields": CLIENT_FIELDS}
+            "client_fields": CLIENT_FIELDS, "skew_beyond_lifetime": SKEW_BEYOND_LIFETIME}
