@@ -17,7 +17,7 @@ import pytest
 
 from m2mauth.server import create_app
 from m2mauth.server.serving import BackgroundServer, bind_app
-from m2mauth.server.settings import ServerSettings
+from m2mauth.server.settings import ClientSettings, ServerSettings
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
 CHROMIUM = shutil.which("chromium")
@@ -299,3 +299,169 @@ def test_keyboard_and_labels(page):
     page.page.keyboard.press("Enter")
     page.page.wait_for_selector('[data-lesson="bad-scope"][data-outcome="as-taught"]')
     assert run.evaluate("e => e === document.activeElement")
+
+
+# -- the lessons run with step 2's client, on any token lifetime, and leave the clock as found
+
+
+def _demo_client(**changes) -> ClientSettings:
+    return replace(ClientSettings(client_id="demo-client", client_secret="demo-secret",
+                                  scopes=("read", "write"), audiences=("api://default",)),
+                   **changes)
+
+
+def _register(page: Page, client_id: str, method: str, scopes: str = "read write") -> None:
+    box = page.page.locator('[data-step="client"]')
+    box.locator('input[value="register"]').check()
+    page.page.fill("#new-client-id", client_id)
+    page.page.select_option("#new-auth-method", method)
+    page.page.fill("#new-scopes", scopes)
+    assert page.step("client").get_attribute("data-state") == "done"
+
+
+@pytest.mark.parametrize("lesson", ["wrong-secret", "caching", "expired", "rate-limit",
+                                    "insufficient-scope", "rotation"])
+def test_lessons_use_the_client_of_step_2(browser, lesson):
+    running, _ = _serve(ServerSettings())
+    with running:
+        tab = Page(browser, running.url)
+        try:
+            _register(tab, "pg-lessons", "client_secret_post")
+            box = tab.lesson(lesson)
+            outcome = box.locator(".outcome").inner_text()
+            assert box.get_attribute("data-outcome") == "as-taught", outcome
+            tokens = [e for e in _exchanges(box) if "POST " + running.url + "/token" in e]
+            assert tokens and all("client_id=pg-lessons&client_secret=" in e for e in tokens)
+            assert not any("demo-client" in e for e in tokens)
+            if lesson == "caching":
+                assert "without a cache: 5 token requests; with a cache: 1" in outcome
+            tab.check_clean()
+        finally:
+            tab.close()
+
+
+def test_without_the_demo_client_step_2_and_the_lessons_say_so(browser):
+    other = replace(_demo_client(), client_id="other-client", client_secret="other-secret")
+    running, _ = _serve(ServerSettings(clients=[other]))
+    with running:
+        tab = Page(browser, running.url)
+        try:
+            client = tab.step("client")
+            outcome = client.locator(".outcome").inner_text()
+            assert client.get_attribute("data-state") == "failed", outcome
+            assert "not as taught" in outcome and "demo-client" in outcome
+            assert "other-client" in outcome
+            for lesson in ("caching", "expired", "skew", "bad-audience", "wrong-secret"):
+                box = tab.lesson(lesson)
+                text = box.locator(".outcome").inner_text()
+                assert box.get_attribute("data-outcome") == "error", text
+                assert "no usable client" in text and "demo-client" in text, text
+                assert "undefined" not in box.text_content()
+                assert "Cannot read" not in text
+            token = tab.step("token")
+            assert "no usable client" in token.locator(".outcome").inner_text()
+            tab.check_clean()
+        finally:
+            tab.close()
+
+
+def test_a_client_that_cannot_get_tokens_is_named_not_undefined(browser):
+    # demo-client listed, but without scope read: the lessons stop at the first token.
+    running, _ = _serve(ServerSettings(clients=[_demo_client(scopes=("write",))]))
+    with running:
+        tab = Page(browser, running.url)
+        try:
+            box = tab.lesson("caching")
+            text = box.locator(".outcome").inner_text()
+            assert box.get_attribute("data-outcome") == "error", text
+            assert "needs a token for client demo-client with scope read" in text
+            assert "invalid_scope" in text
+            assert "Bearer undefined" not in box.text_content()
+            assert "undefined" not in text
+        finally:
+            tab.close()
+
+
+def test_caching_is_not_success_when_the_api_refuses(browser):
+    # Tokens for another API: issued (200) but every call answers 401.
+    running, _ = _serve(ServerSettings(clients=[_demo_client(audiences=("api://other",))]))
+    with running:
+        tab = Page(browser, running.url)
+        try:
+            box = tab.lesson("caching")
+            text = box.locator(".outcome").inner_text()
+            assert box.get_attribute("data-outcome") == "unexpected", text
+            assert "401" in text
+        finally:
+            tab.close()
+
+
+@pytest.mark.parametrize("lifetime", [60, 900])
+def test_lessons_follow_the_token_lifetime(browser, lifetime):
+    running, _ = _serve(ServerSettings(token_lifetime=lifetime))
+    with running:
+        tab = Page(browser, running.url)
+        try:
+            far = lifetime + 30 + 70
+            for lesson, expected in (("skew", f"{far} s behind: 401"),
+                                     ("caching", "without a cache: 5 token requests; "
+                                                 "with a cache: 1"),
+                                     ("expired", "with a new token 200")):
+                box = tab.lesson(lesson)
+                text = box.locator(".outcome").inner_text()
+                assert box.get_attribute("data-outcome") == "as-taught", text
+                assert expected in text, text
+            tab.check_clean()
+        finally:
+            tab.close()
+
+
+def test_rotation_runs_twice_in_a_row(page, server):
+    for _ in range(2):
+        box = page.lesson("rotation")
+        text = box.locator(".outcome").inner_text()
+        assert box.get_attribute("data-outcome") == "as-taught", text
+    # No clock move past the JWKS cache's max-age: the API looks a new kid up at once.
+    assert not any('"advance"' in e for e in _exchanges(box))
+    page.check_clean()
+
+
+@pytest.mark.parametrize("lesson", ["expired", "skew", "rotation"])
+def test_a_frozen_clock_stays_frozen(browser, lesson):
+    running, app = _serve(ServerSettings())
+    controls = app.extensions["m2mauth_lab"].controls
+    with running:
+        at = controls.set_clock(freeze=True)["now"] - 1000
+        controls.set_clock(at=at)
+        tab = Page(browser, running.url)
+        try:
+            box = tab.lesson(lesson)
+            text = box.locator(".outcome").inner_text()
+            assert box.get_attribute("data-outcome") == "as-taught", text
+            assert controls.clock.frozen
+            assert controls.clock_status()["now"] == at
+        finally:
+            tab.close()
+
+
+def test_claims_named_like_object_members(browser):
+    claims = {"constructor": "c", "toString": "t", "__proto__": "p", "hasOwnProperty": "h",
+              "nested": {"a": [1, 2]}, "tags": ["x", {"y": True}]}
+    running, _ = _serve(ServerSettings(clients=[_demo_client(claims=claims)]))
+    with running:
+        tab = Page(browser, running.url)
+        try:
+            inspect = tab.step("inspect")
+            assert inspect.get_attribute("data-state") == "done"
+            table = inspect.locator("table").nth(1)
+            for name, value in (("constructor", "c"), ("toString", "t"), ("__proto__", "p"),
+                                ("hasOwnProperty", "h"), ("nested", '{"a":[1,2]}'),
+                                ("tags", '["x",{"y":true}]')):
+                row = table.locator(f'tr[data-name="{name}"]')
+                assert row.locator("td.value").inner_text() == value, name
+                assert row.locator("td.meaning").inner_text() == "", name
+            text = inspect.text_content()
+            assert "native code" not in text and "[object Object]" not in text
+            tab.check_clean()
+        finally:
+            tab.close()

@@ -10,9 +10,25 @@ export const DEMO_CLIENT = { clientId: "demo-client", secret: "demo-secret",
 export const state = {
   texts: null,       // lessons.json
   meta: null,        // the RFC 8414 metadata
-  client: { ...DEMO_CLIENT },
+  client: null,      // the client of step 2 (null: not chosen yet, or step 2 failed)
+  clientProblem: "", // why step 2 failed
   token: null,       // the access token of step 3
 };
+
+// A lookup in one of lessons.json's tables by the name itself, never an inherited member
+// ("constructor", "toString", "__proto__" are claim names like any other).
+export function meaning(texts, name) {
+  return texts && Object.hasOwn(texts, name) && typeof texts[name] === "string" ? texts[name]
+    : "";
+}
+
+// A JSON value as the tables show it: strings as they are, lists of strings space-separated,
+// anything else (objects, nested lists, numbers, booleans, null) as JSON.
+export function shown(value) {
+  if (typeof value === "string") return value;
+  if (Array.isArray(value) && value.every((v) => typeof v === "string")) return value.join(" ");
+  return JSON.stringify(value);
+}
 
 // The metadata's URLs name the configured issuer; the page calls the same paths on its own
 // origin, so that it also works when opened as localhost for an issuer of 127.0.0.1.

@@ -2,8 +2,8 @@
 // (written once, in m2mauth/server/lab/lessons.py).
 
 import { admin, AdminTokenNeeded, el, header, send, session } from "./exchange.js";
-import { callApi, challenge, DEMO_CLIENT, ensureMeta, local, render, serverNow, state, table,
-  tokenRequest } from "./flow.js";
+import { callApi, challenge, DEMO_CLIENT, ensureMeta, local, meaning, render, serverNow, shown,
+  state, table, tokenRequest } from "./flow.js";
 import { decodeJwt, verifySignature } from "./jwt.js";
 import { LESSONS } from "./lessons.js";
 
@@ -29,52 +29,99 @@ async function discover(box) {
   if (rec.status !== 200 || !rec.json) throw new Error(`the metadata answered ${rec.status}`);
   state.meta = rec.json;
   const fields = state.texts.metadata_fields;
-  const rows = Object.entries(rec.json).map(([name, value]) => [name,
-    Array.isArray(value) ? value.join(" ") : String(value), fields[name] || ""]);
+  const rows = Object.entries(rec.json).map(([name, value]) => [name, shown(value),
+    meaning(fields, name)]);
   $(".explain", box).append(table("The metadata, field by field", rows));
   return `200: issuer ${rec.json.issuer}, token endpoint ${rec.json.token_endpoint}`;
 }
 
+// The secret methods the page can use, in the order it prefers them.
+const SECRET_METHODS = ["client_secret_basic", "client_secret_post"];
+
+function notAsTaught(why) {
+  return new Error(`not as taught: ${why}`);
+}
+
 async function chooseClient(box) {
+  state.client = null;
+  state.token = null;
+  try {
+    state.client = await pickClient(box);
+    state.clientProblem = "";
+  } catch (err) {
+    state.clientProblem = err.message;
+    throw err;
+  }
+  return describeClient(box);
+}
+
+async function pickClient(box) {
   const choice = $('input[name="client-choice"]:checked', box).value;
   if (choice === "demo") {
-    state.client = { ...DEMO_CLIENT };
+    let rec = null;
     try {
-      const rec = await admin("GET", "/admin/clients", undefined, "GET /admin/clients");
-      $(".exchanges", box).append(render(rec, "The clients this server knows (never their "
-        + "secrets)."));
-      const demo = rec.json.clients.find((c) => c.client_id === DEMO_CLIENT.clientId);
-      if (demo) {
-        Object.assign(state.client, { scopes: demo.scopes, audiences: demo.audiences });
-      }
+      rec = await admin("GET", "/admin/clients", undefined, "GET /admin/clients");
     } catch (err) {
+      if (err instanceof AdminTokenNeeded) throw err;
       if (err.record) $(".exchanges", box).append(render(err.record));
-      $(".explain", box).append(el("p", { text: `(Listing clients needs the admin API: ${err.message})` }));
+      $(".explain", box).append(el("p", { text: "(Listing clients needs the admin API: "
+        + `${err.message}; the page assumes the demo client is registered.)` }));
     }
-  } else {
-    const body = {
-      scopes: $("#new-scopes").value.split(/\s+/).filter(Boolean),
-      audiences: $("#new-audience").value.split(/\s+/).filter(Boolean),
-      auth_methods: [$("#new-auth-method").value],
-    };
-    const wanted = $("#new-client-id").value.trim();
-    if (wanted) body.client_id = wanted;
-    let rec;
-    try {
-      rec = await admin("POST", "/admin/clients", body, "POST /admin/clients");
-    } catch (err) {
-      if (err.record) $(".exchanges", box).append(render(err.record));
-      throw err;
+    if (rec === null) return { ...DEMO_CLIENT };
+    $(".exchanges", box).append(render(rec, "The clients this server knows (never their "
+      + "secrets)."));
+    const clients = (rec.json && rec.json.clients) || [];
+    const demo = clients.find((c) => c.client_id === DEMO_CLIENT.clientId);
+    if (!demo) {
+      throw notAsTaught(`${DEMO_CLIENT.clientId} is not one of this server's clients `
+        + `(GET /admin/clients lists ${clients.map((c) => c.client_id).join(", ") || "none"}): `
+        + "register a client here, or start the server with the demo client");
     }
-    $(".exchanges", box).append(render(rec, "The admin API answers the new client's secret "
-      + "once; a real server hands it over through a secret store."));
-    const c = rec.json;
-    state.client = { clientId: c.client_id, secret: c.client_secret,
-      authMethod: c.auth_methods[0] || "client_secret_basic", scopes: c.scopes,
-      audiences: c.audiences, registered: true };
-    $("#token-auth-method").value = state.client.authMethod;
-    $("#token-scope").value = state.client.scopes[0] || "";
+    const methods = demo.auth_methods || [];
+    const method = SECRET_METHODS.find((m) => methods.includes(m));
+    if (!method) {
+      throw notAsTaught(`${DEMO_CLIENT.clientId} may not authenticate with its secret here `
+        + `(its methods: ${methods.join(", ") || "none"})`);
+    }
+    $("#token-auth-method").value = method;
+    return { ...DEMO_CLIENT, authMethod: method, scopes: demo.scopes, audiences: demo.audiences };
   }
+  const body = {
+    scopes: $("#new-scopes").value.split(/\s+/).filter(Boolean),
+    audiences: $("#new-audience").value.split(/\s+/).filter(Boolean),
+    auth_methods: [$("#new-auth-method").value],
+  };
+  const wanted = $("#new-client-id").value.trim();
+  if (wanted) body.client_id = wanted;
+  let rec;
+  try {
+    rec = await admin("POST", "/admin/clients", body, "POST /admin/clients");
+  } catch (err) {
+    if (err.record) $(".exchanges", box).append(render(err.record));
+    err.record = undefined;
+    throw err;
+  }
+  $(".exchanges", box).append(render(rec, "The admin API answers the new client's secret "
+    + "once; a real server hands it over through a secret store."));
+  const c = rec.json;
+  const client = { clientId: c.client_id, secret: c.client_secret,
+    authMethod: c.auth_methods[0] || "client_secret_basic", scopes: c.scopes,
+    audiences: c.audiences, registered: true };
+  $("#token-auth-method").value = client.authMethod;
+  $("#token-scope").value = client.scopes[0] || "";
+  return client;
+}
+
+// The client of step 2; runs step 2 when there is none yet (or it failed, and may work now).
+async function ensureClient() {
+  if (!state.client) await runStep("client");
+  if (!state.client) {
+    throw new Error(`no usable client – step 2 failed: ${state.clientProblem || "unknown"}`);
+  }
+  return state.client;
+}
+
+function describeClient(box) {
   const c = state.client;
   $(".explain", box).append(table("The client", [
     ["client_id", c.clientId, "Its name at the server; in tokens as sub and client_id."],
@@ -90,10 +137,11 @@ async function chooseClient(box) {
 }
 
 async function requestToken(box) {
+  const client = await ensureClient();
   const form = { scope: $("#token-scope").value.trim(),
     resource: $("#token-resource").value.trim() };
   const method = $("#token-auth-method").value;
-  const rec = await tokenRequest(state.client, form, method, "POST token endpoint");
+  const rec = await tokenRequest(client, form, method, "POST token endpoint");
   $(".exchanges", box).append(render(rec, method === "client_secret_post"
     ? "client_secret_post: the credentials are form fields of the body."
     : "client_secret_basic: the credentials are the Basic header (decoded beside it)."));
@@ -145,11 +193,11 @@ async function inspect(box) {
     el("span", { class: "jwt-header", text: jwt.parts[0] }), ".",
     el("span", { class: "jwt-claims", text: jwt.parts[1] }), ".",
     el("span", { class: "jwt-signature", text: jwt.parts[2] }));
-  const headerRows = Object.entries(jwt.header).map(([k, v]) => [k, String(v),
-    state.texts.header[k] || ""]);
+  const headerRows = Object.entries(jwt.header).map(([k, v]) => [k, shown(v),
+    meaning(state.texts.header, k)]);
   const claimRows = Object.entries(jwt.claims).map(([k, v]) => [k,
-    ["iat", "nbf", "exp"].includes(k) ? `${v} = ${when(v, now)}` : Array.isArray(v) ? v.join(" ")
-      : String(v), state.texts.claims[k] || ""]);
+    ["iat", "nbf", "exp"].includes(k) && typeof v === "number" ? `${v} = ${when(v, now)}`
+      : shown(v), meaning(state.texts.claims, k)]);
   const result = await verifySignature(jwt, jwksRec.json);
   const sig = el("div", { class: "signature", "data-verified": String(result.verified) });
   if (result.jwk) {
@@ -249,11 +297,13 @@ async function runLesson(lesson, box, button) {
   button.disabled = true;
   const ctx = {
     texts: state.texts,
+    client: null,
     show: (rec, note) => $(".exchanges", box).append(render(rec, note)),
     say: (text) => $(".story", box).append(el("p", { text })),
     code: (text) => $(".story", box).append(el("pre", { class: "code", text })),
   };
   try {
+    ctx.client = await ensureClient();
     const { ok, happened } = await run(ctx);
     $(".outcome", box).textContent = `${ok ? "As taught" : "Not as taught"}: ${happened}`;
     box.dataset.outcome = ok ? "as-taught" : "unexpected";
@@ -275,7 +325,8 @@ async function reset() {
     const rec = await admin("POST", "/admin/reset", undefined, "POST /admin/reset");
     status.textContent = rec.json.reset ? "The issuer is back as it started: clients, keys, "
       + "clock, faults and request logs." : rec.text;
-    if (state.client.registered) state.client = { ...DEMO_CLIENT };
+    // A client registered in step 2 is gone: step 2 runs again when it is needed.
+    if (state.client && state.client.registered) state.client = null;
     state.token = null;
   } catch (err) {
     status.textContent = `Reset failed: ${err.message}`;
