@@ -506,14 +506,22 @@ class _LazyChoice(click.Choice):
 @click.option("--only", type=_LazyChoice(), help="Run one step or lesson: discover, client, "
               "token, inspect, call, wrong-secret, bad-scope, bad-audience, expired, skew, "
               "rotation, rate-limit, caching, insufficient-scope.")
+@click.option("--client-id", help="The registered client to walk through as.  [default: "
+              "demo-client]")
+@click.option("--client-secret", envvar="M2MAUTH_CLIENT_SECRET",
+              help="Its secret (also M2MAUTH_CLIENT_SECRET, which keeps it out of the shell "
+                   "history); never printed.  [default: demo-client's public demo secret]")
 @click.option("--register-client", is_flag=True, help="Register a new client through the "
-              "admin API in the client step (removed at the end) instead of using demo-client.")
+              "admin API in the client step (removed at the end) instead: with the scopes "
+              "and audiences of --client-id's client if it is registered, else read and "
+              "write for the default audience.")
 @click.option("--pause/--no-pause", default=True, show_default=True,
               help="Wait for a key between steps (never when stdin or stdout is not a "
                    "terminal).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Seconds to wait for each answer.")
 def walkthrough_command(issuer: str | None, admin_token: str | None, only: str | None,
+                        client_id: str | None, client_secret: str | None,
                         register_client: bool, pause: bool, timeout: float) -> None:
     """Learn the client-credentials flow in the terminal: the five steps (discover, client,
     token, inspect, call) and nine lessons (what goes wrong, why, and what a correct client
@@ -526,7 +534,8 @@ def walkthrough_command(issuer: str | None, admin_token: str | None, only: str |
                                "none).")
     try:
         code = run(issuer, admin_token=admin_token, only=only, pause=pause,
-                   register=register_client, timeout=timeout)
+                   register=register_client, client_id=client_id,
+                   client_secret=client_secret or None, timeout=timeout)
     except WalkthroughError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

@@ -104,7 +104,8 @@ def test_against_a_serve_subprocess_with_a_registered_client(cli_process):
 
 def test_a_fault_makes_the_token_step_fail_by_name(cli_process):
     issuer = cli_process("serve", "--port", "0").field("issuer")
-    _admin(issuer, "POST", "/faults", {"endpoint": "token", "status": 503})
+    # Two: the client step tries the secret first (a 503 does not refuse it).
+    _admin(issuer, "POST", "/faults", {"endpoint": "token", "status": 503, "n": 2})
     done = _walkthrough("--issuer", issuer, "--only", "token")
     assert done.returncode == 1
     assert "walkthrough: step token did not behave as taught: expected HTTP 200, got 503" \
@@ -113,13 +114,122 @@ def test_a_fault_makes_the_token_step_fail_by_name(cli_process):
     assert "Traceback" not in done.stderr
 
 
-def test_a_server_with_another_token_lifetime_fails_the_skew_lesson(cli_process):
-    issuer = cli_process("serve", "--port", "0", "--token-lifetime", "3600").field("issuer")
+@pytest.mark.parametrize("lifetime", ["60", "900"])
+def test_the_skew_lesson_follows_the_servers_token_lifetime(cli_process, lifetime):
+    issuer = cli_process("serve", "--port", "0", "--token-lifetime", lifetime).field("issuer")
+    done = _walkthrough("--issuer", issuer, "--only", "skew")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    far = int(lifetime) + lessons.DEMO_LEEWAY + lessons.SKEW_BEYOND_LIFETIME
+    assert f"server {far} s behind the API (leeway 30 s): HTTP 401" in done.stdout
+    assert _admin(issuer, "GET", "/clock")["offset"] == 0
+
+
+def test_a_jwks_fault_makes_the_skew_lesson_fail_by_name_and_the_clock_is_restored(
+        cli_process):
+    issuer = cli_process("serve", "--port", "0").field("issuer")
+    # The demo API cannot get the keys: the first token, 20 s ahead, is refused.
+    _admin(issuer, "POST", "/faults", {"endpoint": "jwks", "status": 503, "n": 50})
     done = _walkthrough("--issuer", issuer, "--only", "skew")
     assert done.returncode == 1
-    assert "lesson skew did not behave as taught" in done.stderr
-    assert "server 400 s behind the API (leeway 30 s): HTTP 401, got 200" in done.stderr
+    assert "lesson skew did not behave as taught: expected server 20 s ahead of the API " \
+        "(leeway 30 s): HTTP 200, got" in done.stderr
+    assert "Traceback" not in done.stderr
     assert _admin(issuer, "GET", "/clock")["offset"] == 0  # restored even so
+
+
+def test_rotation_reruns_at_once_then_the_whole_walkthrough(cli_process):
+    issuer = cli_process("serve", "--port", "0").field("issuer")
+    for _ in range(2):
+        done = _walkthrough("--issuer", issuer, "--only", "rotation")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+        assert "moving the server's clock" not in done.stdout
+    done = _walkthrough("--issuer", issuer, "--no-pause")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert _admin(issuer, "GET", "/clock")["offset"] == 0
+
+
+_OTHER_SECRET = "svc-secret-0123456789abcdef"
+
+
+def _serve_with(cli_process, tmp_path, client_id: str):
+    config = tmp_path / "m2mauth.toml"
+    config.write_text(f"""[[clients]]
+client_id = "{client_id}"
+client_secret = "{_OTHER_SECRET}"
+scopes = ["read", "write"]
+""", encoding="utf-8")
+    # The banner names the clients (it shows a client and curl only for the demo secret).
+    return cli_process("serve", "--port", "0", "--config", str(config),
+                       until="clients").field("issuer")
+
+
+_WHAT_TO_PASS = ("pass --client-id and --client-secret (or M2MAUTH_CLIENT_SECRET) of a "
+                 "registered client, or --register-client")
+
+
+@pytest.mark.parametrize("only", [None, "token", "caching", "rotation"])
+def test_no_demo_client_is_one_line_naming_step_client(cli_process, tmp_path, only):
+    issuer = _serve_with(cli_process, tmp_path, "svc")
+    done = _walkthrough("--issuer", issuer, *(["--only", only] if only else ["--no-pause"]))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "walkthrough: step client did not behave as taught: no client demo-client is "
+        f"registered at {issuer}: {_WHAT_TO_PASS}"]
+    assert "Traceback" not in done.stdout
+
+
+def test_no_demo_client_another_client_by_option_or_registered(cli_process, tmp_path):
+    issuer = _serve_with(cli_process, tmp_path, "svc")
+    given = _walkthrough("--issuer", issuer, "--no-pause", "--client-id", "svc",
+                         env={"M2MAUTH_CLIENT_SECRET": _OTHER_SECRET})
+    assert given.returncode == 0, given.stdout[-3000:] + given.stderr
+    _assert_names_everything(given.stdout)
+    assert "sub svc" in given.stdout
+    assert '(base64 of "svc:<secret, not shown>")' in given.stdout
+    assert _OTHER_SECRET not in given.stdout + given.stderr
+    nosecret = _walkthrough("--issuer", issuer, "--only", "caching", "--client-id", "svc")
+    assert nosecret.returncode == 1
+    assert nosecret.stderr.strip().splitlines() == [
+        "walkthrough: step client did not behave as taught: no secret for svc: pass "
+        "--client-secret (or M2MAUTH_CLIENT_SECRET), or --register-client"]
+    for only in (["--only", "caching"], ["--no-pause"]):
+        registered = _walkthrough("--issuer", issuer, "--register-client", *only)
+        assert registered.returncode == 0, registered.stdout[-3000:] + registered.stderr
+        assert re.search(r"sub client-[0-9a-f]+|\[ok\] lesson caching", registered.stdout)
+    assert [c["client_id"] for c in _admin(issuer, "GET", "/clients")["clients"]] == ["svc"]
+
+
+def test_demo_client_with_another_secret(cli_process, tmp_path):
+    issuer = _serve_with(cli_process, tmp_path, "demo-client")
+    for only in (["--no-pause"], ["--only", "caching"]):
+        done = _walkthrough("--issuer", issuer, *only)
+        assert done.returncode == 1, done.stdout[-3000:] + done.stderr
+        assert done.stderr.strip().splitlines() == [
+            "walkthrough: step client did not behave as taught: the server refused the "
+            "secret given for demo-client (HTTP 401 invalid_client): pass its --client-secret "
+            "(or M2MAUTH_CLIENT_SECRET), or --register-client"]
+    done = _walkthrough("--issuer", issuer, "--no-pause", "--client-secret", _OTHER_SECRET)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    _assert_names_everything(done.stdout)
+    assert _OTHER_SECRET not in done.stdout + done.stderr
+    assert "demo-secret" not in done.stdout
+
+
+def test_the_tutorial_provider_checks_its_answer():
+    from m2mauth.server.lab.walkthrough.checks import Misbehaved
+    from m2mauth.server.lab.walkthrough.lessons import TutorialTokenProvider
+
+    refused = requests.Response()
+    refused.status_code = 401
+    refused._content = b'{"error": "invalid_client"}'
+    refused.request = requests.Request("POST", "http://127.0.0.1/token").prepare()
+
+    class _Walk:
+        def request_token(self):
+            return refused
+
+    with pytest.raises(Misbehaved, match=r"expected a token .* got HTTP 401 invalid_client"):
+        TutorialTokenProvider(_Walk()).get_token()
 
 
 def test_the_lab_off_is_one_line_and_exit_2(cli_process):

@@ -88,14 +88,15 @@ CLIENT_FIELDS: dict[str, str] = {
 
 LESSONS: list[dict[str, str]] = [
     {"name": "wrong-secret", "title": "A wrong secret",
-     "does": "Asks for a token with the demo client's id and a wrong secret.",
+     "does": "Asks for a token with the client's id (demo-client's, unless another is "
+             "used) and a wrong secret.",
      "shows": "401 invalid_client with WWW-Authenticate: Basic – the same answer for an "
               "unknown client, a wrong secret or a bad assertion.",
      "why": "The server never says which part was wrong, so client ids cannot be probed.",
      "fix": "Do not retry: the credentials will not become right. Fix the configuration "
             "(secret store, environment) and alert."},
     {"name": "bad-scope", "title": "A scope the client may not have",
-     "does": "Asks for scope admin, which the demo client is not registered for.",
+     "does": "Asks for scope admin, which the client is not registered for.",
      "shows": "400 invalid_scope; the server never silently narrows the scope.",
      "why": "Each client is registered with the scopes it may ask for.",
      "fix": "Ask only for registered scopes (or register the scope); do not retry."},

@@ -16,11 +16,11 @@ import requests
 from ...settings import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from ..admin import ADMIN_PREFIX
 from ..lessons import DEMO_RESOURCE, DEMO_SCOPE
-from .checks import Misbehaved, json_object
+from .checks import Misbehaved, json_object, oauth_error
 from .output import Output
 from .wire import Wire
 
-__all__ = ["METADATA_PATH", "Walk"]
+__all__ = ["METADATA_PATH", "Walk", "token_answer"]
 
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 
@@ -34,10 +34,14 @@ class Walk:
     issuer: str
     #: The RFC 8414 metadata: where the token endpoint and the JWKS are.
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The client the steps and lessons use: demo-client unless --client-id, or the one the
+    #: client step registered; its secret (None: none was given, the client step fails).
     client_id: str = DEMO_CLIENT_ID
-    client_secret: str = DEMO_CLIENT_SECRET
+    client_secret: str | None = DEMO_CLIENT_SECRET
     #: Register a client through the admin API in the client step, instead of the demo one.
     register: bool = False
+    #: The client step has settled on the client (``--only`` a later one settles it first).
+    client_settled: bool = False
     #: The token the token step got, for the inspect and call steps.
     token: str | None = None
     #: How the rate-limit lesson waits out Retry-After (injectable, like every clock here).
@@ -72,19 +76,16 @@ class Walk:
         data.update(form)
         # RFC 6749 section 2.3.1: id and secret are form-encoded before they are joined.
         auth = (quote_plus(client_id or self.client_id),
-                quote_plus(self.client_secret if secret is None else secret))
+                quote_plus((self.client_secret or "") if secret is None else secret))
         return self.wire.post(self.token_endpoint, data=data, auth=auth)
 
     def get_token(self, scope: str = DEMO_SCOPE, **form: str) -> str:
         """A token from the token endpoint, or the lesson fails."""
-        response = self.request_token(scope=scope, **form)
-        if response.status_code != 200:
-            raise Misbehaved(f"expected a token (200) for scope {scope!r}, got HTTP "
-                             f"{response.status_code}")
-        token = json_object(response).get("access_token")
-        if not isinstance(token, str):
-            raise Misbehaved("the token response has no access_token")
-        return token
+        return str(self.token_response(scope, **form)["access_token"])
+
+    def token_response(self, scope: str = DEMO_SCOPE, **form: str) -> dict[str, Any]:
+        """The token endpoint's answer (with a string access_token), or the lesson fails."""
+        return token_answer(self.request_token(scope=scope, **form), scope)
 
     def call_api(self, token: str | None) -> requests.Response:
         """GET the demo resource, with ``Authorization: Bearer <token>`` unless None."""
@@ -121,3 +122,16 @@ class Walk:
                 restore["at"] = before.get("now")
             with self.wire.printing("brief"):
                 self.admin("POST", "/clock", restore)
+
+
+def token_answer(response: requests.Response, scope: str | None = DEMO_SCOPE) -> dict[str, Any]:
+    """A token response's JSON, checked: HTTP 200 and an access_token, or the step or lesson
+    fails saying what came instead (never a KeyError)."""
+    if response.status_code != 200:
+        error = oauth_error(response)
+        raise Misbehaved(f"expected a token (200) for scope {scope!r}, got HTTP "
+                         f"{response.status_code}" + (f" {error}" if error else ""))
+    body = json_object(response)
+    if not isinstance(body.get("access_token"), str):
+        raise Misbehaved("the token response has no access_token")
+    return body

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,9 +14,9 @@ from typing import Any
 import click
 import requests
 
-from m2mauth.client.errors import root_cause
+from m2mauth.client.errors import OAuthError, root_cause
 
-from ...settings import DEMO_CLIENT_SECRET
+from ...settings import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from ..admin import ADMIN_PREFIX
 from ..lessons import LESSONS, STEPS
 from .checks import Misbehaved
@@ -55,25 +56,46 @@ def in_process_issuer() -> Iterator[str]:
 
 def run(issuer: str | None = None, *, admin_token: str | None = None,
         only: str | None = None, pause: bool = True, register: bool = False,
+        client_id: str | None = None, client_secret: str | None = None,
         out: Output | None = None, sleep: Callable[[float], None] = time.sleep,
         timeout: float = 10.0) -> int:
     """Walk the steps and lessons (or ``only`` one) against ``issuer`` (None: one started
-    here). Returns the exit code: 0 when every one behaved as taught, 1 otherwise;
-    :class:`WalkthroughError` when it cannot start."""
+    here), as ``client_id`` (default demo-client) with ``client_secret`` (default: the demo
+    secret, for demo-client only; never printed when given) or as a client registered in the
+    client step (``register``). Returns the exit code: 0 when every one behaved as taught,
+    1 otherwise; :class:`WalkthroughError` when it cannot start."""
     if only is not None and only not in NAMES:
         raise WalkthroughError(f"no step or lesson {only!r} (choose from {', '.join(NAMES)})")
     out = out or Output()
+    client = _Client(client_id or DEMO_CLIENT_ID, client_secret)
     if issuer is None:
         with in_process_issuer() as url:
-            return _run(url, None, only, pause, register, out, sleep, timeout)
-    return _run(issuer.rstrip("/"), admin_token, only, pause, register, out, sleep, timeout)
+            return _run(url, None, only, pause, register, client, out, sleep, timeout)
+    return _run(issuer.rstrip("/"), admin_token, only, pause, register, client, out, sleep,
+                timeout)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Client:
+    client_id: str
+    #: As given; None: the demo secret for demo-client, none for another.
+    secret: str | None
+
+    @property
+    def demo_default(self) -> bool:
+        return self.secret is None and self.client_id == DEMO_CLIENT_ID
 
 
 def _run(issuer: str, admin_token: str | None, only: str | None, pause: bool,
-         register: bool, out: Output, sleep: Callable[[float], None], timeout: float) -> int:
-    wire = Wire(out, public_secrets={DEMO_CLIENT_SECRET, WRONG_SECRET},
-                admin_token=admin_token, admin_prefix=issuer + ADMIN_PREFIX, timeout=timeout)
-    walk = Walk(out, wire, issuer, register=register, sleep=sleep)
+         register: bool, client: _Client, out: Output, sleep: Callable[[float], None],
+         timeout: float) -> int:
+    # Only the published demo secret, used by default, and the lesson's made-up one are shown.
+    public = {WRONG_SECRET} | ({DEMO_CLIENT_SECRET} if client.demo_default else set())
+    wire = Wire(out, public_secrets=public, admin_token=admin_token,
+                admin_prefix=issuer + ADMIN_PREFIX, timeout=timeout)
+    walk = Walk(out, wire, issuer, client_id=client.client_id,
+                client_secret=DEMO_CLIENT_SECRET if client.demo_default else client.secret,
+                register=register, sleep=sleep)
     with wire:
         _preflight(walk, admin_token)
         out.line(f"m2mauth walkthrough against {issuer}", bold=True)
@@ -111,6 +133,12 @@ def _walk(walk: Walk, only: str | None, pause: bool, failures: list[str]) -> Non
                                         dim=True) if out.colour else
                             "(press any key for the next one, Ctrl+C to stop)")
             first = False
+            if only is not None and _after_client(name) and not walk.client_settled:
+                problem = _settle_client(walk)
+                if problem is not None:
+                    out.failed(f"step client: {problem}")
+                    failures.append(f"step client did not behave as taught: {problem}")
+                    return
             out.heading(kind, number, len(texts), name, text["title"])
             _teach_before(out, text)
             problem = _attempt(walk, name, runs[name], only)
@@ -120,6 +148,26 @@ def _walk(walk: Walk, only: str | None, pause: bool, failures: list[str]) -> Non
             else:
                 out.failed(f"{kind} {name}: {problem}")
                 failures.append(f"{kind} {name} did not behave as taught: {problem}")
+                if name == "client":
+                    out.line("(the rest needs a client: not run)", dim=True)
+                    return
+
+
+def _after_client(name: str) -> bool:
+    return NAMES.index(name) > NAMES.index("client")
+
+
+def _settle_client(walk: Walk) -> str | None:
+    """``--only`` a later one: the client step first, not printed (it settles the client, and
+    registers one with --register-client)."""
+    walk.out.detail("  (first the client, as in step client)")
+    out = walk.out
+    walk.out = Output(io.StringIO(), colour=False)
+    try:
+        with walk.wire.printing("quiet"):
+            return _attempt(walk, "client", STEP_RUNS["client"], None)
+    finally:
+        walk.out = out
 
 
 def _attempt(walk: Walk, name: str, step: Callable[[Walk], None],
@@ -135,6 +183,8 @@ def _attempt(walk: Walk, name: str, step: Callable[[Walk], None],
         return str(exc)
     except requests.RequestException as exc:
         return f"no answer from the server: {root_cause(exc)}"
+    except OAuthError as exc:  # m2mauth.client's TokenProvider, refused
+        return f"the token endpoint refused m2mauth.client's TokenProvider: {exc}"
     return None
 
 

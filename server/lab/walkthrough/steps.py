@@ -13,9 +13,10 @@ import jwt
 
 from m2mauth.client.validator import DEFAULT_ALGORITHMS
 
+from ...settings import DEMO_CLIENT_SECRET
 from ..lessons import CLAIMS, CLIENT_FIELDS, DEMO_SCOPE, HEADER, METADATA_FIELDS
-from .checks import Misbehaved, bearer_challenge, check, expect, json_object
-from .context import METADATA_PATH, Walk
+from .checks import Misbehaved, bearer_challenge, check, expect, json_object, oauth_error
+from .context import METADATA_PATH, Walk, token_answer
 
 __all__ = ["STEP_RUNS"]
 
@@ -42,28 +43,77 @@ def discover(walk: Walk) -> None:
     walk.metadata = metadata
 
 
+#: What to pass when the walkthrough has no client it can use.
+WHAT_TO_PASS = ("pass --client-id and --client-secret (or M2MAUTH_CLIENT_SECRET) of a "
+                "registered client, or --register-client")
+#: The scopes a client registered without a model gets: read for the API, write for the
+#: insufficient-scope lesson.
+REGISTERED_SCOPES = ("read", "write")
+
+
 def client(walk: Walk) -> None:
+    """Settle on the client every later step and lesson uses: the one named (demo-client
+    unless --client-id) with its secret, or one registered now (--register-client, modelled
+    on the named one when it exists); a client that cannot get a token fails here."""
     out = walk.out
     clients = walk.admin("GET", "/clients").get("clients") or []
-    demo = next((c for c in clients if isinstance(c, dict)
-                 and c.get("client_id") == walk.client_id), None)
+    named = next((c for c in clients if isinstance(c, dict)
+                  and c.get("client_id") == walk.client_id), None)
     out.line()
-    expect(out, demo is not None, f"the demo client {walk.client_id} registered",
-           "no such client")
-    assert demo is not None
+    if walk.register:
+        record = _register(walk, named)
+    else:
+        if named is None:
+            raise Misbehaved(f"no client {walk.client_id} is registered at {walk.issuer}: "
+                             + WHAT_TO_PASS)
+        if walk.client_secret is None:
+            raise Misbehaved(f"no secret for {walk.client_id}: pass --client-secret (or "
+                             "M2MAUTH_CLIENT_SECRET), or --register-client")
+        out.ok(f"the client {walk.client_id} registered")
+        record = named
     for name, why in CLIENT_FIELDS.items():
-        value = demo.get(name)
+        value = record.get(name)
         out.explain(name, " ".join(value) if isinstance(value, list) else str(value), why)
     out.line()
-    expect(out, "client_secret_basic" in (demo.get("auth_methods") or []),
+    expect(out, "client_secret_basic" in (record.get("auth_methods") or []),
            "client_secret_basic allowed")
-    expect(out, DEMO_SCOPE in (demo.get("scopes") or []), f"scope {DEMO_SCOPE} allowed")
-    if not walk.register:
+    expect(out, DEMO_SCOPE in (record.get("scopes") or []), f"scope {DEMO_SCOPE} allowed")
+    if walk.register:
+        walk.client_settled = True
+        return
+    # Its secret, tried once (quietly): a refused one would fail every step after this.
+    with walk.wire.printing("brief"):
+        response = walk.request_token()
+    if response.status_code == 401:
+        raise Misbehaved(f"the server refused the secret given for {walk.client_id} (HTTP 401 "
+                         f"{oauth_error(response) or ''}".rstrip() + "): pass its "
+                         "--client-secret (or M2MAUTH_CLIENT_SECRET), or --register-client")
+    if response.status_code == 200:
+        token_answer(response)
+        out.ok(f"its secret gets a token for scope {DEMO_SCOPE}")
+    else:  # not a refused secret: the token step shows what it is
+        out.detail(f"  (its secret not refused, but no token either: HTTP "
+                   f"{response.status_code})")
+    if walk.client_secret == DEMO_CLIENT_SECRET:
         out.prose(f"Using {walk.client_id} with its public demo secret (--register-client "
                   "registers a new one through POST /admin/clients instead).", indent="  ")
-        return
+    else:
+        out.prose(f"Using {walk.client_id} with the secret given (not printed).", indent="  ")
+    walk.client_settled = True
+
+
+def _register(walk: Walk, model: dict[str, Any] | None) -> dict[str, Any]:
+    """A new client through POST /admin/clients, removed when the walkthrough ends."""
+    out = walk.out
+    if model is not None:
+        scopes, audiences = model.get("scopes"), model.get("audiences")
+        out.detail(f"  registering a client with the scopes and audiences of {walk.client_id}")
+    else:
+        scopes, audiences = list(REGISTERED_SCOPES), []
+        out.detail(f"  ({walk.client_id} is not registered: a client with scopes "
+                   f"{' '.join(REGISTERED_SCOPES)} and the server's default audience)")
     added = walk.admin("POST", "/clients", {
-        "scopes": demo.get("scopes"), "audiences": demo.get("audiences"),
+        "scopes": scopes, "audiences": audiences,
         "auth_methods": ["client_secret_basic"]}, expected=201)
     client_id, secret = added.get("client_id"), added.get("client_secret")
     if not isinstance(client_id, str) or not isinstance(secret, str):
@@ -71,6 +121,7 @@ def client(walk: Walk) -> None:
     walk.client_id, walk.client_secret = client_id, secret
     walk.cleanups.append(lambda: walk.admin("DELETE", f"/clients/{client_id}"))
     out.ok(f"registered {client_id}; its secret is answered once, and not printed here")
+    return added
 
 
 def token(walk: Walk) -> None:
