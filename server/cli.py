@@ -113,9 +113,28 @@ def _bind_or_exit(host: str, port: int, make_app, bind_app):
 
 
 def _serve_until_interrupted(server) -> None:
-    """Serve until Ctrl+C; serve_forever() then closes every connection and the port."""
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+    """Serve until SIGTERM or Ctrl+C, then stop accepting, answer the requests already
+    received (up to 10 s) and return, so the process exits 0; a second signal stops at once.
+    Container runtimes and CI stop services with SIGTERM."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        if server.stopping:
+            raise KeyboardInterrupt
+        server.stop_gracefully()
+
+    if threading.current_thread() is not threading.main_thread():  # signals need the main one
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _banner(app) -> None:

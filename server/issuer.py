@@ -20,11 +20,22 @@ from .settings import AUTH_METHODS, ServerSettings
 from .store import MemoryStore, StateStore
 from .tokens import TokenIssuer
 
-__all__ = ["JWKS_PATH", "METADATA_PATHS", "TOKEN_PATH", "Issuer", "current_issuer",
-           "initial_keys"]
+__all__ = [
+    "HEALTH_PATH",
+    "JWKS_PATH",
+    "METADATA_PATHS",
+    "READY_PATH",
+    "TOKEN_PATH",
+    "Issuer",
+    "current_issuer",
+    "initial_keys",
+]
 
 TOKEN_PATH = "/token"
 JWKS_PATH = "/jwks.json"
+#: Liveness and readiness probes, at the root: outside any issuer's path.
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
 METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 #: Where a Flask app keeps its issuer.
 EXTENSION = "m2mauth"

@@ -91,6 +91,8 @@ class ServingLimits:
     max_header_bytes: int = 32 * 1024
     #: Largest request body; larger ones are answered 413 by the app, without their body.
     max_body_bytes: int = 64 * 1024
+    #: Seconds a graceful stop waits for requests already received to be answered.
+    drain_timeout: float = 10.0
 
     @classmethod
     def of(cls, settings: ServerSettings) -> ServingLimits:
@@ -337,6 +339,7 @@ class HTTPServer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._serving = False
+        self._drain = False
         self._server = _Server(
             app, map={}, _sock=sock, bind_socket=False,
             sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
@@ -366,6 +369,11 @@ class HTTPServer:
         return int(self._server.effective_port)
 
     @property
+    def stopping(self) -> bool:
+        """Whether a stop has been asked for."""
+        return self._stopping.is_set()
+
+    @property
     def url(self) -> str:
         """Where the server listens."""
         host = self.host
@@ -380,10 +388,38 @@ class HTTPServer:
         try:
             while not self._stopping.is_set():
                 wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
+            if self._drain:
+                self._answer_what_was_received()
         finally:
             server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
             wasyncore.close_all(server._map)
             self._stopped.set()
+
+    def stop_gracefully(self) -> None:
+        """Make :meth:`serve_forever` stop accepting, answer the requests it has received
+        (within ``drain_timeout``), close every connection and return. Safe in a signal
+        handler: it sets a flag and wakes the loop."""
+        self._drain = True
+        self._stopping.set()
+        with contextlib.suppress(OSError):  # the loop may have closed its trigger already
+            self._server.pull_trigger()
+
+    def _answer_what_was_received(self) -> None:
+        server = self._server
+        # The listening socket alone: TcpWSGIServer.close() would close the wake-up pipe too,
+        # which the threads still answering need.
+        wasyncore.dispatcher.close(server)
+        end = time.monotonic() + self.limits.drain_timeout
+        while time.monotonic() < end:
+            busy = False
+            for channel in list(server.active_channels.values()):
+                if channel.requests or channel.total_outbufs_len:
+                    busy = True  # being answered, waiting for a thread, or still sending
+                else:
+                    channel.will_close = True  # idle, or a request not yet received whole
+            if not busy:
+                break
+            wasyncore.loop(timeout=0.1, map=server._map, use_poll=True, count=1)
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` and wait (a few seconds at most) for it to finish."""

@@ -12,7 +12,7 @@ import logging
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .issuer import JWKS_PATH, METADATA_PATHS, TOKEN_PATH, current_issuer
+from .issuer import HEALTH_PATH, JWKS_PATH, METADATA_PATHS, READY_PATH, TOKEN_PATH, current_issuer
 from .responses import json_error
 from .syntax import safe_description
 from .token_request import handle_token_request
@@ -32,17 +32,51 @@ def token() -> Response:
                                 issuer.token_endpoint, issuer.clock.now())
 
 
+#: Public documents that browser-based resource servers and test pages fetch from other
+#: origins: readable by any page. Never on /token or /admin, whose answers are credentials
+#: or test controls.
+_PUBLIC_TO_BROWSERS = {"Access-Control-Allow-Origin": "*"}
+
+
 @bp.get(JWKS_PATH)
 def jwks() -> Response:
     issuer = current_issuer()
     response = jsonify(issuer.keys.jwks())
     response.headers["Cache-Control"] = f"public, max-age={issuer.settings.jwks_max_age}"
+    response.headers.update(_PUBLIC_TO_BROWSERS)
     return response
 
 
 def metadata() -> Response:
     response = jsonify(current_issuer().metadata())
     response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers.update(_PUBLIC_TO_BROWSERS)
+    return response
+
+
+@bp.get(HEALTH_PATH)
+def healthz() -> Response:
+    """Alive: the process answers HTTP (for a container's liveness probe)."""
+    return _health(200, "alive")
+
+
+@bp.get(READY_PATH)
+def readyz() -> Response:
+    """Ready: signing keys are loaded and the state store answers (a readiness probe)."""
+    issuer = current_issuer()
+    try:
+        issuer.store.clock_state()
+        ready = bool(issuer.keys.jwks()["keys"])
+    except Exception:  # a store that cannot be reached, whatever its kind, is "not ready"
+        log.exception("readiness check failed")
+        ready = False
+    return _health(200, "ready") if ready else _health(503, "not ready")
+
+
+def _health(status: int, state: str) -> Response:
+    response = jsonify(status=state)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

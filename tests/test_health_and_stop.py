@@ -1,0 +1,87 @@
+"""Running next to other services: liveness and readiness probes, CORS on the public
+documents only, and a graceful stop on SIGTERM or SIGINT (stop accepting, answer what was
+received, exit 0). Real servers on loopback ports; every wait is bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+import requests
+
+DEMO = ("demo-client", "demo-secret")
+GRANT = {"grant_type": "client_credentials"}
+
+
+def test_health_and_readiness(idp):
+    for path, state in (("/healthz", "alive"), ("/readyz", "ready")):
+        response = requests.get(idp.url + path, timeout=5)
+        assert (response.status_code, response.json()) == (200, {"status": state})
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_cors_on_the_jwks_and_metadata_only(idp):
+    for path in ("/jwks.json", "/.well-known/oauth-authorization-server",
+                 "/.well-known/openid-configuration"):
+        response = requests.get(idp.url + path, headers={"Origin": "https://app.example"},
+                                timeout=5)
+        assert response.headers["Access-Control-Allow-Origin"] == "*", path
+    token = requests.post(idp.token_endpoint, data=GRANT, auth=DEMO, timeout=5,
+                          headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in token.headers
+    admin = requests.get(idp.admin_url, timeout=5)
+    assert "Access-Control-Allow-Origin" not in admin.headers
+
+
+def _serve() -> tuple[subprocess.Popen, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m2mauth.server.cli", "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for _ in range(30):  # bounded: the banner is a dozen lines
+        line = proc.stdout.readline()
+        if line.strip().startswith("issuer"):
+            return proc, line.split()[-1]
+    proc.kill()
+    raise AssertionError("no issuer line in the banner")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_answers_the_request_in_flight_and_exits_0(sig):
+    proc, issuer = _serve()
+    port = int(issuer.rsplit(":", 1)[1])
+    try:
+        fault = requests.post(issuer + "/admin/faults", json={"kind": "delay", "delay": 2},
+                              timeout=5)
+        assert fault.status_code == 201, fault.text
+        answers: list[requests.Response] = []
+        in_flight = threading.Thread(target=lambda: answers.append(requests.post(
+            issuer + "/token", data=GRANT, auth=DEMO, timeout=15)))
+        in_flight.start()
+        for _ in range(500):  # bounded: until the request has taken the fault
+            if requests.get(issuer + "/admin/faults", timeout=5).json()["faults"] == []:
+                break
+        else:
+            raise AssertionError("the token request never reached the server")
+        proc.send_signal(sig)
+        refused = False
+        for _ in range(500):  # bounded: the listening socket closes at once
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except (ConnectionRefusedError, ConnectionResetError):  # reset: caught in the backlog
+                refused = True
+                break
+        in_flight.join(timeout=15)
+        assert refused, "still accepting connections after the signal"
+        assert [a.status_code for a in answers] == [200]
+        assert proc.wait(timeout=15) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
