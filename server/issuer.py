@@ -102,14 +102,14 @@ class Issuer:
             "issuer": self.issuer,
             "token_endpoint": self.token_endpoint,
             "jwks_uri": self.jwks_uri,
-            # RFC 8414 section 2 makes this REQUIRED (OIDC Discovery section 3 too), and the
-            # truthful value is empty: no grant here uses an authorization endpoint, so there
-            # is none (authorization_endpoint is omitted: "REQUIRED unless no grant types are
-            # supported that use the authorization endpoint"). Section 3.2's "claims with zero
-            # elements MUST be omitted" would drop it; present-and-empty is chosen so readers
-            # that look for the required member find the answer instead of a gap. Advertising
-            # "code" or "token" to satisfy validators that want a non-empty list would be false.
-            "response_types_supported": [],
+            # No response_types_supported, though RFC 8414 section 2 (and OIDC Discovery
+            # section 3) list it as REQUIRED: no grant here uses the authorization endpoint, so
+            # the truthful value is an empty list, and section 3.2 says claims with zero
+            # elements MUST be omitted. The OAuth WG's reading is to omit it when no grant uses
+            # the authorization endpoint (OpenID4VCI's note for pre-authorized-code-only
+            # servers, openid/OpenID4VCI#248). "code" or "token" would be false; [] breaks 3.2.
+            # authorization_endpoint is omitted too (REQUIRED "unless no grant types are
+            # supported that use the authorization endpoint").
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             # EdDSA and RFC 9864's Ed25519 are one signature; both names are accepted.
