@@ -28,15 +28,20 @@ env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 proc = subprocess.Popen([cli, "serve", "--port", "0"], stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT, text=True, env=env)
 try:
-    token_url = None
+    token_url = signing = None
     for _ in range(50):  # bounded: the banner is a dozen lines
         line = proc.stdout.readline()
         if not line:
             break
         if line.strip().startswith("token "):
             token_url = line.split()[-1]
+        if line.strip().startswith("signing "):
+            signing = line.strip()
+        if line.strip().startswith("curl "):
             break
     assert token_url, "serve printed no token endpoint"
+    # The banner names where the keys really are: the installed package, not a keys/ tree.
+    assert signing and str(keys.resolve()) in signing, signing
     req = urllib.request.Request(
         token_url, data=b"grant_type=client_credentials",
         headers={"Authorization": "Basic " + base64.b64encode(b"demo-client:demo-secret").decode(),

@@ -7,12 +7,21 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-__all__ = ["ALGORITHMS", "KEY_TYPES", "fits", "generate_private_key", "key_type", "one_of"]
+__all__ = [
+    "ALGORITHMS", "ASSERTION_ALGORITHMS", "ED25519_NAMES", "KEY_TYPES", "fits",
+    "generate_private_key", "key_type", "one_of",
+]
 
 #: Signing algorithms the server can issue tokens with (and accepts in private_key_jwt).
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+#: The two names of one signature: EdDSA on an Ed25519 key. RFC 9864 deprecates the
+#: polymorphic "EdDSA" for the fully specified "Ed25519", which clients such as openid-client 6
+#: send; tokens are still signed "EdDSA", the name PyJWT and most validators know today.
+ED25519_NAMES = ("EdDSA", "Ed25519")
+#: Algorithms accepted in private_key_jwt client assertions: ALGORITHMS and RFC 9864's name.
+ASSERTION_ALGORITHMS = (*ALGORITHMS, "Ed25519")
 #: The JWK key type (RFC 7518 ``kty``) of each algorithm's keys.
-KEY_TYPES = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}
+KEY_TYPES = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP", "Ed25519": "OKP"}
 _MIN_RSA_BITS = 2048
 
 

@@ -168,7 +168,7 @@ def _banner(app) -> None:
     else:
         echo(f"  clients   {', '.join(c.client_id for c in issuer.clients)}")
     if settings.uses_shipped_keys:
-        echo("  note      the shipped keys in keys/ are PUBLIC test keys: never trust these tokens"
+        echo("  note      the shipped keys are PUBLIC test keys: never trust these tokens"
              " outside a test")
         if not settings.binds_loopback:
             click.secho(
@@ -185,7 +185,11 @@ def _keys_source(settings: ServerSettings) -> str:
         return "ephemeral in-memory keys"
     if settings.keys_dir is not None:
         return f"keys from {settings.keys_dir}"
-    return "shipped PUBLIC test keys"
+    # Where they really are: the installed package's directory (m2mauth/_keys in
+    # site-packages from a wheel), the checkout's keys/ only in an editable install.
+    from .keys import shipped_keys_dir
+
+    return f"shipped PUBLIC test keys from {shipped_keys_dir()}"
 
 
 @main.group()

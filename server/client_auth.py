@@ -14,16 +14,17 @@ from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import OctKey
+from joserfc.jwk import KeySet, OctKey, import_key
 
-from .algorithms import ALGORITHMS
+from .algorithms import ASSERTION_ALGORITHMS, ED25519_NAMES
 from .clock import Clock
 from .store import StateStore
 from .syntax import safe_description
 
 __all__ = [
     "ClientSecretJWT", "PrivateKeyJWT", "basic_credentials", "claimed_client_id",
-    "client_secret_basic", "client_secret_post", "is_hmac", "unverified_part",
+    "client_secret_basic", "client_secret_post", "either_ed25519_name", "is_hmac",
+    "unverified_part",
 ]
 
 
@@ -195,12 +196,26 @@ class PrivateKeyJWT(_ClientAssertion):
     """``private_key_jwt``: an assertion signed with a key the client registered."""
 
     CLIENT_AUTH_METHOD = "private_key_jwt"
-    ALGORITHMS = ALGORITHMS
+    ALGORITHMS = ASSERTION_ALGORITHMS
 
     def resolve_client_public_key(self, client):
         if client.public_keys is None:
             raise InvalidClientError(description="The client has no registered public keys.")
-        return client.public_keys
+        return either_ed25519_name(client.public_keys)
+
+
+def either_ed25519_name(keys: KeySet) -> KeySet:
+    """``keys`` with each Ed25519 key registered as ``alg: EdDSA`` or ``alg: Ed25519`` usable
+    for both names: one signature (RFC 9864 section 2), and joserfc refuses a key whose
+    ``alg`` differs from the header's, so a client whose library moved to the new name would
+    otherwise need its keys registered again. Every other key keeps its ``alg``."""
+    if not any(key.alg in ED25519_NAMES for key in keys):
+        return keys
+    return KeySet([
+        import_key({k: v for k, v in key.as_dict(private=False).items() if k != "alg"})
+        if key.alg in ED25519_NAMES else key
+        for key in keys
+    ])
 
 
 class ClientSecretJWT(_ClientAssertion):

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import current_app
 
-from .algorithms import ALGORITHMS
+from .algorithms import ASSERTION_ALGORITHMS
 from .client_auth import ClientSecretJWT, PrivateKeyJWT, client_secret_basic, client_secret_post
 from .clients import ClientRegistry
 from .clock import Clock
@@ -105,19 +105,36 @@ class Issuer:
         return self.issuer + JWKS_PATH
 
     def metadata(self) -> dict[str, Any]:
-        """RFC 8414 metadata; every URL is absolute and built from the configured issuer."""
+        """RFC 8414 metadata, also served as the OpenID Connect Discovery document; every URL
+        is absolute and built from the configured issuer. Only what holds for a
+        client-credentials-only server is stated (see README, "Metadata")."""
         scopes = sorted({s for c in self.store.clients() for s in c.scopes})
-        metadata = {
+        metadata: dict[str, Any] = {
             "issuer": self.issuer,
             "token_endpoint": self.token_endpoint,
             "jwks_uri": self.jwks_uri,
+            # No response_types_supported, though RFC 8414 section 2 (and OIDC Discovery
+            # section 3) list it as REQUIRED: no grant here uses the authorization endpoint, so
+            # the truthful value is an empty list, and section 3.2 says claims with zero
+            # elements MUST be omitted. The OAuth WG's reading is to omit it when no grant uses
+            # the authorization endpoint (OpenID4VCI's note for pre-authorized-code-only
+            # servers, openid/OpenID4VCI#248). "code" or "token" would be false; [] breaks 3.2.
+            # authorization_endpoint is omitted too (REQUIRED "unless no grant types are
+            # supported that use the authorization endpoint").
             "grant_types_supported": ["client_credentials"],
-            # No response_types_supported: no grant here uses the authorization endpoint, and
-            # RFC 8414 section 3.2 says claims with zero elements MUST be omitted (erratum 7793).
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            # EdDSA and RFC 9864's Ed25519 are one signature; both names are accepted.
             "token_endpoint_auth_signing_alg_values_supported": [
-                *ALGORITHMS, *ClientSecretJWT.ALGORITHMS
+                *ASSERTION_ALGORITHMS, *ClientSecretJWT.ALGORITHMS
             ],
+            # OIDC Discovery section 3, REQUIRED: every token's sub is the client id, the same
+            # for every audience, which is the "public" subject type. Its other required
+            # fields are left out rather than stated falsely: there is no authorization
+            # endpoint, and no ID tokens are issued (id_token_signing_alg_values_supported
+            # MUST include RS256, which would claim ID tokens). m2mauth is not an OpenID
+            # Provider; the document is served for clients that discover token_endpoint and
+            # jwks_uri there.
+            "subject_types_supported": ["public"],
         }
         if scopes:
             metadata["scopes_supported"] = scopes

@@ -7,7 +7,12 @@ import logging
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _FlaskAuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
-from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
+from authlib.oauth2.rfc6749 import (
+    InvalidClientError,
+    OAuth2Error,
+    OAuth2Request,
+    UnsupportedGrantTypeError,
+)
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from flask import request as flask_request
 
@@ -17,7 +22,8 @@ from .responses import basic_challenge
 from .syntax import printable, safe_description
 from .tokens import TokenIssuer
 
-__all__ = ["AUTHENTICATION_FAILED", "AuthorizationServer", "TokenEndpointRequest"]
+__all__ = ["AUTHENTICATION_FAILED", "AuthorizationServer", "TokenEndpointRequest",
+           "describe_error"]
 
 log = logging.getLogger("m2mauth.server")
 
@@ -97,6 +103,8 @@ class AuthorizationServer(_FlaskAuthorizationServer):
         return TokenEndpointRequest(flask_request)
 
     def handle_error_response(self, request, error):
+        if not error.description:
+            error.description = describe_error(error)
         if error.description:
             # Authlib raises ValueError (a 500) on characters RFC 6749 forbids in
             # error_description; descriptions can quote input, so they are made safe here.
@@ -119,6 +127,31 @@ class AuthorizationServer(_FlaskAuthorizationServer):
                 response.headers["WWW-Authenticate"] = basic_challenge(self.realm)
             return response
         return super().handle_error_response(request, error)
+
+
+#: The error_description of an error raised without one, by its code: RFC 6749 section 5.2
+#: makes the field OPTIONAL, but a bare code leaves the caller guessing what to change.
+_GENERIC_DESCRIPTIONS = {
+    "invalid_request": "The token request is malformed (RFC 6749 section 5.2).",
+    "invalid_client": AUTHENTICATION_FAILED,
+    "invalid_grant": "The grant is invalid (RFC 6749 section 5.2).",
+    "unauthorized_client": "This client may not use the client_credentials grant.",
+    "invalid_scope": "The requested scope is invalid, unknown, or malformed.",
+    "invalid_target": "The requested resource is invalid or not allowed (RFC 8707).",
+}
+
+
+def describe_error(error: OAuth2Error) -> str:
+    """An error_description for an Authlib error raised without one. Authlib's
+    ``UnsupportedGrantTypeError`` has its text only in ``get_error_description()``, which its
+    response body never reads; the grant type it quotes is caller input, so it is cut."""
+    if isinstance(error, UnsupportedGrantTypeError):
+        given = str(error.grant_type or "")
+        return (f"Unsupported grant_type '{safe_description(given, 40)}'"
+                f"{'...' if len(given) > 40 else ''}; this server supports client_credentials"
+                " only (RFC 6749 section 4.4).")
+    return _GENERIC_DESCRIPTIONS.get(
+        error.error or "", f"The token request failed: {error.error or 'error'}.")
 
 
 def _log_authentication_failure(headers, request: TokenEndpointRequest | None,

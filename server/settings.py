@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .algorithms import ALGORITHMS, KEY_TYPES, fits, key_type, one_of
+from .algorithms import ALGORITHMS, ASSERTION_ALGORITHMS, KEY_TYPES, fits, key_type, one_of
 from .errors import ConfigError
 from .syntax import is_client_id, is_scope_token, strings
 
@@ -284,7 +284,7 @@ def _jwks_problem(jwks: dict[str, Any]) -> str | None:
         if jwk.get("use", "sig") != "sig":
             return f"{where}: use is {jwk['use']!r}; private_key_jwt keys are for 'sig'"
         alg = jwk.get("alg", _CLIENT_KEY_ALGORITHM[kty])
-        if not isinstance(alg, str) or alg not in ALGORITHMS or KEY_TYPES[alg] != kty:
+        if not isinstance(alg, str) or alg not in ASSERTION_ALGORITHMS or KEY_TYPES[alg] != kty:
             return f"{where}: alg {alg!r} is not one of the {kty} algorithms the server accepts"
         try:
             with warnings.catch_warnings():  # joserfc warns about weak keys: refused below

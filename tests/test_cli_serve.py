@@ -96,6 +96,20 @@ def test_loopback_with_shipped_keys_only_notes(host, capsys):
     assert "PUBLIC test keys" in out.out
 
 
+def test_banner_names_where_the_shipped_keys_are(capsys):
+    # From a wheel that is the installed package's directory (.ci/wheel_smoke.py checks it
+    # there); never a keys/ directory the installed package does not have.
+    from m2mauth.server import ServerSettings, create_app
+    from m2mauth.server.cli import _banner
+    from m2mauth.server.keys import shipped_keys_dir
+
+    _banner(create_app(ServerSettings(port=8000)))
+    (signing,) = [li for li in capsys.readouterr().out.splitlines()
+                  if li.strip().startswith("signing")]
+    assert signing.endswith(f"(shipped PUBLIC test keys from {shipped_keys_dir()})")
+    assert "keys/ are" not in signing
+
+
 def test_loopback_with_own_keys_does_not_warn(tmp_path, monkeypatch):
     from m2mauth.server.serving import HTTPServer
 

@@ -54,7 +54,9 @@ METADATA_FIELDS: dict[str, str] = {
         "Basic header or the body, or a JWT assertion signed with a shared secret or a "
         "private key (RFC 7523).",
     "token_endpoint_auth_signing_alg_values_supported": "Algorithms accepted for client "
-        "assertions.",
+        "assertions (EdDSA and Ed25519 are two names of one signature, RFC 9864).",
+    "subject_types_supported": "public: a token's sub is the client id, the same for every "
+        "API (an OpenID Connect Discovery field).",
     "scopes_supported": "Scopes the server knows; each client may ask for a subset.",
 }
 
