@@ -147,9 +147,8 @@ def describe_error(error: OAuth2Error) -> str:
     response body never reads; the grant type it quotes is caller input, so it is cut."""
     if isinstance(error, UnsupportedGrantTypeError):
         given = str(error.grant_type or "")
-        return (f"Unsupported grant_type '{safe_description(given, 40)}'"
-                f"{'...' if len(given) > 40 else ''}; this server supports client_credentials"
-                " only (RFC 6749 section 4.4).")
+        return (f"Unsupported grant_type '{safe_description(given, 40)}'; this server "
+                "supports client_credentials only (RFC 6749 section 4.4).")
     return _GENERIC_DESCRIPTIONS.get(
         error.error or "", f"The token request failed: {error.error or 'error'}.")
 
