@@ -4,11 +4,8 @@ received, exit 0). Real servers on loopback ports; every wait is bounded."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -38,22 +35,10 @@ def test_cors_on_the_jwks_and_metadata_only(idp):
     assert "Access-Control-Allow-Origin" not in admin.headers
 
 
-def _serve() -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "m2mauth.server.cli", "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for _ in range(30):  # bounded: the banner is a dozen lines
-        line = proc.stdout.readline()
-        if line.strip().startswith("issuer"):
-            return proc, line.split()[-1]
-    proc.kill()
-    raise AssertionError("no issuer line in the banner")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_signal_answers_the_request_in_flight_and_exits_0(sig):
-    proc, issuer = _serve()
+def test_a_stop_signal_answers_the_request_in_flight_and_exits_0(cli_process, sig):
+    served = cli_process("serve", "--port", "0")
+    proc, issuer = served.proc, served.field("issuer")
     port = int(issuer.rsplit(":", 1)[1])
     try:
         fault = requests.post(issuer + "/admin/faults", json={"kind": "delay", "delay": 2},
@@ -80,8 +65,7 @@ def test_a_stop_signal_answers_the_request_in_flight_and_exits_0(sig):
         assert refused, "still accepting connections after the signal"
         assert [a.status_code for a in answers] == [200]
         assert proc.wait(timeout=15) == 0
-        assert "Traceback" not in proc.stderr.read()
+        assert "Traceback" not in served.stop()
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
