@@ -148,6 +148,9 @@ def _banner(app) -> None:
     echo(f"  token     {issuer.token_endpoint}")
     echo(f"  jwks      {issuer.jwks_uri}")
     echo(f"  metadata  {_metadata_url(issuer)}")
+    if settings.trust_proxy:
+        echo("  proxy     --trust-proxy: each request's issuer takes its scheme, host and port "
+             "from Forwarded / X-Forwarded-*")
     origin = issuer.issuer.removesuffix(issuer.mount)
     if not settings.lab:
         echo("  lab       off (--no-lab): no /admin, no faults, no request log, real time")

@@ -392,6 +392,11 @@ class ServerSettings:
         10_000, kind=int, check=_positive,
         help="Most unexpired client-assertion jtis remembered per client (the replay cache); "
              "beyond it, that client's new assertions are refused until some expire.")
+    trust_proxy: bool = _setting(
+        False, kind=bool, flag=True,
+        help="Behind a reverse proxy: take the scheme, host and port of each request's issuer "
+             "(and a path prefix) from Forwarded or X-Forwarded-Proto/-Host/-Port/-Prefix; "
+             "the issuer's own path stays. Off, the issuer never comes from the request.")
     lab: bool = _setting(
         True, kind=bool, flag=True,
         help="Attach the lab: test controls, the /admin API, faults, request log, clock "

@@ -66,6 +66,31 @@ def metadata() -> Response:
     return response
 
 
+#: The endpoints whose answers any page may read, so whose CORS preflight succeeds.
+_PUBLIC_ENDPOINTS = frozenset({"m2mauth.jwks", "m2mauth.oauth-authorization-server",
+                               "m2mauth.openid-configuration", "m2mauth_metadata"})
+
+
+@bp.after_app_request
+def _options(response: Response) -> Response:
+    """Flask answers OPTIONS itself with an empty text/html 200; make it a 204 with the
+    Allow header, and a CORS preflight answer on the public documents only (a page from
+    another origin may read the JWKS and metadata, never call /token or /admin)."""
+    if request.method != "OPTIONS" or response.status_code != 200 or response.get_data():
+        return response
+    response.status_code = 204
+    response.headers.pop("Content-Type", None)
+    response.headers.pop("Content-Length", None)
+    allow = sorted(m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip())
+    response.headers["Allow"] = ", ".join(allow)
+    if request.endpoint in _PUBLIC_ENDPOINTS:
+        response.headers.update(_PUBLIC_TO_BROWSERS)
+        response.headers["Access-Control-Allow-Methods"] = "GET, HEAD"
+        response.headers["Access-Control-Allow-Headers"] = "*"
+        response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
 @probes.get(HEALTH_PATH)
 def healthz() -> Response:
     """Alive: the process answers HTTP (for a container's liveness probe)."""
@@ -77,7 +102,7 @@ def readyz() -> Response:
     """Ready: every issuer on the server has its signing keys and its state store answers
     (a readiness probe)."""
     router = router_of(current_app)
-    issuers = [current_issuer(), *(app.extensions[EXTENSION] for app in
+    issuers = [current_app.extensions[EXTENSION], *(app.extensions[EXTENSION] for app in
                                    (router.apps() if router is not None else ()))]
     for issuer in issuers:
         try:
@@ -110,9 +135,11 @@ def _http_error(exc: HTTPException) -> Response:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         return _error(413, "invalid_request", f"Request body larger than {limit} bytes.")
     if status == 405:
-        allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m != "OPTIONS"))
-        description = f"Method {request.method} not allowed; use {allowed}."
-        return _error(405, "invalid_request", description, {"Allow": allowed})
+        methods = sorted(exc.valid_methods or [])
+        use = ", ".join(m for m in methods if m not in ("HEAD", "OPTIONS"))
+        description = f"Method {request.method} not allowed; use {use}."
+        # The same Allow as an OPTIONS request gets (RFC 9110 section 10.2.1).
+        return _error(405, "invalid_request", description, {"Allow": ", ".join(methods)})
     if status == 404 and router_of(current_app) is not None:
         description = _no_issuer_here()
         if description is not None:
@@ -126,7 +153,7 @@ def _no_issuer_here() -> str | None:
     name: which ones there are. Names are never created on first use (see lab/issuers.py)."""
     name = request.path[1:].partition("/")[0]
     if ("/" not in request.path[1:] or issuer_name_problem(name) is not None
-            or current_issuer().mount.split("/")[1:2] == [name]):
+            or current_app.extensions[EXTENSION].mount.split("/")[1:2] == [name]):
         return None
     router = router_of(current_app)
     known = ", ".join(f"/{n}" for n in (router.names() if router is not None else [])) or "none"

@@ -39,7 +39,9 @@ class IdentityProvider(Controls):
         self.issuer: str = self.core.issuer
         self.token_endpoint: str = self.core.token_endpoint
         self.jwks_uri: str = self.core.jwks_uri
-        self.metadata_url: str = self.issuer + METADATA_PATHS[0]
+        # RFC 8414 section 3.1: the well-known segment goes before the issuer's path.
+        self.metadata_url: str = (self.issuer.removesuffix(self.core.mount) + METADATA_PATHS[0]
+                                  + self.core.mount)
         self.admin_url: str = self.issuer + ADMIN_PREFIX
         # One controls object per server: the admin API then acts on this very handle.
         lab.controls = self
