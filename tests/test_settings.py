@@ -150,7 +150,7 @@ def test_mistyped_secret_is_not_echoed(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_settings(path, env={})
     assert info.value.key == "clients[0].client_secret"
-    assert info.value.why == "must be a string, got int"
+    assert info.value.why == "must be a string, got an integer"
     assert "8675309123" not in str(info.value)
 
 
