@@ -569,8 +569,9 @@ def _client_from_table(source: str, where: str, table: object, base: Path) -> Cl
     if "client_id" not in table:
         raise ConfigError(source, f"{where}.client_id", "is required")
     for key, value in table.items():
-        _check_type(source, f"{where}.{key}", value, _CLIENT_KEYS[key],
-                    secret=key == "client_secret")
+        kinds = _CLIENT_KEYS[key]  # a mistyped jwks may hold a private key: never shown
+        _check_type(source, f"{where}.{key}", value, kinds,
+                    secret=key == "client_secret" or dict in kinds)
     values = dict(table)
     if "jwks_file" in values:
         if "jwks" in values:
@@ -703,8 +704,9 @@ def _checked(source: str, table: Mapping[str, Any], base: Path,
         raise ConfigError(source, name(unknown[0]),
                           f"unknown key (known: {', '.join(declared)})")
     for key, value in table.items():
-        setting = declared[key]
-        _check_type(source, name(key), value, (setting.kind,), secret=setting.secret)
+        setting = declared[key]  # a mistyped clients value may hold secrets: never shown
+        _check_type(source, name(key), value, (setting.kind,),
+                    secret=setting.secret or setting.kind in (list, dict))
     values = dict(table)
     if "clients" in values:
         values["clients"] = [
@@ -754,7 +756,7 @@ def _parse_env(setting: Setting, raw: str) -> Any:
         except ValueError as exc:
             raise ConfigError("environment", name, f"is not valid JSON: {exc}") from None
         if not _of_kind(value, setting.kind):
-            want = "an array" if setting.kind is list else "an object"
+            want = "array" if setting.kind is list else "object"
             got = {dict: "an object", list: "an array"}.get(type(value), _type_word(value))
             raise ConfigError("environment", name, f"must be a JSON {want}, got {got}")
         return _checked("environment", {setting.name: value}, Path.cwd(),
