@@ -407,7 +407,7 @@ class ServerSettings:
         None, kind=str, check=_admin_token, flag=True, secret=True, repr=False,
         help="Bearer token the /admin test-control API requires (needed off loopback).")
     clients: list[ClientSettings] = _setting(
-        kind=list, default_factory=_demo_clients,
+        kind=list, secret=True, default_factory=_demo_clients,
         help="Registered clients ([[clients]] tables; M2MAUTH_CLIENTS: a JSON array of "
              "client objects).")
     #: The config file these settings came from, if any (for messages); not itself a setting.
@@ -523,9 +523,9 @@ def default_issuer(host: str, port: int) -> str:
 
 
 def _shown(value: object, secret: bool = False) -> str:
-    """A value as an error message may show it. A secret shows its type only, and so does a
-    list or a table, whose contents may hold one (a client's secret in a mistyped
-    ``clients``); JSON's null is called null (it sets nothing: a key left out does)."""
+    """A value as an error message may show it. A secret (``clients`` is declared one)
+    shows its type only, and so does any list or table, whose contents may hold a secret or
+    a private key; JSON's null is called null (it sets nothing: a key left out does)."""
     if value is None or secret or isinstance(value, (dict, list, tuple)):
         return _type_word(value)
     return repr(value)
@@ -704,9 +704,8 @@ def _checked(source: str, table: Mapping[str, Any], base: Path,
         raise ConfigError(source, name(unknown[0]),
                           f"unknown key (known: {', '.join(declared)})")
     for key, value in table.items():
-        setting = declared[key]  # a mistyped clients value may hold secrets: never shown
-        _check_type(source, name(key), value, (setting.kind,),
-                    secret=setting.secret or setting.kind in (list, dict))
+        setting = declared[key]
+        _check_type(source, name(key), value, (setting.kind,), secret=setting.secret)
     values = dict(table)
     if "clients" in values:
         values["clients"] = [
