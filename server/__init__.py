@@ -114,8 +114,8 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     # Real time for the key cache, and a new kid looked up at once: the lessons rotate and
     # retire keys, move the server's clock back and forth, and run again within seconds. A
     # production validator keeps JWKSCache's defaults (30 s cooldown, 60 s negative cache).
-    keys = JWKSCache(default_issuer(settings.host, settings.port) + JWKS_PATH, cooldown=0,
-                     negative_ttl=0)
+    keys = JWKSCache(default_issuer(settings.host, settings.port) + issuer.mount + JWKS_PATH,
+                     cooldown=0, negative_ttl=0)
     demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=DEMO_LEEWAY,
                            jwks_cache=keys, clock=issuer.clock.now)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {DEMO_API_PREFIX: demo})  # type: ignore[method-assign]

@@ -151,6 +151,8 @@ def _serve_until_interrupted(server) -> None:
 
 
 def _banner(app) -> None:
+    from .issuers import router_of
+
     issuer = app.extensions["m2mauth"]
     settings: ServerSettings = issuer.settings
     echo = click.echo
@@ -158,19 +160,26 @@ def _banner(app) -> None:
     echo(f"  issuer    {issuer.issuer}")
     echo(f"  token     {issuer.token_endpoint}")
     echo(f"  jwks      {issuer.jwks_uri}")
-    echo(f"  metadata  {issuer.issuer}/.well-known/oauth-authorization-server")
+    echo(f"  metadata  {_metadata_url(issuer)}")
+    origin = issuer.issuer.removesuffix(issuer.mount)
     if not settings.lab:
         echo("  lab       off (--no-lab): no /admin, no faults, no request log, real time")
     else:
         if settings.admin_enabled:
             guard = "admin token required" if settings.admin_token else "open on loopback"
             echo(f"  admin     {issuer.issuer}/admin  (test controls, {guard})")
-        echo(f"  demo API  {issuer.issuer}/demo/hello  (needs scope read; a resource server "
+        echo(f"  demo API  {origin}/demo/hello  (needs scope read; a resource server "
              "to call with the token)")
         echo(f"  playground {issuer.issuer}/playground  (the flow and its failures, step by "
              "step, in your browser)")
     algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in issuer.clients}))
     echo(f"  signing   {algs} ({_keys_source(settings)})")
+    router = router_of(app)
+    for name in router.names() if router is not None else ():
+        other = router.get(name).extensions["m2mauth"]
+        other_algs = ", ".join(other.settings.algorithms_in_use())
+        echo(f"  + issuer  {other.issuer}  ({other_algs}, {_keys_source(other.settings)}; "
+             f"clients {', '.join(c.client_id for c in other.clients)})")
     demo = issuer.clients.get(DEMO_CLIENT_ID)
     if demo is not None and demo.secret == DEMO_CLIENT_SECRET.encode():
         echo(f"  client    {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}  scopes: "
@@ -191,6 +200,12 @@ def _banner(app) -> None:
                 err=True, fg="red", bold=True,
             )
     echo("Press Ctrl+C to stop.", err=True)
+
+
+def _metadata_url(issuer) -> str:
+    """RFC 8414 section 3.1's location: the well-known segment before the issuer's path."""
+    origin = issuer.issuer.removesuffix(issuer.mount)
+    return f"{origin}/.well-known/oauth-authorization-server{issuer.mount}"
 
 
 def _keys_source(settings: ServerSettings) -> str:

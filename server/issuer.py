@@ -33,7 +33,8 @@ __all__ = [
 
 TOKEN_PATH = "/token"
 JWKS_PATH = "/jwks.json"
-#: Liveness and readiness probes, at the root: outside any issuer's path.
+#: Liveness and readiness probes, at the root: outside any issuer's path, for the
+#: whole server.
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
@@ -66,6 +67,8 @@ class Issuer:
     def __init__(self, settings: ServerSettings, *, store: StateStore | None = None) -> None:
         self.settings = settings
         self.issuer = settings.issuer_url
+        #: The path its endpoints live under: "" at the root, "/a" for an issuer ".../a".
+        self.mount = settings.mount
         self.store = store if store is not None else MemoryStore(
             settings.clients, initial_keys(settings),
             max_jtis_per_client=settings.assertion_jtis_per_client)

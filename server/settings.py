@@ -35,10 +35,14 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "ALGORITHMS",
     "AUTH_METHODS",
+    "ISSUER_KEYS",
+    "RESERVED_ISSUER_NAMES",
     "ClientSettings",
     "ServerSettings",
     "Setting",
     "env_name",
+    "issuer_name_problem",
+    "issuer_values",
     "load_settings",
     "server_settings",
 ]
@@ -410,6 +414,11 @@ class ServerSettings:
         kind=list, secret=True, default_factory=_demo_clients,
         help="Registered clients ([[clients]] tables; M2MAUTH_CLIENTS: a JSON array of "
              "client objects).")
+    issuers: dict[str, dict[str, Any]] = _setting(
+        kind=dict, secret=True, default_factory=dict, repr=False,
+        help="Further issuers served on the same port, each at /NAME with its own keys, "
+             "clients, clock, faults, request log and admin API ([issuers.NAME] tables; "
+             "M2MAUTH_ISSUERS: a JSON object of name to issuer object).")
     #: The config file these settings came from, if any (for messages); not itself a setting.
     config_file: Path | None = None
 
@@ -417,6 +426,25 @@ class ServerSettings:
     def issuer_url(self) -> str:
         """The configured issuer, or the one derived from host and port."""
         return self.issuer if self.issuer is not None else default_issuer(self.host, self.port)
+
+    @property
+    def mount(self) -> str:
+        """The path this issuer's endpoints live under: its URL's path ("" at the root)."""
+        return urlsplit(self.issuer_url).path
+
+    def issuer_settings(self, name: str, table: Mapping[str, Any] | None = None
+                        ) -> ServerSettings:
+        """The settings of the further issuer ``name`` (``[issuers.NAME]``, or ``table``):
+        this server's, with the table's values, at ``<origin>/<name>``. Unless the table says
+        otherwise it has fresh in-memory keys (no two issuers share a key) and the demo
+        client, as a server without ``[[clients]]`` has."""
+        values = dict(self.issuers[name] if table is None else table)
+        values.setdefault("clients", _demo_clients())
+        if "keys_dir" not in values:
+            values.setdefault("ephemeral_keys", True)
+        parts = urlsplit(self.issuer_url)
+        return dataclasses.replace(self, issuer=f"{parts.scheme}://{parts.netloc}/{name}",
+                                   issuers={}, **values)
 
     @property
     def binds_loopback(self) -> bool:
@@ -460,7 +488,53 @@ class ServerSettings:
                     source, f"{where}.client_id", f"duplicate id {client.client_id!r}"
                 )
             seen.add(client.client_id)
+        for name in self.issuers:
+            self._validate_issuer(source, name)
         return self
+
+    def _validate_issuer(self, source: str, name: str) -> None:
+        where = f"issuers.{name}"
+        problem = issuer_name_problem(name)
+        if problem is None and self.mount.split("/")[1:2] == [name]:
+            problem = f"is the first segment of this server's issuer path {self.mount!r}"
+        if problem is not None:
+            raise ConfigError(source, where, problem)
+        table = self.issuers[name]
+        if not isinstance(table, dict):
+            raise ConfigError(source, where, "must be a table ([issuers.NAME])")
+        unknown = sorted(set(table) - set(ISSUER_KEYS))
+        if unknown:
+            raise ConfigError(source, f"{where}.{unknown[0]}",
+                              f"unknown key (an issuer table takes: {', '.join(ISSUER_KEYS)})")
+        try:
+            self.issuer_settings(name).validate(source)
+        except ConfigError as exc:
+            raise ConfigError(source, f"{where}.{exc.key}", exc.why) from None
+
+
+#: The settings an ``[issuers.NAME]`` table may set; the others (where and how the server
+#: listens, the lab) are the server's, shared by every issuer on it.
+ISSUER_KEYS = ("algorithm", "token_lifetime", "default_audience", "keys_dir",
+               "unsafe_key_permissions", "ephemeral_keys", "jwks_max_age", "assertion_leeway",
+               "assertion_max_lifetime", "assertion_jtis_per_client", "admin_token", "clients")
+
+#: First path segments of the root issuer's own endpoints (token, JWKS, metadata, probes,
+#: the lab's admin API, playground and demo API): no further issuer may take one as its
+#: name. tests/test_issuers.py checks this against the routes of a full app.
+RESERVED_ISSUER_NAMES = frozenset({
+    "token", "jwks.json", ".well-known", "healthz", "readyz", "admin", "playground", "demo",
+})
+_ISSUER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def issuer_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a further issuer (its path segment), or None."""
+    if not isinstance(name, str) or not _ISSUER_NAME.fullmatch(name):
+        return ("must be 1-64 letters, digits, '-' or '_', starting with a letter or digit "
+                "(it becomes the issuer's path)")
+    if name in RESERVED_ISSUER_NAMES:
+        return f"is taken by the root issuer's /{name}"
+    return None
 
 
 def server_settings() -> Iterator[Setting]:
@@ -713,6 +787,36 @@ def _checked(source: str, table: Mapping[str, Any], base: Path,
             for i, t in enumerate(values["clients"])
         ]
     if "keys_dir" in values:
+        values["keys_dir"] = base / values["keys_dir"]
+    if "issuers" in values:
+        values["issuers"] = {
+            issuer: issuer_values(source, issuer, t, base, where=f"{name('issuers')}.{issuer}")
+            for issuer, t in values["issuers"].items()
+        }
+    return values
+
+
+def issuer_values(source: str, name: str, table: object, base: Path, *,
+                  where: str | None = None) -> dict[str, Any]:
+    """The values of one ``[issuers.NAME]`` table (or the admin API's JSON object),
+    type-checked, its client tables parsed and its paths made relative to ``base`` (the rest
+    is checked with the settings, by ``validate``). ``where`` names the table in messages
+    (default ``issuers.NAME``)."""
+    where = f"issuers.{name}" if where is None else where
+    if not isinstance(table, dict):
+        raise ConfigError(source, where, "must be a table ([issuers.NAME])")
+    declared = {s.name: s for s in server_settings()}
+    values = dict(table)
+    for key, value in table.items():
+        if key in ISSUER_KEYS:
+            setting = declared[key]
+            _check_type(source, f"{where}.{key}", value, (setting.kind,), secret=setting.secret)
+    if isinstance(values.get("clients"), list):
+        values["clients"] = [
+            _client_from_table(source, f"{where}.clients[{i}]", t, base)
+            for i, t in enumerate(values["clients"])
+        ]
+    if isinstance(values.get("keys_dir"), str):
         values["keys_dir"] = base / values["keys_dir"]
     return values
 

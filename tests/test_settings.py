@@ -558,6 +558,7 @@ _SAMPLES = {
     "algorithm": ("ES256", "ES256"),
     "admin_token": ("an-admin-token-from-env", "an-admin-token-from-env"),
     "clients": ('[{"client_id": "env-client", "client_secret": "s"}]', None),
+    "issuers": ('{"orders": {"algorithm": "ES256"}}', {"orders": {"algorithm": "ES256"}}),
 }
 
 
@@ -610,3 +611,75 @@ def test_an_issuer_with_a_bad_port_or_no_host_is_refused(issuer, why):
     with pytest.raises(ConfigError) as info:
         load_settings(env={}, overrides={"issuer": issuer})
     assert info.value.why == f"{issuer!r} {why}"
+
+
+# -- further issuers, in JSON and from M2MAUTH_ISSUERS ------------------------------------------
+
+_ISSUERS_JSON = """{
+  "orders": {"algorithm": "ES256", "token_lifetime": 120,
+             "clients": [{"client_id": "orders-client", "client_secret": "orders-secret-01",
+                          "scopes": ["orders:read"]},
+                         {"client_id": "orders-jwt", "jwks_file": "orders.jwks.json"}]},
+  "billing": {}
+}"""
+
+
+def test_issuers_in_a_json_file_are_the_issuers_tables_of_toml(tmp_path, monkeypatch):
+    (tmp_path / "orders.jwks.json").write_text(_ED25519_JWKS)
+    monkeypatch.chdir(tmp_path.parent)  # relative to the file, not the current directory
+    from_json = load_settings(_write_as(tmp_path, "c.json", f'{{"issuers": {_ISSUERS_JSON}}}'),
+                              env={})
+    from_toml = load_settings(_write_as(tmp_path, "c.toml", """
+[issuers.orders]
+algorithm = "ES256"
+token_lifetime = 120
+
+[[issuers.orders.clients]]
+client_id = "orders-client"
+client_secret = "orders-secret-01"
+scopes = ["orders:read"]
+
+[[issuers.orders.clients]]
+client_id = "orders-jwt"
+jwks_file = "orders.jwks.json"
+
+[issuers.billing]
+"""), env={})
+    assert from_json.issuers == from_toml.issuers
+    orders = from_json.issuer_settings("orders")
+    assert orders.issuer_url == "http://127.0.0.1:8000/orders"
+    assert orders.clients[1].jwks["keys"][0]["crv"] == "Ed25519"
+
+
+def test_m2mauth_issuers_sets_the_further_issuers(tmp_path, monkeypatch):
+    (tmp_path / "orders.jwks.json").write_text(_ED25519_JWKS)
+    monkeypatch.chdir(tmp_path)  # its jwks_file is relative to the current directory
+    settings = load_settings(env={"M2MAUTH_ISSUERS": _ISSUERS_JSON})
+    assert sorted(settings.issuers) == ["billing", "orders"]
+    orders = settings.issuer_settings("orders")
+    assert (orders.algorithm, orders.token_lifetime) == ("ES256", 120)
+    assert [c.client_id for c in orders.clients] == ["orders-client", "orders-jwt"]
+    assert "orders-secret-01" not in repr(settings)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("[]", "M2MAUTH_ISSUERS: must be a JSON object, got an array"),
+    ('{"orders": 3}', "M2MAUTH_ISSUERS.orders: must be a table ([issuers.NAME])"),
+    ('{"orders": {"port": 1}}', "M2MAUTH_ISSUERS.orders.port: unknown key"),
+    ('{"orders": {"token_lifetime": "x"}}',
+     "M2MAUTH_ISSUERS.orders.token_lifetime: must be an integer, got 'x'"),
+    ('{"orders": {"token_lifetime": -5}}',
+     "M2MAUTH_ISSUERS.orders.token_lifetime: must be a positive integer"),
+    ('{"admin": {}}', "M2MAUTH_ISSUERS.admin: is taken by the root issuer's /admin"),
+    (f'{{"orders": {{"clients": [{{"client_id": "x", "client_secret": "{_SECRET}", '
+     '"scopes": 1}]}}', "M2MAUTH_ISSUERS.orders.clients[0].scopes: must be a list, got 1"),
+    ('{"orders": {"clients": [{"client_id": "x"}]}}',
+     "M2MAUTH_ISSUERS.orders.clients[0]: has no credentials"),
+    (f'{{"orders": {{"admin_token": ["{_SECRET}"]}}}}',
+     "M2MAUTH_ISSUERS.orders.admin_token: must be a string, got a list"),
+])
+def test_a_bad_m2mauth_issuers_names_the_variable_and_the_key(value, message):
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"M2MAUTH_ISSUERS": value})
+    assert str(info.value).startswith(f"environment: {message}"), str(info.value)
+    assert _SECRET not in str(info.value)

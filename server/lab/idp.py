@@ -1,9 +1,12 @@
 """``IdentityProvider``: a running m2mauth server plus the test controls, in one object – what
-the pytest plugin's ``idp`` fixture hands to a test."""
+the pytest plugin's ``idp`` fixture hands to a test. A server with further issuers hands out
+one for each (``idp.issuers["a"]``, ``idp.add_issuer("b")``), all on the same port."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from flask import Flask
 
@@ -13,7 +16,7 @@ from ..serving import BackgroundServer, ServingLimits, bind_app
 from ..settings import ServerSettings
 from ..store import StateStore
 from .admin import ADMIN_PREFIX, EXTENSION
-from .controls import Controls
+from .controls import ControlError, Controls
 from .extension import Lab
 
 __all__ = ["IdentityProvider"]
@@ -27,8 +30,9 @@ class IdentityProvider(Controls):
     """
 
     def __init__(self, server: BackgroundServer, app: Flask) -> None:
-        lab = app.extensions[EXTENSION]
+        lab = self._lab = app.extensions[EXTENSION]
         super().__init__(lab.controls.core)
+        self._take_over(lab.controls)  # reset() then restores what the server started with
         self.server = server
         self.app = app
         #: The issuer URL: ``iss`` of every token, and where metadata is discovered.
@@ -56,7 +60,45 @@ class IdentityProvider(Controls):
         return cls(BackgroundServer(server), app)
 
     def stop(self) -> None:
+        """Stop the server, with every issuer on it."""
         self.server.stop()
+
+    def reset(self) -> None:
+        """Undo every change since start; on the root issuer also remove the issuers added
+        with :meth:`add_issuer` and reset the declared ones."""
+        self._lab.reset()
+
+    # -- further issuers on the same server ---------------------------------------------
+
+    @property
+    def issuers(self) -> Mapping[str, IdentityProvider]:
+        """The further issuers on this server by name (``[issuers.NAME]`` and added ones),
+        each a handle like this one; empty on a further issuer's own handle."""
+        found = self._lab.issuers
+        if found is None:
+            return {}
+        return {name: self._handle(found.app(name)) for name in found.names()}
+
+    def add_issuer(self, name: str, **fields: Any) -> IdentityProvider:
+        """A new issuer at ``<origin>/<name>`` on this server, taking an ``[issuers.NAME]``
+        table's settings (``clients`` as :class:`ClientSettings`); :meth:`reset` removes it.
+        Default: fresh in-memory keys, the root issuer's algorithm, the demo client."""
+        issuers = self._lab.issuers
+        if issuers is None:
+            raise ControlError("name", "add issuers through the root issuer's handle")
+        return self._handle(issuers.add(name, **fields))
+
+    def remove_issuer(self, name: str) -> None:
+        issuers = self._lab.issuers
+        if issuers is None:
+            raise ControlError("name", "remove issuers through the root issuer's handle")
+        issuers.remove(name)
+
+    def _handle(self, app: Flask) -> IdentityProvider:
+        controls = app.extensions[EXTENSION].controls
+        if isinstance(controls, IdentityProvider):
+            return controls
+        return IdentityProvider(self.server, app)
 
     def __enter__(self) -> IdentityProvider:
         return self
