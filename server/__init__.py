@@ -72,7 +72,7 @@ def create_app(settings: ServerSettings | None = None, *,
                store: StateStore | None = None) -> Flask:
     """A new, independent authorization server app, with the lab unless ``settings.lab`` is
     false. Without ``settings`` they are loaded as `m2mauth serve` loads them
-    (``M2MAUTH_CONFIG`` naming a TOML file, then ``M2MAUTH_*`` variables), so
+    (``M2MAUTH_CONFIG`` naming a TOML or JSON file, then ``M2MAUTH_*`` variables), so
     ``gunicorn -w 1 'm2mauth.server:create_app()'`` serves what ``m2mauth serve`` would.
 
     The issuer is at ``app.extensions["m2mauth"]``, the lab at

@@ -72,7 +72,7 @@ def _setting_options(command):
 @main.command()
 @_setting_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config file (also M2MAUTH_CONFIG).")
+              help="Config file: TOML (.toml) or JSON (.json)  (also M2MAUTH_CONFIG).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
 def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
     """Run the authorization server (defaults: 127.0.0.1:8000, RS256, demo-client)."""
@@ -85,8 +85,21 @@ def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
     server, app = _bind_or_exit(settings.host, settings.port, lambda port: create_app(
         dataclasses.replace(settings, port=port)), functools.partial(
             bind_app, limits=ServingLimits.of(settings)))
+    _warn_issuer_mismatch(settings, server.port)
     _banner(app)
     _serve_until_interrupted(server)
+
+
+def _warn_issuer_mismatch(settings: ServerSettings, bound_port: int) -> None:
+    """One line on stderr when the configured issuer seems to send clients elsewhere than
+    this server (bind_check.py says when); an issuer left unset follows the bound port."""
+    from .bind_check import issuer_bind_mismatch
+
+    if settings.issuer is None:
+        return
+    problem = issuer_bind_mismatch(settings.issuer, settings.host, settings.port, bound_port)
+    if problem is not None:
+        click.echo(f"Warning: {problem}", err=True)
 
 
 def _configure_logging(verbose: bool) -> None:
