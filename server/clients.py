@@ -25,6 +25,8 @@ class Client(ClientMixin):
         self.settings = settings
         self.client_id = settings.client_id
         self.auth_methods = settings.allowed_auth_methods()
+        #: May call the introspection endpoint (a resource server's client).
+        self.may_introspect = settings.introspect
         self.scopes = tuple(settings.scopes)
         self.default_scopes = (
             self.scopes if settings.default_scopes is None else tuple(settings.default_scopes)
@@ -64,7 +66,9 @@ class Client(ClientMixin):
         return hmac.compare_digest(self._secret, client_secret.encode("utf-8", "surrogatepass"))
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return endpoint == "token" and method in self.auth_methods
+        # The same methods at the token, introspection and revocation endpoints.
+        return endpoint in ("token", "introspection", "revocation") and \
+            method in self.auth_methods
 
     # -- m2mauth ----------------------------------------------------------------------
 

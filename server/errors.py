@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from authlib.oauth2.rfc6749 import OAuth2Error
 
-__all__ = ["ConfigError", "InvalidTargetError", "KeyStoreError"]
+__all__ = ["ConfigError", "InvalidTargetError", "KeyStoreError", "TemporarilyUnavailableError"]
 
 
 class ConfigError(Exception):
@@ -25,3 +25,11 @@ class InvalidTargetError(OAuth2Error):
     """RFC 8707 §2: the requested resource is invalid, unknown, malformed or not allowed."""
 
     error = "invalid_target"
+
+
+class TemporarilyUnavailableError(OAuth2Error):
+    """RFC 6749 §4.1.2.1's ``temporarily_unavailable``, as a 503: a bounded store is full of
+    live entries (opaque tokens, revocations) and the server refuses rather than forget one."""
+
+    error = "temporarily_unavailable"
+    status_code = 503

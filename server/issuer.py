@@ -19,6 +19,7 @@ from .clients import ClientRegistry
 from .clock import Clock
 from .forwarded import ForwardedError, external_origin
 from .grants import ClientCredentialsGrant
+from .introspection import Introspection, Revocation, TokenLookup
 from .keys import KeyStore, SigningKey, generate_signing_key, load_signing_keys, shipped_keys_dir
 from .oauth import AuthorizationServer
 from .settings import AUTH_METHODS, ServerSettings
@@ -27,9 +28,11 @@ from .tokens import TokenIssuer
 
 __all__ = [
     "HEALTH_PATH",
+    "INTROSPECTION_PATH",
     "JWKS_PATH",
     "METADATA_PATHS",
     "READY_PATH",
+    "REVOCATION_PATH",
     "TOKEN_PATH",
     "Issuer",
     "current_issuer",
@@ -38,6 +41,8 @@ __all__ = [
 
 TOKEN_PATH = "/token"
 JWKS_PATH = "/jwks.json"
+INTROSPECTION_PATH = "/introspect"
+REVOCATION_PATH = "/revoke"
 #: Liveness and readiness probes, at the root: outside any issuer's path, for the
 #: whole server.
 HEALTH_PATH = "/healthz"
@@ -84,7 +89,9 @@ class Issuer:
         self.mount = settings.mount
         self.store = store if store is not None else MemoryStore(
             settings.clients, initial_keys(settings),
-            max_jtis_per_client=settings.assertion_jtis_per_client)
+            max_jtis_per_client=settings.assertion_jtis_per_client,
+            max_revocations=settings.max_revocations,
+            max_opaque_tokens=settings.max_opaque_tokens)
         self.clock = Clock(self.store)
         self.keys = KeyStore(self.store, generate_missing=settings.ephemeral_keys)
         for alg in settings.algorithms_in_use():
@@ -93,7 +100,9 @@ class Issuer:
         self.token_issuer = TokenIssuer(
             self.issuer, self.keys, self.clock,
             algorithm=settings.algorithm, token_lifetime=settings.token_lifetime,
+            store=self.store, token_format=settings.token_format,
         )
+        self.tokens = TokenLookup(self.issuer, self.keys, self.clock, self.store)
         self.authorization = self._authorization_server()
         self._seen_as: OrderedDict[str, Issuer] = OrderedDict()
         self._seen_as_lock = threading.Lock()
@@ -124,7 +133,10 @@ class Issuer:
         server = AuthorizationServer(self.clients, self.token_issuer, realm=self.issuer)
         server.register_grant(ClientCredentialsGrant)
         assertion_options: dict[str, Any] = dict(
-            audiences=[self.token_endpoint, self.issuer], clock=self.clock, store=self.store,
+            # RFC 7523 section 3: a value that identifies this server; the endpoint called
+            # does, and so do the others.
+            audiences=[self.token_endpoint, self.issuer, self.introspection_endpoint,
+                       self.revocation_endpoint], clock=self.clock, store=self.store,
             leeway=self.settings.assertion_leeway,
             max_lifetime=self.settings.assertion_max_lifetime,
         )
@@ -134,6 +146,8 @@ class Issuer:
             "client_secret_jwt", ClientSecretJWT(**assertion_options))
         server.register_client_auth_method(
             "private_key_jwt", PrivateKeyJWT(**assertion_options))
+        server.register_endpoint(Introspection(self.tokens))
+        server.register_endpoint(Revocation(self.tokens))
         return server
 
     @property
@@ -144,11 +158,21 @@ class Issuer:
     def jwks_uri(self) -> str:
         return self.issuer + JWKS_PATH
 
+    @property
+    def introspection_endpoint(self) -> str:
+        return self.issuer + INTROSPECTION_PATH
+
+    @property
+    def revocation_endpoint(self) -> str:
+        return self.issuer + REVOCATION_PATH
+
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 metadata, also served as the OpenID Connect Discovery document; every URL
         is absolute and built from the configured issuer. Only what holds for a
         client-credentials-only server is stated (see README, "Metadata")."""
         scopes = sorted({s for c in self.store.clients() for s in c.scopes})
+        # EdDSA and RFC 9864's Ed25519 are one signature; both names are accepted.
+        assertion_algs = [*ASSERTION_ALGORITHMS, *ClientSecretJWT.ALGORITHMS]
         metadata: dict[str, Any] = {
             "issuer": self.issuer,
             "token_endpoint": self.token_endpoint,
@@ -163,10 +187,7 @@ class Issuer:
             # supported that use the authorization endpoint").
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            # EdDSA and RFC 9864's Ed25519 are one signature; both names are accepted.
-            "token_endpoint_auth_signing_alg_values_supported": [
-                *ASSERTION_ALGORITHMS, *ClientSecretJWT.ALGORITHMS
-            ],
+            "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
             # OIDC Discovery section 3, REQUIRED: every token's sub is the client id, the same
             # for every audience, which is the "public" subject type. Its other required
             # fields are left out rather than stated falsely: there is no authorization
@@ -175,6 +196,12 @@ class Issuer:
             # Provider; the document is served for clients that discover token_endpoint and
             # jwks_uri there.
             "subject_types_supported": ["public"],
+            "introspection_endpoint": self.introspection_endpoint,
+            "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
+            "revocation_endpoint": self.revocation_endpoint,
+            "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         }
         if scopes:
             metadata["scopes_supported"] = scopes

@@ -37,6 +37,7 @@ __all__ = [
     "AUTH_METHODS",
     "ISSUER_KEYS",
     "RESERVED_ISSUER_NAMES",
+    "TOKEN_FORMATS",
     "ClientSettings",
     "ServerSettings",
     "Setting",
@@ -50,6 +51,10 @@ __all__ = [
 #: Client authentication methods at the token endpoint (RFC 6749 §2.3, RFC 7523).
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt")
 _SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt")
+
+#: What an access token is: a signed RFC 9068 JWT, or a random string only the introspection
+#: endpoint can read (RFC 7662).
+TOKEN_FORMATS = ("jwt", "opaque")
 
 DEFAULT_AUDIENCE = "api://default"
 DEMO_CLIENT_ID = "demo-client"
@@ -170,6 +175,10 @@ class ClientSettings:
     token_lifetime: int | None = None
     #: Signing algorithm; None means the server's.
     algorithm: str | None = None
+    #: "jwt" or "opaque" (RFC 7662 introspection only); None means the server's.
+    token_format: str | None = None
+    #: May call the introspection endpoint (a resource server's client).
+    introspect: bool = False
 
     def allowed_auth_methods(self) -> tuple[str, ...]:
         """The auth methods this client may use, derived from its credentials when not set."""
@@ -224,6 +233,10 @@ class ClientSettings:
             raise fail("token_lifetime", "must be a positive integer")
         if self.algorithm is not None and self.algorithm not in ALGORITHMS:
             raise fail("algorithm", one_of(self.algorithm))
+        if self.token_format is not None and self.token_format not in TOKEN_FORMATS:
+            raise fail("token_format", one_of(self.token_format, TOKEN_FORMATS))
+        if not isinstance(self.introspect, bool):
+            raise fail("introspect", "must be true or false")
         if not isinstance(self.claims, dict):
             raise fail("claims", "must be a table of claim names to values")
         problem = _claims_problem(self.claims)
@@ -339,7 +352,7 @@ _CLIENT_KEYS: dict[str, tuple[type, ...]] = {
     "client_id": (str,), "client_secret": (str,), "jwks": (dict,), "jwks_file": (str,),
     "auth_methods": (list,), "scopes": (list,), "default_scopes": (list,),
     "audiences": (list,), "default_audience": (str, list), "claims": (dict,),
-    "token_lifetime": (int,), "algorithm": (str,),
+    "token_lifetime": (int,), "algorithm": (str,), "token_format": (str,), "introspect": (bool,),
 }
 _LIST_KEYS = ("auth_methods", "scopes", "default_scopes", "audiences", "default_audience")
 
@@ -361,6 +374,10 @@ class ServerSettings:
                               help="Default signing algorithm (clients may override).")
     token_lifetime: int = _setting(300, kind=int, check=_positive, flag=True,
                                    help="Access-token lifetime in seconds.")
+    token_format: str = _setting(
+        "jwt", kind=str, choices=TOKEN_FORMATS, flag=True,
+        help="Access tokens as signed JWTs (RFC 9068), or opaque random strings that only "
+             "the introspection endpoint reads (clients may override).")
     default_audience: str = _setting(DEFAULT_AUDIENCE, kind=str, check=_non_empty,
                                      help="Audience of tokens for clients that configure none.")
     keys_dir: Path | None = _setting(
@@ -396,6 +413,13 @@ class ServerSettings:
     assertion_max_lifetime: int = _setting(
         3600, kind=int, check=_positive,
         help="Longest accepted client-assertion lifetime (exp - now), in seconds.")
+    max_revocations: int = _setting(
+        100_000, kind=int, check=_positive,
+        help="Most revoked, unexpired tokens remembered; beyond it revocations are refused "
+             "(503) rather than an earlier one forgotten.")
+    max_opaque_tokens: int = _setting(
+        100_000, kind=int, check=_positive,
+        help="Most unexpired opaque tokens held; beyond it new ones are refused (503).")
     assertion_jtis_per_client: int = _setting(
         10_000, kind=int, check=_positive,
         help="Most unexpired client-assertion jtis remembered per client (the replay cache); "
@@ -519,7 +543,7 @@ class ServerSettings:
 
 #: The settings an ``[issuers.NAME]`` table may set; the others (where and how the server
 #: listens, the lab) are the server's, shared by every issuer on it.
-ISSUER_KEYS = ("algorithm", "token_lifetime", "default_audience", "keys_dir",
+ISSUER_KEYS = ("algorithm", "token_lifetime", "token_format", "default_audience", "keys_dir",
                "unsafe_key_permissions", "ephemeral_keys", "jwks_max_age", "assertion_leeway",
                "assertion_max_lifetime", "assertion_jtis_per_client", "admin_token", "clients")
 
@@ -528,6 +552,7 @@ ISSUER_KEYS = ("algorithm", "token_lifetime", "default_audience", "keys_dir",
 #: name. tests/test_issuers.py checks this against the routes of a full app.
 RESERVED_ISSUER_NAMES = frozenset({
     "token", "jwks.json", ".well-known", "healthz", "readyz", "admin", "playground", "demo",
+    "introspect", "revoke",
 })
 _ISSUER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 

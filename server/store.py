@@ -1,7 +1,8 @@
 """The state store: everything mutable that a running issuer holds, behind one interface.
 
 Clients, signing keys and their status, the clock's offset and freeze, the fault queue, the
-request logs and the client-assertion ``jti`` replay cache live here and nowhere else, so that
+request logs, the client-assertion ``jti`` replay cache, revoked tokens and opaque tokens live
+here and nowhere else, so that
 a store shared by several processes or hosts (a later SQLite or Redis implementation of the
 same interface) makes them all see one issuer. Endpoints and the lab reach state only through
 a :class:`StateStore`; changing how state is kept means another implementation, never an
@@ -131,23 +132,46 @@ class StateStore(abc.ABC):
         client's share. Entries expire by time (``now``); each client's share is bounded on
         its own, so a client that fills its share never causes another client's refusal."""
 
+    # -- revoked tokens (RFC 7009) and opaque tokens -------------------------------------
+
+    @abc.abstractmethod
+    def revoke(self, jti: str, expires_at: float, now: float) -> bool:
+        """Record the token ``jti`` as revoked until ``expires_at`` (when it would have
+        expired anyway, and its entry leaves); False when the list is full of live entries:
+        a revocation is refused rather than another one forgotten."""
+
+    @abc.abstractmethod
+    def is_revoked(self, jti: str, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    def add_opaque_token(self, key: str, claims: Mapping[str, Any], expires_at: float,
+                         now: float) -> bool:
+        """Hold an opaque token's claims under ``key`` (a hash of the token, never the token)
+        until ``expires_at``; False when the store is full of live tokens."""
+
+    @abc.abstractmethod
+    def opaque_token(self, key: str, now: float) -> dict[str, Any] | None:
+        """The claims of the live opaque token ``key``, or None."""
+
     # -- all of it --------------------------------------------------------------------
 
     @abc.abstractmethod
     def restore(self, clients: Iterable[ClientSettings], keys: Iterable[SigningKey]) -> None:
         """Back to a start: exactly these clients and keys, real time, no faults, empty logs,
-        no remembered jtis – in one step."""
+        no remembered jtis, revocations or opaque tokens – in one step."""
 
 
 class MemoryStore(StateStore):
     """The state of one issuer in this process's memory: the default, and the pytest
     plugin's. Bounded: each log keeps its newest ``max_records`` and at most
     ``max_record_bytes`` (the records' strings counted), the replay cache at most
-    ``max_jtis_per_client`` live entries per client."""
+    ``max_jtis_per_client`` live entries per client, the revocation list ``max_revocations``
+    and the opaque tokens ``max_opaque_tokens`` live entries."""
 
     def __init__(self, clients: Iterable[ClientSettings] = (), keys: Iterable[SigningKey] = (),
                  *, max_records: int = 10_000, max_record_bytes: int = 8 * 1024 * 1024,
-                 max_jtis_per_client: int = 10_000) -> None:
+                 max_jtis_per_client: int = 10_000, max_revocations: int = 100_000,
+                 max_opaque_tokens: int = 100_000) -> None:
         self._lock = threading.RLock()
         self._max_records = max_records
         self._max_record_bytes = max_record_bytes
@@ -163,6 +187,8 @@ class MemoryStore(StateStore):
         # instead of by scanning (or rebuilding) everything under the lock.
         self._jtis: dict[str, dict[str, float]] = {}
         self._jti_expiry: list[tuple[float, str, str]] = []
+        self._revoked = _Expiring(max_revocations)
+        self._opaque = _Expiring(max_opaque_tokens)
         self.restore(clients, keys)
 
     # -- clients ----------------------------------------------------------------------
@@ -297,6 +323,28 @@ class MemoryStore(StateStore):
                 if not seen:
                     del self._jtis[client_id]
 
+    # -- revoked and opaque tokens ------------------------------------------------------
+
+    def revoke(self, jti: str, expires_at: float, now: float) -> bool:
+        with self._lock:
+            return self._revoked.put(jti, True, expires_at, now)
+
+    def is_revoked(self, jti: str, now: float) -> bool:
+        if not self._revoked.entries:  # the usual case: nothing revoked, no lock taken
+            return False
+        with self._lock:
+            return self._revoked.get(jti, now) is not None
+
+    def add_opaque_token(self, key: str, claims: Mapping[str, Any], expires_at: float,
+                         now: float) -> bool:
+        with self._lock:
+            return self._opaque.put(key, dict(claims), expires_at, now)
+
+    def opaque_token(self, key: str, now: float) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._opaque.get(key, now)
+            return dict(found) if found is not None else None
+
     # -- all of it --------------------------------------------------------------------
 
     def restore(self, clients: Iterable[ClientSettings], keys: Iterable[SigningKey]) -> None:
@@ -308,9 +356,50 @@ class MemoryStore(StateStore):
             self._logs.clear()
             self._jtis.clear()
             self._jti_expiry.clear()
+            self._revoked.clear()
+            self._opaque.clear()
 
     def __repr__(self) -> str:
         return f"<MemoryStore clients={len(self._clients)} keys={len(self._keys)}>"
+
+
+class _Expiring:
+    """Entries that leave at their expiry: a dict, and a heap by expiry so that expired
+    entries are dropped oldest first at O(log n) each. Bounded; the caller holds a lock."""
+
+    __slots__ = ("entries", "expiry", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries: dict[str, tuple[float, Any]] = {}
+        self.expiry: list[tuple[float, str]] = []
+
+    def put(self, key: str, value: Any, expires_at: float, now: float) -> bool:
+        self._forget(now)
+        if key in self.entries:
+            return True
+        if len(self.entries) >= self.limit:
+            return False
+        self.entries[key] = (expires_at, value)
+        heapq.heappush(self.expiry, (expires_at, key))
+        return True
+
+    def get(self, key: str, now: float) -> Any | None:
+        found = self.entries.get(key)
+        if found is None or found[0] < now:
+            return None
+        return found[1]
+
+    def _forget(self, now: float) -> None:
+        while self.expiry and self.expiry[0][0] < now:
+            _, key = heapq.heappop(self.expiry)
+            found = self.entries.get(key)
+            if found is not None and found[0] < now:
+                del self.entries[key]
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.expiry.clear()
 
 
 class _Log:

@@ -17,7 +17,8 @@ from .oauth import AuthorizationServer, TokenEndpointRequest
 from .signals import token_request_handled
 from .syntax import printable as _printable
 
-__all__ = ["TokenRequest", "describe", "handle_token_request", "log_token_request"]
+__all__ = ["TokenRequest", "describe", "handle_endpoint_request", "handle_token_request",
+           "log_token_request"]
 
 log = logging.getLogger("m2mauth.server")
 
@@ -46,8 +47,9 @@ class TokenRequest:
     audience: tuple[str, ...] = field(default=())
 
 
-def precheck(request: Request) -> None:
-    """What Authlib does not check, or answers with a misleading error or a 500."""
+def precheck(request: Request, *, grant: bool = True) -> None:
+    """What Authlib does not check, or answers with a misleading error or a 500 (``grant``:
+    at the token endpoint, which needs one grant_type)."""
     if request.query_string:
         raise InvalidRequestError("Send token request parameters in the body, not the URL.")
     body = request.get_data(cache=True)
@@ -62,9 +64,9 @@ def precheck(request: Request) -> None:
         body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequestError("The request body is not valid UTF-8.") from None
-    if "grant_type" not in request.form:
+    if grant and "grant_type" not in request.form:
         raise InvalidRequestError("Missing 'grant_type' parameter.")
-    if len(request.form.getlist("grant_type")) > 1:
+    if grant and len(request.form.getlist("grant_type")) > 1:
         # Checked before Authlib picks a grant by the first value (RFC 6749 section 3.2).
         raise InvalidRequestError("Parameter 'grant_type' is repeated.")
     header = request.headers.get("Authorization")
@@ -94,6 +96,32 @@ def handle_token_request(server: AuthorizationServer, request: Request, token_en
     record = describe(request, response, oauth_request, now)
     log_token_request(record)
     token_request_handled.send(current_app._get_current_object(), record=record)
+    return response
+
+
+def handle_endpoint_request(server: AuthorizationServer, name: str, request: Request,
+                            url: str) -> Response:
+    """Answer one introspection or revocation request (Authlib endpoint ``name``) with the
+    token endpoint's checks of the request itself, and log it in one line."""
+    oauth_request: TokenEndpointRequest | None = None
+    try:
+        precheck(request, grant=False)
+    except OAuth2Error as error:
+        response = server.handle_error_response(None, error)
+    except RequestEntityTooLarge as error:
+        response = current_app.handle_http_exception(error)
+    else:
+        oauth_request = TokenEndpointRequest(request, url)
+        response = server.create_endpoint_response(name, oauth_request)
+    client = getattr(oauth_request, "client", None)
+    if log.isEnabledFor(logging.INFO):
+        body = response.get_json(silent=True) or {}
+        log.info("%s client_id=%s status=%s %s", name,
+                 _printable(client.client_id if client is not None else
+                            _claimed_client_id(request)),
+                 response.status_code,
+                 f"active={str(body.get('active')).lower()}" if "active" in body
+                 else f"error={_printable(body.get('error'))}" if "error" in body else "")
     return response
 
 

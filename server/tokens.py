@@ -10,7 +10,7 @@ the instant from the server's clock) are fixed on a short-lived generator for ea
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,9 @@ from joserfc.util import json_b64encode, urlsafe_b64decode, urlsafe_b64encode
 
 from .clients import Client
 from .clock import Clock
+from .errors import TemporarilyUnavailableError
 from .keys import KeyStore
+from .store import StateStore
 
 __all__ = ["ACTIVE_KEY", "IssuedToken", "TokenIssuer", "tampered"]
 
@@ -66,8 +68,10 @@ class _Generator(JWTBearerTokenGenerator):
     def __init__(
         self, issuer: str, alg: str, key: Key | None, now: int, lifetime: int,
         audience: list[str], jti: str, overrides: _Overrides | None = None,
+        opaque: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         super().__init__(issuer, alg=alg, expires_generator=lifetime)
+        self._opaque = opaque
         self._key = key
         self._now = now
         self._lifetime = lifetime
@@ -109,6 +113,8 @@ class _Generator(JWTBearerTokenGenerator):
             "jti": self.get_jti(client, grant_type, user, scope), "scope": scope or None,
             **self.get_extra_claims(client, grant_type, user, scope),
         }, self._overrides.claims)
+        if self._opaque is not None:
+            return self._opaque(claims)
         key = self.get_jwks()
         header = {"alg": self.alg, "typ": "at+jwt"}
         if key is not None:
@@ -164,28 +170,46 @@ def tampered(token: str) -> str:
 
 
 class TokenIssuer:
-    """Issues signed access tokens for clients of one issuer."""
+    """Issues access tokens for clients of one issuer: signed JWTs, or opaque tokens whose
+    claims the state store holds (under the token's hash) for introspection."""
 
     def __init__(self, issuer: str, keys: KeyStore, clock: Clock, *, algorithm: str,
-                 token_lifetime: int) -> None:
+                 token_lifetime: int, store: StateStore | None = None,
+                 token_format: str = "jwt") -> None:  # noqa: S107 - a format, not a secret
         self.issuer = issuer
         self.keys = keys
         self.clock = clock
         self.algorithm = algorithm
         self.token_lifetime = token_lifetime
+        self.store = store if store is not None else keys.store
+        self.token_format = token_format
+
+    def _keep_opaque(self, claims: dict[str, Any]) -> str:
+        """A new opaque token for ``claims``: 256 random bits; the store keeps the claims under
+        the token's hash until they expire."""
+        from .introspection import opaque_key
+
+        token = secrets.token_urlsafe(32)
+        if not self.store.add_opaque_token(opaque_key(token), claims, float(claims["exp"]),
+                                           self.clock()):
+            raise TemporarilyUnavailableError(
+                "Too many live opaque tokens; try again when some expire.")
+        return token
 
     def issue(
         self, client: Client, *, scope: list[str], audience: list[str],
         lifetime: int | None = None, claims: Mapping[str, Any] | None = None,
         headers: Mapping[str, Any] | None = None, alg: str | None = None,
-        key: Key | _Active | None = ACTIVE_KEY,
+        key: Key | _Active | None = ACTIVE_KEY, token_format: str | None = None,
     ) -> IssuedToken:
         """Sign a token for ``client`` with the already-validated ``scope`` and ``audience``.
 
         ``claims``/``headers`` add or override entries (None removes one), ``alg`` and ``key``
         choose the signature (``key=None`` makes an unsigned ``alg: none`` token): the knobs
-        for deliberately bad tokens. The token endpoint uses none of them.
+        for deliberately bad tokens. The token endpoint uses none of them. ``token_format``:
+        "jwt" or "opaque"; default the client's, else the issuer's.
         """
+        token_format = token_format or client.settings.token_format or self.token_format
         alg = alg or client.settings.algorithm or self.algorithm
         if lifetime is None:
             lifetime = client.settings.token_lifetime or self.token_lifetime
@@ -196,10 +220,13 @@ class TokenIssuer:
         overrides = _Overrides(dict(claims or {}), dict(headers or {}))
         jti = secrets.token_urlsafe(16)
         generator = _Generator(
-            self.issuer, alg, key, self.clock(), lifetime, audience, jti, overrides
+            self.issuer, alg, key, self.clock(), lifetime, audience, jti, overrides,
+            opaque=self._keep_opaque if token_format == "opaque" else None,
         )
         response = generator.generate(
             "client_credentials", client, scope=" ".join(scope), include_refresh_token=False
         )
+        if token_format == "opaque":
+            return IssuedToken(response, jti, None, "opaque", list(audience), list(scope))
         kid = key.kid if key is not None else None
         return IssuedToken(response, jti, kid, alg, list(audience), list(scope))

@@ -16,9 +16,11 @@ from werkzeug.exceptions import HTTPException
 from .issuer import (
     EXTENSION,
     HEALTH_PATH,
+    INTROSPECTION_PATH,
     JWKS_PATH,
     METADATA_PATHS,
     READY_PATH,
+    REVOCATION_PATH,
     TOKEN_PATH,
     current_issuer,
 )
@@ -26,7 +28,7 @@ from .issuers import router_of
 from .responses import json_error
 from .settings import issuer_name_problem
 from .syntax import printable, safe_description
-from .token_request import handle_token_request
+from .token_request import handle_endpoint_request, handle_token_request
 
 __all__ = ["bp", "metadata", "probes"]
 
@@ -42,6 +44,24 @@ def token() -> Response:
     # The request object itself, not Flask's proxy: it is read a few dozen times.
     return handle_token_request(issuer.authorization, request._get_current_object(),  # type: ignore[attr-defined]
                                 issuer.token_endpoint, issuer.clock.now())
+
+
+@bp.post(INTROSPECTION_PATH)
+def introspect() -> Response:
+    """RFC 7662: what a token is, for the clients allowed to ask."""
+    issuer = current_issuer()
+    return handle_endpoint_request(issuer.authorization, "introspection",
+                                   request._get_current_object(),  # type: ignore[attr-defined]
+                                   issuer.introspection_endpoint)
+
+
+@bp.post(REVOCATION_PATH)
+def revoke() -> Response:
+    """RFC 7009: a client revokes one of its tokens."""
+    issuer = current_issuer()
+    return handle_endpoint_request(issuer.authorization, "revocation",
+                                   request._get_current_object(),  # type: ignore[attr-defined]
+                                   issuer.revocation_endpoint)
 
 
 #: Public documents that browser-based resource servers and test pages fetch from other

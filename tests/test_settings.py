@@ -579,6 +579,8 @@ def test_every_setting_can_be_set_from_its_variable():
             raw = str(expected)
         elif setting.kind is Path:
             raw, expected = "/srv/m2mauth/keys", Path("/srv/m2mauth/keys")
+        elif setting.choices:
+            raw = expected = next(c for c in setting.choices if c != setting.default)
         else:
             raw = expected = "from-the-environment"
         settings = load_settings(env={env_name(setting.name): raw})

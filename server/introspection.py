@@ -1,0 +1,194 @@
+"""RFC 7662 introspection and RFC 7009 revocation: Authlib's endpoint classes, registered with
+``register_endpoint``, answering from the server's own keys, clock and state store.
+
+Introspection never says ``active`` for a token the server would not honour: expired or not
+yet valid by the server's clock, revoked, unknown, malformed, from another issuer, signed by a
+retired or unknown key, or not an access token at all – each is ``{"active": false}`` and
+nothing more. Authlib's RFC 9068 endpoint classes are not used: they judge expiry by the
+process's wall clock (the lab moves the server's), and answer a token they cannot read with
+an error instead of ``active: false``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from typing import Any, ClassVar
+
+from authlib.oauth2.rfc6749 import InvalidRequestError, UnauthorizedClientError
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint, IntrospectionToken
+from joserfc import jws
+from joserfc import jwt as jose_jwt
+from joserfc.errors import JoseError
+
+from .clock import Clock
+from .errors import TemporarilyUnavailableError
+from .keys import RETIRED, KeyStore
+from .settings import AUTH_METHODS
+from .store import StateStore
+
+__all__ = ["MAX_TOKEN_BYTES", "Introspection", "Revocation", "TokenLookup", "opaque_key"]
+
+#: The longest token looked at; a longer one is refused before any work (our JWTs are about
+#: 1 KiB with every claim, opaque tokens 43 characters).
+MAX_TOKEN_BYTES = 16 * 1024
+#: What an active answer carries (RFC 7662 section 2.2), from the token's claims.
+_ANSWERED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti")
+
+
+def opaque_key(token: str) -> str:
+    """Where an opaque token is held: its SHA-256, so the store never holds a usable token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TokenLookup:
+    """What the server knows of a presented access token: its claims when it is one this
+    issuer issued and would honour now, else None."""
+
+    def __init__(self, issuer: str, keys: KeyStore, clock: Clock, store: StateStore) -> None:
+        self.issuer = issuer
+        self.keys = keys
+        self.clock = clock
+        self.store = store
+
+    def find(self, token: str) -> dict[str, Any] | None:
+        now = self.clock()
+        if token.count(".") == 2:
+            claims = self._verified_jwt(token)
+        else:
+            claims = self.store.opaque_token(opaque_key(token), now)
+        if claims is None or not self._live(claims, now):
+            return None
+        return claims
+
+    def _live(self, claims: dict[str, Any], now: float) -> bool:
+        if claims.get("iss") != self.issuer:
+            return False
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        if not _number(exp) or exp <= now:  # RFC 9068 section 2.2: exp is REQUIRED
+            return False
+        if nbf is not None and (not _number(nbf) or nbf > now):
+            return False
+        if iat is not None and (not _number(iat) or iat > now):
+            return False
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not isinstance(claims.get("client_id"), str):
+            return False
+        return not self.store.is_revoked(jti, now)
+
+    def _verified_jwt(self, token: str) -> dict[str, Any] | None:
+        """The claims of a JWT signed by one of this issuer's published keys, as an access
+        token (typ at+jwt), else None."""
+        try:
+            header = jws.extract_compact(token.encode("ascii")).protected
+        except (JoseError, ValueError, UnicodeError, TypeError):
+            return None
+        kid, alg = header.get("kid"), header.get("alg")
+        if not isinstance(kid, str) or header.get("typ") != "at+jwt":
+            return None
+        key = next((k for k in self.keys.all_keys() if k.kid == kid), None)
+        if key is None or key.status == RETIRED or key.alg != alg:
+            return None
+        try:
+            with warnings.catch_warnings():  # joserfc's notice on each EdDSA verification
+                warnings.simplefilter("ignore")
+                decoded = jose_jwt.decode(token, key.key, algorithms=[key.alg])
+        except (JoseError, ValueError, TypeError):
+            return None
+        return dict(decoded.claims)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _presented_token(request: Any) -> str:
+    """The ``token`` parameter, checked before any work: present once, not huge."""
+    tokens = request.payload.datalist.get("token") or []
+    if not tokens or not tokens[0]:
+        raise InvalidRequestError("The token parameter is missing (RFC 7662 section 2.1).")
+    if len(tokens) > 1:
+        raise InvalidRequestError("The token parameter is repeated.")
+    if len(tokens[0]) > MAX_TOKEN_BYTES:
+        raise InvalidRequestError(f"The token is longer than {MAX_TOKEN_BYTES} bytes.")
+    return tokens[0]
+
+
+class Introspection(IntrospectionEndpoint):
+    """``POST /introspect``: any client auth method the caller may use; only clients with
+    ``introspect = true`` may ask (checked before the token is looked at, so a refused
+    caller learns nothing of it)."""
+
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = list(AUTH_METHODS)
+
+    def __init__(self, lookup: TokenLookup) -> None:
+        super().__init__()
+        self.lookup = lookup
+
+    def authenticate_endpoint_client(self, request):
+        client = super().authenticate_endpoint_client(request)
+        if not client.may_introspect:
+            raise UnauthorizedClientError("This client may not introspect tokens (its "
+                                          "settings need introspect = true).")
+        return client
+
+    def check_params(self, request, client) -> None:
+        # RFC 7662 section 2.1: an unknown token_type_hint is no error; the search extends to
+        # every token type (Authlib answers unsupported_token_type).
+        _presented_token(request)
+
+    def query_token(self, token_string, token_type_hint):
+        claims = self.lookup.find(token_string)
+        return IntrospectionToken(claims) if claims is not None else None
+
+    def check_permission(self, token, client, request) -> bool:
+        return True  # decided for the caller, before the token was looked up
+
+    def create_introspection_payload(self, token):
+        # Authlib's version calls TokenMixin.is_expired/is_revoked, which judge by the wall
+        # clock; the lookup has already judged by the server's.
+        if not token:
+            return {"active": False}
+        return self.introspect_token(token)
+
+    def introspect_token(self, token) -> dict[str, Any]:
+        answer: dict[str, Any] = {"active": True}
+        answer.update((name, token[name]) for name in _ANSWERED if name in token)
+        answer["token_type"] = "Bearer"
+        return answer
+
+
+class Revocation(RevocationEndpoint):
+    """``POST /revoke``: a client revokes its own tokens. Revoking an unknown token, or
+    another client's, answers 200 and changes nothing: RFC 7009 section 2.2 answers invalid
+    tokens with 200, and an error for another client's token would tell the caller that the
+    token is live and whose it is."""
+
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = list(AUTH_METHODS)
+
+    def __init__(self, lookup: TokenLookup) -> None:
+        super().__init__()
+        self.lookup = lookup
+
+    def check_params(self, request, client) -> None:
+        _presented_token(request)  # RFC 7009 section 2.1: an unknown hint is ignored
+
+    def authenticate_token(self, request, client):
+        self.check_params(request, client)
+        claims = self.lookup.find(_presented_token(request))
+        if claims is None or claims.get("client_id") != client.get_client_id():
+            return None
+        return IntrospectionToken(claims)
+
+    def query_token(self, token_string, token_type_hint):  # pragma: no cover - see above
+        claims = self.lookup.find(token_string)
+        return IntrospectionToken(claims) if claims is not None else None
+
+    def revoke_token(self, token, request) -> None:
+        # Until it would have expired anyway: then the entry leaves the list.
+        if not self.lookup.store.revoke(token["jti"], float(token["exp"]), self.lookup.clock()):
+            raise TemporarilyUnavailableError(
+                "The revocation list is full; try again when some revoked tokens expire.")
