@@ -62,8 +62,11 @@ def _setting_options(command):
             kwargs["is_flag"] = True
         else:
             names = [name]
+            # Path settings named *_dir are directories (keys_dir, tls_dir); others are files.
+            directory = setting.name.endswith("_dir")
             kwargs["type"] = (click.Choice(setting.choices) if setting.choices else
-                              click.Path(file_okay=False, path_type=Path)
+                              click.Path(file_okay=not directory, dir_okay=directory,
+                                         path_type=Path)
                               if setting.kind is Path else setting.kind)
         command = click.option(*names, setting.name, **kwargs)(command)
     return command
@@ -82,10 +85,15 @@ def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
 
     settings = load_settings(config_file, overrides=overrides)
     _configure_logging(verbose)
+    tls = None
+    if settings.tls_enabled:
+        from .tls import load_server_tls
+
+        tls = load_server_tls(settings)
     server, app = _bind_or_exit(settings.host, settings.port, lambda port: create_app(
         dataclasses.replace(settings, port=port)), functools.partial(
-            bind_app, limits=ServingLimits.of(settings)))
-    _banner(app)
+            bind_app, limits=ServingLimits.of(settings), tls=tls and tls.context))
+    _banner(app, tls)
     _serve_until_interrupted(server)
 
 
@@ -137,7 +145,7 @@ def _serve_until_interrupted(server) -> None:
             signal.signal(sig, handler)
 
 
-def _banner(app) -> None:
+def _banner(app, tls=None) -> None:
     issuer = app.extensions["m2mauth"]
     settings: ServerSettings = issuer.settings
     echo = click.echo
@@ -146,6 +154,7 @@ def _banner(app) -> None:
     echo(f"  token     {issuer.token_endpoint}")
     echo(f"  jwks      {issuer.jwks_uri}")
     echo(f"  metadata  {issuer.issuer}/.well-known/oauth-authorization-server")
+    _tls_banner(tls, issuer.issuer)
     if not settings.lab:
         echo("  lab       off (--no-lab): no /admin, no faults, no request log, real time")
     else:
@@ -163,7 +172,8 @@ def _banner(app) -> None:
         echo(f"  client    {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}  scopes: "
              f"{' '.join(demo.scopes)}  audience: {' '.join(demo.audiences)}")
         echo("")
-        echo(f"  curl -s -u {DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET} "
+        cacert = f"--cacert {_quote(tls.ca_bundle)} " if tls and tls.ca_bundle else ""
+        echo(f"  curl {cacert}-s -u {DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET} "
              f"-d grant_type=client_credentials {issuer.token_endpoint}")
     else:
         echo(f"  clients   {', '.join(c.client_id for c in issuer.clients)}")
@@ -178,6 +188,45 @@ def _banner(app) -> None:
                 err=True, fg="red", bold=True,
             )
     echo("Press Ctrl+C to stop.", err=True)
+
+
+#: What each variable that names a CA bundle is read by.
+_TRUST_VARIABLES = (("REQUESTS_CA_BUNDLE", "Python requests"),
+                    ("SSL_CERT_FILE", "httpx, Python's ssl, OpenSSL"),
+                    ("NODE_EXTRA_CA_CERTS", "Node.js"))
+
+
+def _quote(path: object) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _tls_banner(tls, issuer: str) -> None:
+    """The TLS lines: the certificate, the CA bundle and how to trust it; or, for an https
+    issuer served over plain HTTP, a note (right behind a TLS-terminating proxy only)."""
+    echo = click.echo
+    if tls is None:
+        if issuer.startswith("https://"):
+            echo(f"Note: the issuer is {issuer} but this server speaks plain HTTP: right "
+                 "behind a TLS-terminating proxy; otherwise serve with --tls.", err=True)
+        return
+    until = f"valid until {tls.not_after:%Y-%m-%d}" if tls.not_after else ""
+    if tls.ca_bundle is None:
+        echo(f"  tls       certificate {tls.cert_file}, key {tls.key_file} ({until})")
+        if tls.names:
+            echo(f"  names     {', '.join(tls.names)}")
+        echo("  trust     the CA that signed it: name its PEM file in "
+             f"{', '.join(v for v, _ in _TRUST_VARIABLES)}")
+        return
+    made = "made now, kept for later starts" if tls.ca_created else "made before, reused"
+    echo(f"  tls       a new certificate for {', '.join(tls.names)} ({until}), from the "
+         f"local CA ({made})")
+    echo(f"  ca        {tls.ca_bundle}")
+    echo("  trust     in the shell of each client (the first two replace the CAs those "
+         "clients trust, the third adds to them):")
+    for variable, who in _TRUST_VARIABLES:
+        echo(f"    export {variable}={_quote(tls.ca_bundle)}  # {who}")
 
 
 def _keys_source(settings: ServerSettings) -> str:
@@ -224,6 +273,31 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
+def _ca_bundle_option(command):
+    return click.option(
+        "--ca-bundle", type=click.Path(dir_okay=False, path_type=Path),
+        help="PEM file of the CA to verify an https issuer with (`m2mauth serve --tls` prints "
+             "its own), in place of what requests trusts (REQUESTS_CA_BUNDLE, else certifi)."
+    )(command)
+
+
+def _session(ca_bundle: Path | None):
+    """The requests session of ``token`` and ``decode``: with ``--ca-bundle``, one that
+    verifies https with that file only (checked here: one line when it is not a bundle)."""
+    if ca_bundle is None:
+        return None
+    import ssl
+
+    from .tls import verifying_session
+
+    try:
+        ssl.create_default_context(cafile=str(ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or "not a PEM certificate bundle"
+        raise click.UsageError(f"--ca-bundle {ca_bundle}: {why}") from None
+    return verifying_session(ca_bundle)
+
+
 @main.command("token")
 @click.option("--issuer", help="Issuer URL; the token endpoint is discovered (RFC 8414).")
 @click.option("--token-url", help="Token endpoint URL (instead of --issuer).")
@@ -250,8 +324,10 @@ def _fail(message: str) -> NoReturn:
               help="Also print the token's header and claims.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the whole token response as JSON instead of the bare token.")
+@_ca_bundle_option
 def token_command(issuer, token_url, client_id, client_secret, scopes, resources, audiences,
-                  auth_method, private_key, kid, timeout, decode_token, as_json) -> None:
+                  auth_method, private_key, kid, timeout, decode_token, as_json,
+                  ca_bundle) -> None:
     """Get an access token with the client-credentials grant and print it."""
     import json
     import warnings
@@ -283,6 +359,7 @@ def token_command(issuer, token_url, client_id, client_secret, scopes, resources
                 private_key=key, kid=kid, scope=list(scopes), resource=list(resources),
                 auth_method=method, timeout=timeout,
                 extra_params={"audience": list(audiences)} if audiences else None,
+                session=_session(ca_bundle),
             )
         except (OAuthError, ValueError) as exc:
             error = exc
@@ -350,13 +427,14 @@ def _print_jwt(header: dict, claims: dict, now: float | None = None) -> None:
         click.echo(line)
 
 
-def _fetch_jwks(url: str, timeout: float) -> dict:
+def _fetch_jwks(url: str, timeout: float, session=None) -> dict:
     import requests
 
     from m2mauth.client.errors import root_cause
 
     try:
-        response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
+        response = (session or requests).get(url, timeout=timeout,
+                                             headers={"Accept": "application/json"})
     except requests.RequestException as exc:
         _fail(f"cannot fetch the JWKS from {url}: {root_cause(exc)}")
     try:
@@ -411,7 +489,9 @@ def _verify_signature(token: str, header: dict, jwks: dict) -> tuple[bool, str]:
 @click.option("--jwks-url", help="JWKS URL to verify the signature with.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Seconds to wait for the server.")
-def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout: float) -> None:
+@_ca_bundle_option
+def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout: float,
+                   ca_bundle: Path | None) -> None:
     """Print a JWT's header and claims (TOKEN, or - to read it from stdin); with --issuer or
     --jwks-url also verify its signature (exit code 1 when invalid)."""
     from m2mauth.client import OAuthError, discover
@@ -426,15 +506,16 @@ def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout
     _print_jwt(header, claims)
     if issuer is None and jwks_url is None:
         return
+    session = _session(ca_bundle)
     if jwks_url is None:
         try:
-            metadata = discover(issuer, timeout=timeout)
+            metadata = discover(issuer, timeout=timeout, session=session)
         except OAuthError as exc:
             _fail(str(exc))
         jwks_url = metadata.get("jwks_uri")
         if not isinstance(jwks_url, str):
             _fail(f"the metadata of {issuer} has no jwks_uri")
-    valid, detail = _verify_signature(token, header, _fetch_jwks(jwks_url, timeout))
+    valid, detail = _verify_signature(token, header, _fetch_jwks(jwks_url, timeout, session))
     click.echo(f"signature: {'valid' if valid else 'INVALID'} ({detail})")
     ok = valid
     if issuer is not None:

@@ -377,6 +377,20 @@ class ServerSettings:
     idle_timeout: int = _setting(
         30, kind=int, check=_positive,
         help="Seconds a connection may stay open with nothing arriving or to answer.")
+    tls: bool = _setting(
+        False, kind=bool, flag=True,
+        help="Serve HTTPS with a certificate from a local CA (made once in tls_dir, then "
+             "reused, so it is trusted once); the issuer becomes https://HOST:PORT.")
+    tls_cert: Path | None = _setting(
+        None, kind=Path, flag=True,
+        help="PEM certificate (chain) to serve instead of a generated one; needs tls_key and "
+             "implies tls.")
+    tls_key: Path | None = _setting(None, kind=Path, flag=True,
+                                    help="Unencrypted PEM private key of tls_cert.")
+    tls_dir: Path | None = _setting(
+        None, kind=Path, flag=True,
+        help="Directory of the local CA: ca.pem to trust, ca-key.pem (mode 0600).  "
+             "[default: $XDG_DATA_HOME/m2mauth/tls, else ~/.local/share/m2mauth/tls]")
     assertion_leeway: int = _setting(
         60, kind=int, check=_non_negative,
         help="Clock-skew allowance for client assertions, in seconds.")
@@ -402,11 +416,21 @@ class ServerSettings:
         help="Registered clients ([[clients]] tables).")
     #: The TOML file these settings came from, if any (for messages); not itself a setting.
     config_file: Path | None = None
+    #: Where each setting was set ("command line", "environment", a file), for messages
+    #: about a setting checked later (the TLS files); not itself a setting.
+    sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def issuer_url(self) -> str:
         """The configured issuer, or the one derived from host and port."""
-        return self.issuer if self.issuer is not None else default_issuer(self.host, self.port)
+        if self.issuer is not None:
+            return self.issuer
+        return default_issuer(self.host, self.port, "https" if self.tls_enabled else "http")
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the server speaks HTTPS: ``tls``, or certificate files given."""
+        return bool(self.tls) or self.tls_cert is not None or self.tls_key is not None
 
     @property
     def binds_loopback(self) -> bool:
@@ -429,8 +453,10 @@ class ServerSettings:
         algs = {self.algorithm} | {c.algorithm for c in self.clients if c.algorithm}
         return tuple(a for a in ALGORITHMS if a in algs)
 
-    def validate(self, source: str = "settings") -> ServerSettings:
-        """Check every value; raise :class:`ConfigError` on the first problem."""
+    def validate(self, source: str = "settings", *, whole: bool = True) -> ServerSettings:
+        """Check every value; raise :class:`ConfigError` on the first problem. ``whole``
+        False: these are one layer of several (see :func:`load_settings`), so settings that
+        must agree with each other are checked once all layers are in."""
         for setting in server_settings():
             value = getattr(self, setting.name)
             if value is None:
@@ -451,7 +477,27 @@ class ServerSettings:
                     source, f"{where}.client_id", f"duplicate id {client.client_id!r}"
                 )
             seen.add(client.client_id)
+        if whole:
+            self.check_together(source)
         return self
+
+    def check_together(self, source: str = "settings") -> None:
+        """The settings that must agree: a TLS certificate needs its key, and an http://
+        issuer cannot name a server that answers HTTPS only. (An https:// issuer without TLS
+        is allowed: behind a TLS-terminating proxy it is right; ``serve`` warns.)"""
+        def origin(key: str) -> str:
+            return self.sources.get(key, source)
+
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("tls_cert", "tls_key") if self.tls_key is None \
+                else ("tls_key", "tls_cert")
+            raise ConfigError(origin(given), missing, f"is needed with {given} (a certificate "
+                              "and its private key go together)")
+        if self.tls_enabled and self.issuer is not None \
+                and urlsplit(self.issuer).scheme == "http":
+            raise ConfigError(origin("issuer"), "issuer", f"{self.issuer!r} is http:// but TLS "
+                              "is on and the server answers HTTPS only: use https:// or leave "
+                              "the issuer unset")
 
 
 def server_settings() -> Iterator[Setting]:
@@ -498,13 +544,14 @@ def is_loopback(host: str, *, resolve: bool = False) -> bool:
         return False
 
 
-def default_issuer(host: str, port: int) -> str:
-    """The issuer a server on host:port has when none is configured."""
+def default_issuer(host: str, port: int, scheme: str = "http") -> str:
+    """The issuer a server on host:port has when none is configured (``scheme`` https when
+    it speaks TLS)."""
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming it, not binding it: all interfaces
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 # ---------------------------------------------------------------------------
@@ -603,8 +650,9 @@ def _file_values(path: Path) -> dict[str, Any]:
             _client_from_table(source, f"clients[{i}]", t, base)
             for i, t in enumerate(values["clients"])
         ]
-    if "keys_dir" in values:
-        values["keys_dir"] = base / values["keys_dir"]
+    for setting in declared.values():  # keys_dir, tls_cert, ...: relative to the file
+        if setting.kind is Path and setting.name in values:
+            values[setting.name] = base / values[setting.name]
     return values
 
 
@@ -630,7 +678,8 @@ def _parse_env(setting: Setting, raw: str) -> Any:
 def _apply(values: Mapping[str, Any], settings: ServerSettings, source: str) -> None:
     for key, value in values.items():
         setattr(settings, key, value)
-    settings.validate(source)
+        settings.sources[key] = source
+    settings.validate(source, whole=False)
 
 
 def load_settings(
@@ -657,7 +706,9 @@ def load_settings(
         for s in server_settings() if s.env and env_name(s.name) in env
     }
     _apply(env_values, settings, "environment")
-    flag_values = {k: Path(v) if k == "keys_dir" else v
+    paths = {s.name for s in server_settings() if s.kind is Path}
+    flag_values = {k: Path(v) if k in paths else v
                    for k, v in (overrides or {}).items() if v is not None}
     _apply(flag_values, settings, "command line")
+    settings.check_together("command line")
     return settings

@@ -3,7 +3,12 @@ the pytest plugin's ``idp`` fixture hands to a test."""
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import tempfile
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
@@ -12,9 +17,13 @@ from ..issuer import METADATA_PATHS
 from ..serving import BackgroundServer, ServingLimits, bind_app
 from ..settings import ServerSettings
 from ..store import StateStore
+from ..tls import ServerTLS, client_context, load_server_tls, verifying_session
 from .admin import ADMIN_PREFIX, EXTENSION
 from .controls import Controls
 from .extension import Lab
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["IdentityProvider"]
 
@@ -26,11 +35,19 @@ class IdentityProvider(Controls):
     ``with IdentityProvider.start() as idp: ...`` or the ``idp`` pytest fixture.
     """
 
-    def __init__(self, server: BackgroundServer, app: Flask) -> None:
+    def __init__(self, server: BackgroundServer, app: Flask, *,
+                 tls: ServerTLS | None = None) -> None:
         lab = app.extensions[EXTENSION]
         super().__init__(lab.controls.core)
         self.server = server
         self.app = app
+        #: What the server speaks TLS with (None: plain HTTP).
+        self.tls = tls
+        #: The PEM file of the CA to trust for this server (``verify=`` of requests and
+        #: httpx, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, ``NODE_EXTRA_CA_CERTS``); None
+        #: without TLS or with given certificate files.
+        self.ca_bundle: Path | None = tls.ca_bundle if tls is not None else None
+        self._owned_dir: Path | None = None
         #: The issuer URL: ``iss`` of every token, and where metadata is discovered.
         self.issuer: str = self.core.issuer
         self.token_endpoint: str = self.core.token_endpoint
@@ -42,21 +59,56 @@ class IdentityProvider(Controls):
 
     @classmethod
     def start(cls, settings: ServerSettings | None = None, *, host: str = "127.0.0.1",
-              port: int = 0, store: StateStore | None = None) -> IdentityProvider:
+              port: int = 0, store: StateStore | None = None,
+              tls: bool = False) -> IdentityProvider:
         """Start a server in a background thread (port 0: any free port). ``store`` holds
-        its state (default: in memory)."""
+        its state (default: in memory). ``tls`` (or TLS in ``settings``): HTTPS, with a
+        throwaway CA made for this server and removed when it stops, unless the settings
+        name a ``tls_dir`` or certificate files; see :attr:`ca_bundle`."""
         settings = replace(settings or ServerSettings(), host=host)
+        if tls and not settings.tls_enabled:
+            settings = replace(settings, tls=True)
+        owned: Path | None = None
+        if settings.tls_enabled and settings.tls_cert is None and settings.tls_dir is None:
+            owned = Path(tempfile.mkdtemp(prefix="m2mauth-tls-"))
+            settings = replace(settings, tls_dir=owned)
+        try:
+            server_tls = load_server_tls(settings) if settings.tls_enabled else None
 
-        def make_app(bound: int) -> Flask:
-            app = create_core_app(replace(settings, port=bound), store=store)
-            Lab(app)
-            return app
+            def make_app(bound: int) -> Flask:
+                app = create_core_app(replace(settings, port=bound), store=store)
+                Lab(app)
+                return app
 
-        server, app = bind_app(host, port, make_app, ServingLimits.of(settings))
-        return cls(BackgroundServer(server), app)
+            server, app = bind_app(host, port, make_app, ServingLimits.of(settings),
+                                   tls=server_tls.context if server_tls else None)
+        except BaseException:
+            if owned is not None:
+                shutil.rmtree(owned, ignore_errors=True)
+            raise
+        idp = cls(BackgroundServer(server), app, tls=server_tls)
+        idp._owned_dir = owned
+        return idp
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that verifies this server against :attr:`ca_bundle` (the system's
+        trust store without one): ``httpx.Client(verify=idp.ssl_context())``."""
+        return client_context(self.ca_bundle)
+
+    def requests_session(self) -> requests.Session:
+        """A ``requests.Session`` that verifies this server against :attr:`ca_bundle`, for
+        ``TokenValidator(session=...)``, ``fetch_token(session=...)``. (A session's own
+        ``verify`` would lose to ``REQUESTS_CA_BUNDLE`` where that is set.)"""
+        if self.ca_bundle is None:
+            import requests
+
+            return requests.Session()
+        return verifying_session(self.ca_bundle)
 
     def stop(self) -> None:
         self.server.stop()
+        if self._owned_dir is not None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
 
     def __enter__(self) -> IdentityProvider:
         return self
