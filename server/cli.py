@@ -223,8 +223,8 @@ def _tls_banner(tls, issuer: str) -> None:
     echo(f"  tls       a new certificate for {', '.join(tls.names)} ({until}), from the "
          f"local CA ({made})")
     echo(f"  ca        {tls.ca_bundle}")
-    echo("  trust     in the shell of each client (the first two replace the CAs those "
-         "clients trust, the third adds to them):")
+    echo("  trust     in each client's shell (the first two replace the CAs it trusts, the "
+         "third adds to them):")
     for variable, who in _TRUST_VARIABLES:
         echo(f"    export {variable}={_quote(tls.ca_bundle)}  # {who}")
 
@@ -269,6 +269,8 @@ _MAX_TOKEN_CHARS = 64 * 1024
 
 def _fail(message: str) -> NoReturn:
     """One line on stderr and exit code 1: the CLI's answer to a failed request or bad token."""
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        message += " (trust the issuer's CA with --ca-bundle FILE or REQUESTS_CA_BUNDLE)"
     click.echo(f"Error: {message}", err=True)
     sys.exit(1)
 
@@ -292,9 +294,11 @@ def _session(ca_bundle: Path | None):
 
     try:
         ssl.create_default_context(cafile=str(ca_bundle))
-    except (OSError, ssl.SSLError) as exc:
-        why = getattr(exc, "strerror", None) or "not a PEM certificate bundle"
-        raise click.UsageError(f"--ca-bundle {ca_bundle}: {why}") from None
+    except ssl.SSLError:
+        raise click.UsageError(f"--ca-bundle {ca_bundle}: not a PEM certificate bundle") \
+            from None
+    except OSError as exc:
+        raise click.UsageError(f"--ca-bundle {ca_bundle}: {exc.strerror or exc}") from None
     return verifying_session(ca_bundle)
 
 

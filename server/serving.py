@@ -416,8 +416,7 @@ class _TLSChannel(_Channel):
             # Plain HTTP sent to the TLS port, a bad ClientHello, a corrupt record: this
             # connection ends (with the alert OpenSSL wrote, if the socket takes it), quietly.
             _access.debug("TLS connection from %s closed: %s",
-                          printable(str(self.addr[0]) if self.addr else "?", 64),
-                          printable(str(failure), 100))
+                          self.addr[0] if self.addr else "?", failure)
             return self._abort()
         if plaintext:
             self.received(plaintext)
