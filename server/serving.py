@@ -387,11 +387,13 @@ class _TLSChannel(_Channel):
         return self._broken or self._closing or bool(self._pending) or super().writable()
 
     def sending(self) -> bool:
-        return bool(self._pending) or self._closing or super().sending()
+        return bool(self._pending) or super().sending()
 
     def handle_read(self) -> None:
         if self.linger_until is not None:
             return super().handle_read()  # a lingering close: raw bytes, read and dropped
+        if self.socket is None:
+            return None
         try:
             raw = self.socket.recv(self.adj.recv_bytes)
         except (BlockingIOError, InterruptedError):

@@ -152,6 +152,37 @@ def test_serve_tls_makes_a_ca_serves_https_and_reuses_the_ca(cli_process, tmp_pa
     assert requests.get(again + "/jwks.json", verify=ca, timeout=5).status_code == 200
 
 
+def test_sigterm_over_tls_answers_the_request_in_flight_and_closes_idle_ones(cli_process,
+                                                                           tmp_path):
+    import signal
+    import threading
+
+    served = cli_process("serve", "--tls", "--port", "0", "--tls-dir", str(tmp_path))
+    issuer, ca = served.field("issuer"), served.field("ca")
+    port = int(issuer.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            client_context(ca).wrap_socket(raw, server_hostname="127.0.0.1") as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert idle.recv(4096).startswith(b"HTTP/1.1 200")  # then kept alive, idle
+        fault = requests.post(issuer + "/admin/faults", json={"kind": "delay", "delay": 1},
+                              verify=ca, timeout=5)
+        assert fault.status_code == 201, fault.text
+        answers: list[requests.Response] = []
+        in_flight = threading.Thread(target=lambda: answers.append(requests.post(
+            issuer + "/token", data=GRANT, auth=DEMO, verify=ca, timeout=15)))
+        in_flight.start()
+        for _ in range(500):  # bounded: until the request has taken the fault
+            if requests.get(issuer + "/admin/faults", verify=ca,
+                            timeout=5).json()["faults"] == []:
+                break
+        served.proc.send_signal(signal.SIGTERM)
+        in_flight.join(timeout=15)
+        assert [a.status_code for a in answers] == [200]
+        assert _closed_by_peer(idle, 15)  # close_notify, then the socket
+    assert served.proc.wait(timeout=15) == 0
+    assert "Traceback" not in served.stop()
+
+
 def certifi_bundle() -> str:
     import certifi
 
