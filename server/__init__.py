@@ -72,7 +72,7 @@ def create_app(settings: ServerSettings | None = None, *,
                store: StateStore | None = None) -> Flask:
     """A new, independent authorization server app, with the lab unless ``settings.lab`` is
     false. Without ``settings`` they are loaded as `m2mauth serve` loads them
-    (``M2MAUTH_CONFIG`` naming a TOML file, then ``M2MAUTH_*`` variables), so
+    (``M2MAUTH_CONFIG`` naming a TOML or JSON file, then ``M2MAUTH_*`` variables), so
     ``gunicorn -w 1 'm2mauth.server:create_app()'`` serves what ``m2mauth serve`` would.
 
     The issuer is at ``app.extensions["m2mauth"]``, the lab at
@@ -120,8 +120,8 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     # Real time for the key cache, and a new kid looked up at once: the lessons rotate and
     # retire keys, move the server's clock back and forth, and run again within seconds. A
     # production validator keeps JWKSCache's defaults (30 s cooldown, 60 s negative cache).
-    keys = JWKSCache(default_issuer(settings.host, settings.port, scheme) + JWKS_PATH,
-                     cooldown=0, negative_ttl=0, session=session)
+    keys = JWKSCache(default_issuer(settings.host, settings.port, scheme) + issuer.mount
+                     + JWKS_PATH, cooldown=0, negative_ttl=0, session=session)
     demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=DEMO_LEEWAY,
                            jwks_cache=keys, clock=issuer.clock.now)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {DEMO_API_PREFIX: demo})  # type: ignore[method-assign]

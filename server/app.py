@@ -1,4 +1,4 @@
-"""The app factory of the core: the authorization server alone, without the lab."""
+"""The app factories of the core: the authorization server alone, without the lab."""
 
 from __future__ import annotations
 
@@ -6,28 +6,51 @@ from pathlib import Path
 
 from flask import Flask
 
-from .issuer import EXTENSION, Issuer
+from .issuer import EXTENSION, METADATA_PATHS, Issuer
+from .issuers import ROUTER, IssuerRouter
 from .settings import ServerSettings, load_settings
 from .store import StateStore
-from .views import bp
+from .views import bp, metadata, probes
 
-__all__ = ["create_core_app"]
+__all__ = ["create_core_app", "create_issuer_app"]
 
 
 def create_core_app(settings: ServerSettings | None = None, *,
                     store: StateStore | None = None) -> Flask:
-    """A new, independent authorization server app: token, JWKS and metadata endpoints.
+    """A new, independent authorization server app: token, JWKS and metadata endpoints of
+    the issuer ``settings`` describe, the probes, and each further issuer of
+    ``settings.issuers`` under its own path.
 
     Without ``settings`` they are loaded as `m2mauth serve` loads them (``M2MAUTH_CONFIG``,
-    then ``M2MAUTH_*``). ``store`` holds the issuer's state (default: in memory). The issuer
-    is at ``app.extensions["m2mauth"]``. :func:`m2mauth.server.create_app` is this plus the
-    lab, when the settings ask for it.
+    then ``M2MAUTH_*``). ``store`` holds the root issuer's state (default: in memory; each
+    further issuer has its own). The issuer is at ``app.extensions["m2mauth"]``, the further
+    issuers' apps at ``app.extensions["m2mauth_issuers"]`` (an :class:`IssuerRouter`).
+    :func:`m2mauth.server.create_app` is this plus the lab, when the settings ask for it.
     """
     settings = (settings if settings is not None else load_settings()).validate()
+    app = create_issuer_app(settings, store=store)
+    app.register_blueprint(probes)
+    router = app.extensions[ROUTER] = IssuerRouter(app)
+    app.wsgi_app = router  # type: ignore[method-assign]
+    for name in settings.issuers:
+        router.add(name, create_issuer_app(settings.issuer_settings(name)))
+    return app
+
+
+def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = None) -> Flask:
+    """The app of one issuer, its endpoints under its URL's path (``/token`` for
+    ``http://host:port``, ``/a/token`` for ``http://host:port/a``), without probes or
+    further issuers: what the root app routes ``/NAME/...`` to."""
+    settings = settings.validate()
     # instance_path given: Flask cannot locate it for a package inside a namespace (m2mauth).
     app = Flask("m2mauth.server", instance_path=str(Path(__file__).parent / "instance"))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = Issuer(settings, store=store)
-    app.register_blueprint(bp)
+    issuer = app.extensions[EXTENSION] = Issuer(settings, store=store)
+    app.register_blueprint(bp, url_prefix=issuer.mount or None)
+    if issuer.mount:
+        # RFC 8414 section 3.1: for an issuer with a path, the well-known segment goes
+        # between the host and the path. The OIDC location (path appended) is in bp.
+        app.add_url_rule(METADATA_PATHS[0] + issuer.mount, endpoint="m2mauth_metadata",
+                         view_func=metadata, methods=["GET"])
     return app

@@ -75,7 +75,7 @@ def _setting_options(command):
 @main.command()
 @_setting_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config file (also M2MAUTH_CONFIG).")
+              help="Config file: TOML (.toml) or JSON (.json)  (also M2MAUTH_CONFIG).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
 def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
     """Run the authorization server (defaults: 127.0.0.1:8000, RS256, demo-client)."""
@@ -93,8 +93,22 @@ def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
     server, app = _bind_or_exit(settings.host, settings.port, lambda port: create_app(
         dataclasses.replace(settings, port=port)), functools.partial(
             bind_app, limits=ServingLimits.of(settings), tls=tls and tls.context))
+    _warn_issuer_mismatch(settings, server.port)
     _banner(app, tls)
     _serve_until_interrupted(server)
+
+
+def _warn_issuer_mismatch(settings: ServerSettings, bound_port: int) -> None:
+    """One line on stderr when the configured issuer seems to send clients elsewhere than
+    this server (bind_check.py says when); an issuer left unset follows the bound port."""
+    from .bind_check import issuer_bind_mismatch
+
+    if settings.issuer is None:
+        return
+    problem = issuer_bind_mismatch(settings.issuer, settings.host, settings.port, bound_port,
+                                   tls=settings.tls_enabled)
+    if problem is not None:
+        click.echo(f"Warning: {problem}", err=True)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -146,6 +160,8 @@ def _serve_until_interrupted(server) -> None:
 
 
 def _banner(app, tls=None) -> None:
+    from .issuers import router_of
+
     issuer = app.extensions["m2mauth"]
     settings: ServerSettings = issuer.settings
     echo = click.echo
@@ -153,20 +169,30 @@ def _banner(app, tls=None) -> None:
     echo(f"  issuer    {issuer.issuer}")
     echo(f"  token     {issuer.token_endpoint}")
     echo(f"  jwks      {issuer.jwks_uri}")
-    echo(f"  metadata  {issuer.issuer}/.well-known/oauth-authorization-server")
-    _tls_banner(tls, issuer.issuer)
+    echo(f"  metadata  {_metadata_url(issuer)}")
+    _tls_banner(tls)
+    if settings.trust_proxy:
+        echo("  proxy     --trust-proxy: each request's issuer takes its scheme, host and port "
+             "from Forwarded / X-Forwarded-*")
+    origin = issuer.issuer.removesuffix(issuer.mount)
     if not settings.lab:
         echo("  lab       off (--no-lab): no /admin, no faults, no request log, real time")
     else:
         if settings.admin_enabled:
             guard = "admin token required" if settings.admin_token else "open on loopback"
             echo(f"  admin     {issuer.issuer}/admin  (test controls, {guard})")
-        echo(f"  demo API  {issuer.issuer}/demo/hello  (needs scope read; a resource server "
+        echo(f"  demo API  {origin}/demo/hello  (needs scope read; a resource server "
              "to call with the token)")
         echo(f"  playground {issuer.issuer}/playground  (the flow and its failures, step by "
              "step, in your browser)")
     algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in issuer.clients}))
     echo(f"  signing   {algs} ({_keys_source(settings)})")
+    router = router_of(app)
+    for name in router.names() if router is not None else ():
+        other = router.get(name).extensions["m2mauth"]
+        other_algs = ", ".join(other.settings.algorithms_in_use())
+        echo(f"  + issuer  {other.issuer}  ({other_algs}, {_keys_source(other.settings)}; "
+             f"clients {', '.join(c.client_id for c in other.clients)})")
     demo = issuer.clients.get(DEMO_CLIENT_ID)
     if demo is not None and demo.secret == DEMO_CLIENT_SECRET.encode():
         echo(f"  client    {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}  scopes: "
@@ -190,6 +216,12 @@ def _banner(app, tls=None) -> None:
     echo("Press Ctrl+C to stop.", err=True)
 
 
+def _metadata_url(issuer) -> str:
+    """RFC 8414 section 3.1's location: the well-known segment before the issuer's path."""
+    origin = issuer.issuer.removesuffix(issuer.mount)
+    return f"{origin}/.well-known/oauth-authorization-server{issuer.mount}"
+
+
 #: What each variable that names a CA bundle is read by.
 _TRUST_VARIABLES = (("REQUESTS_CA_BUNDLE", "Python requests"),
                     ("SSL_CERT_FILE", "httpx, Python's ssl, OpenSSL"),
@@ -202,14 +234,11 @@ def _quote(path: object) -> str:
     return shlex.quote(str(path))
 
 
-def _tls_banner(tls, issuer: str) -> None:
-    """The TLS lines: the certificate, the CA bundle and how to trust it; or, for an https
-    issuer served over plain HTTP, a note (right behind a TLS-terminating proxy only)."""
+def _tls_banner(tls) -> None:
+    """The TLS lines: the certificate, the CA bundle and how to trust it. (An https issuer
+    on a plain server is bind_check.py's to warn about.)"""
     echo = click.echo
     if tls is None:
-        if issuer.startswith("https://"):
-            echo(f"Note: the issuer is {issuer} but this server speaks plain HTTP: right "
-                 "behind a TLS-terminating proxy; otherwise serve with --tls.", err=True)
         return
     until = f"valid until {tls.not_after:%Y-%m-%d}" if tls.not_after else ""
     if tls.ca_bundle is None:

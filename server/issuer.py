@@ -5,14 +5,19 @@ process; everything mutable is in the store, so several processes can share one 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
-from flask import current_app
+from flask import current_app, request
+from werkzeug.exceptions import BadRequest
 
 from .algorithms import ASSERTION_ALGORITHMS
 from .client_auth import ClientSecretJWT, PrivateKeyJWT, client_secret_basic, client_secret_post
 from .clients import ClientRegistry
 from .clock import Clock
+from .forwarded import ForwardedError, external_origin
 from .grants import ClientCredentialsGrant
 from .keys import KeyStore, SigningKey, generate_signing_key, load_signing_keys, shipped_keys_dir
 from .oauth import AuthorizationServer
@@ -33,7 +38,8 @@ __all__ = [
 
 TOKEN_PATH = "/token"
 JWKS_PATH = "/jwks.json"
-#: Liveness and readiness probes, at the root: outside any issuer's path.
+#: Liveness and readiness probes, at the root: outside any issuer's path, for the
+#: whole server.
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
@@ -55,8 +61,16 @@ def initial_keys(settings: ServerSettings) -> list[SigningKey]:
 
 
 def current_issuer() -> Issuer:
-    """The issuer of the Flask app handling the current request."""
-    return current_app.extensions[EXTENSION]
+    """The issuer of the Flask app handling the current request; with ``trust_proxy``, as
+    the proxy in front names it (see :meth:`Issuer.seen_as`)."""
+    issuer: Issuer = current_app.extensions[EXTENSION]
+    if not issuer.settings.trust_proxy:
+        return issuer
+    try:
+        origin, prefix = external_origin(request.environ)
+    except ForwardedError as exc:
+        raise BadRequest(str(exc)) from None
+    return issuer.seen_as(origin + prefix + issuer.mount)
 
 
 class Issuer:
@@ -66,6 +80,8 @@ class Issuer:
     def __init__(self, settings: ServerSettings, *, store: StateStore | None = None) -> None:
         self.settings = settings
         self.issuer = settings.issuer_url
+        #: The path its endpoints live under: "" at the root, "/a" for an issuer ".../a".
+        self.mount = settings.mount
         self.store = store if store is not None else MemoryStore(
             settings.clients, initial_keys(settings),
             max_jtis_per_client=settings.assertion_jtis_per_client)
@@ -79,6 +95,30 @@ class Issuer:
             algorithm=settings.algorithm, token_lifetime=settings.token_lifetime,
         )
         self.authorization = self._authorization_server()
+        self._seen_as: OrderedDict[str, Issuer] = OrderedDict()
+        self._seen_as_lock = threading.Lock()
+
+    #: Issuer URLs a proxied issuer keeps built (an attacker who reaches the server directly
+    #: may send any Host: the oldest is dropped and rebuilt if asked for again).
+    MAX_SEEN_AS = 32
+
+    def seen_as(self, issuer_url: str) -> Issuer:
+        """This issuer under another URL, for ``trust_proxy``: the same state store (clients,
+        keys, clock, replay cache), its own URLs in tokens, metadata and assertion audiences."""
+        if issuer_url == self.issuer:
+            return self
+        with self._seen_as_lock:
+            found = self._seen_as.get(issuer_url)
+            if found is not None:
+                self._seen_as.move_to_end(issuer_url)
+                return found
+        found = Issuer(replace(self.settings, issuer=issuer_url, trust_proxy=False),
+                       store=self.store)
+        with self._seen_as_lock:
+            self._seen_as[issuer_url] = found
+            while len(self._seen_as) > self.MAX_SEEN_AS:
+                self._seen_as.popitem(last=False)
+        return found
 
     def _authorization_server(self) -> AuthorizationServer:
         server = AuthorizationServer(self.clients, self.token_issuer, realm=self.issuer)

@@ -2,10 +2,10 @@
 
 Every field of :class:`ServerSettings` carries its own declaration (``dataclasses.field``
 metadata, see :func:`_setting`): its help text, its kind, its check, and whether it has a
-command-line flag. The TOML key (the field name), the ``M2MAUTH_<NAME>`` environment variable,
-the ``m2mauth serve`` option and the validation all derive from it. Layers, later wins:
-built-in defaults, a TOML file, ``M2MAUTH_*`` variables, flags. Every problem raises
-:class:`ConfigError` naming the source and the key.
+command-line flag. The config-file key (the field name, in TOML or JSON), the
+``M2MAUTH_<NAME>`` environment variable, the ``m2mauth serve`` option and the validation all
+derive from it. Layers, later wins: built-in defaults, a config file, ``M2MAUTH_*`` variables,
+flags. Every problem raises :class:`ConfigError` naming the source and the key.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 from .algorithms import ALGORITHMS, ASSERTION_ALGORITHMS, KEY_TYPES, fits, key_type, one_of
 from .errors import ConfigError
-from .syntax import is_client_id, is_scope_token, strings
+from .syntax import is_client_id, is_scope_token, printable, strings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,10 +35,14 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "ALGORITHMS",
     "AUTH_METHODS",
+    "ISSUER_KEYS",
+    "RESERVED_ISSUER_NAMES",
     "ClientSettings",
     "ServerSettings",
     "Setting",
     "env_name",
+    "issuer_name_problem",
+    "issuer_values",
     "load_settings",
     "server_settings",
 ]
@@ -50,7 +55,8 @@ DEFAULT_AUDIENCE = "api://default"
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"  # a published demo credential, printed by `m2mauth serve`
 
-#: Kinds of value a setting holds: how a TOML value is type-checked and a variable parsed.
+#: Kinds of value a setting holds: how a file's value is type-checked and a variable parsed
+#: (a table is a JSON object, a list a JSON array).
 _KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
                dict: "a table", Path: "a string"}
 
@@ -67,7 +73,8 @@ class Setting:
     #: Whether ``m2mauth serve`` has an option for it (``--name``; ``--name/--no-name`` for
     #: a bool that defaults to True).
     flag: bool = False
-    #: Whether an ``M2MAUTH_<NAME>`` variable sets it.
+    #: Whether an ``M2MAUTH_<NAME>`` variable sets it (every setting does today; one that
+    #: does not must say why in its help, and tests/test_settings.py lists it).
     env: bool = True
     #: Never echo the value (messages name its type instead).
     secret: bool = False
@@ -124,6 +131,12 @@ def _issuer(issuer: str) -> str | None:
     if (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
             or parts.fragment):
         return f"{issuer!r} is not an http(s) URL without query or fragment"
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port when it is read
+    except ValueError:
+        return f"{issuer!r} has a port that is not a number from 0 to 65535"
+    if not parts.hostname:
+        return f"{issuer!r} names no host"
     if issuer.endswith("/"):
         return "must not end with '/' (it is compared exactly)"
     return None
@@ -401,6 +414,11 @@ class ServerSettings:
         10_000, kind=int, check=_positive,
         help="Most unexpired client-assertion jtis remembered per client (the replay cache); "
              "beyond it, that client's new assertions are refused until some expire.")
+    trust_proxy: bool = _setting(
+        False, kind=bool, flag=True,
+        help="Behind a reverse proxy: take the scheme, host and port of each request's issuer "
+             "(and a path prefix) from Forwarded or X-Forwarded-Proto/-Host/-Port/-Prefix; "
+             "the issuer's own path stays. Off, the issuer never comes from the request.")
     lab: bool = _setting(
         True, kind=bool, flag=True,
         help="Attach the lab: test controls, the /admin API, faults, request log, clock "
@@ -412,9 +430,15 @@ class ServerSettings:
         None, kind=str, check=_admin_token, flag=True, secret=True, repr=False,
         help="Bearer token the /admin test-control API requires (needed off loopback).")
     clients: list[ClientSettings] = _setting(
-        kind=list, env=False, default_factory=_demo_clients,
-        help="Registered clients ([[clients]] tables).")
-    #: The TOML file these settings came from, if any (for messages); not itself a setting.
+        kind=list, secret=True, default_factory=_demo_clients,
+        help="Registered clients ([[clients]] tables; M2MAUTH_CLIENTS: a JSON array of "
+             "client objects).")
+    issuers: dict[str, dict[str, Any]] = _setting(
+        kind=dict, secret=True, default_factory=dict, repr=False,
+        help="Further issuers served on the same port, each at /NAME with its own keys, "
+             "clients, clock, faults, request log and admin API ([issuers.NAME] tables; "
+             "M2MAUTH_ISSUERS: a JSON object of name to issuer object).")
+    #: The config file these settings came from, if any (for messages); not itself a setting.
     config_file: Path | None = None
     #: Where each setting was set ("command line", "environment", a file), for messages
     #: about a setting checked later (the TLS files); not itself a setting.
@@ -431,6 +455,25 @@ class ServerSettings:
     def tls_enabled(self) -> bool:
         """Whether the server speaks HTTPS: ``tls``, or certificate files given."""
         return bool(self.tls) or self.tls_cert is not None or self.tls_key is not None
+
+    @property
+    def mount(self) -> str:
+        """The path this issuer's endpoints live under: its URL's path ("" at the root)."""
+        return urlsplit(self.issuer_url).path
+
+    def issuer_settings(self, name: str, table: Mapping[str, Any] | None = None
+                        ) -> ServerSettings:
+        """The settings of the further issuer ``name`` (``[issuers.NAME]``, or ``table``):
+        this server's, with the table's values, at ``<origin>/<name>``. Unless the table says
+        otherwise it has fresh in-memory keys (no two issuers share a key) and the demo
+        client, as a server without ``[[clients]]`` has."""
+        values = dict(self.issuers[name] if table is None else table)
+        values.setdefault("clients", _demo_clients())
+        if "keys_dir" not in values:
+            values.setdefault("ephemeral_keys", True)
+        parts = urlsplit(self.issuer_url)
+        return dataclasses.replace(self, issuer=f"{parts.scheme}://{parts.netloc}/{name}",
+                                   issuers={}, **values)
 
     @property
     def binds_loopback(self) -> bool:
@@ -462,9 +505,8 @@ class ServerSettings:
             if value is None:
                 continue
             if not _of_kind(value, setting.kind):
-                got = type(value).__name__ if setting.secret else repr(value)
-                raise ConfigError(source, setting.name,
-                                  f"must be {_KIND_NAMES[setting.kind]}, got {got}")
+                raise ConfigError(source, setting.name, f"must be {_KIND_NAMES[setting.kind]}, "
+                                  f"got {_shown(value, setting.secret)}")
             problem = setting.check(value) if setting.check is not None else None
             if problem is not None:
                 raise ConfigError(source, setting.name, problem)
@@ -477,27 +519,80 @@ class ServerSettings:
                     source, f"{where}.client_id", f"duplicate id {client.client_id!r}"
                 )
             seen.add(client.client_id)
+        for name in self.issuers:
+            self._validate_issuer(source, name)
         if whole:
             self.check_together(source)
         return self
 
+    def _validate_issuer(self, source: str, name: str) -> None:
+        where = f"issuers.{name}"
+        problem = issuer_name_problem(name)
+        if problem is None and self.mount.split("/")[1:2] == [name]:
+            problem = f"is the first segment of this server's issuer path {self.mount!r}"
+        if problem is not None:
+            raise ConfigError(source, where, problem)
+        table = self.issuers[name]
+        if not isinstance(table, dict):
+            raise ConfigError(source, where, "must be a table ([issuers.NAME])")
+        unknown = sorted(set(table) - set(ISSUER_KEYS))
+        if unknown:
+            raise ConfigError(source, f"{where}.{unknown[0]}",
+                              f"unknown key (an issuer table takes: {', '.join(ISSUER_KEYS)})")
+        try:
+            # A layer, not the whole: TLS is the server's, checked with its own settings.
+            self.issuer_settings(name).validate(source, whole=False)
+        except ConfigError as exc:
+            raise ConfigError(source, f"{where}.{exc.key}", exc.why) from None
+
+    def where(self, key: str, default: str = "settings") -> tuple[str, str]:
+        """(source, key as that source names it) of setting ``key``, for a message about it
+        found after loading: ``("environment", "M2MAUTH_TLS_CERT")``, ``("app.toml",
+        "tls_cert")``."""
+        source = self.sources.get(key, default)
+        return source, env_name(key) if source == "environment" else key
+
     def check_together(self, source: str = "settings") -> None:
         """The settings that must agree: a TLS certificate needs its key, and an http://
         issuer cannot name a server that answers HTTPS only. (An https:// issuer without TLS
-        is allowed: behind a TLS-terminating proxy it is right; ``serve`` warns.)"""
-        def origin(key: str) -> str:
-            return self.sources.get(key, source)
-
+        is allowed: behind a TLS-terminating proxy it is right; ``serve`` warns when it names
+        the server's own port, see bind_check.py.)"""
         if (self.tls_cert is None) != (self.tls_key is None):
             given, missing = ("tls_cert", "tls_key") if self.tls_key is None \
                 else ("tls_key", "tls_cert")
-            raise ConfigError(origin(given), missing, f"is needed with {given} (a certificate "
-                              "and its private key go together)")
+            origin, shown = self.where(given, source)
+            raise ConfigError(origin, missing, f"is needed with {shown} (a certificate and its "
+                              "private key go together)")
         if self.tls_enabled and self.issuer is not None \
                 and urlsplit(self.issuer).scheme == "http":
-            raise ConfigError(origin("issuer"), "issuer", f"{self.issuer!r} is http:// but TLS "
-                              "is on and the server answers HTTPS only: use https:// or leave "
-                              "the issuer unset")
+            raise ConfigError(*self.where("issuer", source), f"{self.issuer!r} is http:// but "
+                              "TLS is on and the server answers HTTPS only: use https:// or "
+                              "leave the issuer unset")
+
+
+#: The settings an ``[issuers.NAME]`` table may set; the others (where and how the server
+#: listens, the lab) are the server's, shared by every issuer on it.
+ISSUER_KEYS = ("algorithm", "token_lifetime", "default_audience", "keys_dir",
+               "unsafe_key_permissions", "ephemeral_keys", "jwks_max_age", "assertion_leeway",
+               "assertion_max_lifetime", "assertion_jtis_per_client", "admin_token", "clients")
+
+#: First path segments of the root issuer's own endpoints (token, JWKS, metadata, probes,
+#: the lab's admin API, playground and demo API): no further issuer may take one as its
+#: name. tests/test_issuers.py checks this against the routes of a full app.
+RESERVED_ISSUER_NAMES = frozenset({
+    "token", "jwks.json", ".well-known", "healthz", "readyz", "admin", "playground", "demo",
+})
+_ISSUER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def issuer_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a further issuer (its path segment), or None."""
+    if not isinstance(name, str) or not _ISSUER_NAME.fullmatch(name):
+        return ("must be 1-64 letters, digits, '-' or '_', starting with a letter or digit "
+                "(it becomes the issuer's path)")
+    if name in RESERVED_ISSUER_NAMES:
+        return f"is taken by the root issuer's /{name}"
+    return None
 
 
 def server_settings() -> Iterator[Setting]:
@@ -555,16 +650,37 @@ def default_issuer(host: str, port: int, scheme: str = "http") -> str:
 
 
 # ---------------------------------------------------------------------------
-# Loading
+# Loading. A config file is parsed into a mapping by its format (TOML or JSON, chosen by its
+# extension), and every mapping – whatever its format, and a JSON-valued variable's too –
+# then goes through one checker, :func:`_checked`.
+
+
+def _shown(value: object, secret: bool = False) -> str:
+    """A value as an error message may show it. A secret (``clients`` is declared one)
+    shows its type only, and so does any list or table, whose contents may hold a secret or
+    a private key; JSON's null is called null (it sets nothing: a key left out does)."""
+    if value is None or secret or isinstance(value, (dict, list, tuple)):
+        return _type_word(value)
+    return repr(value)
+
+
+def _type_word(value: object) -> str:
+    """The type of a parsed value in words (TOML's and JSON's alike)."""
+    if value is None:
+        return "null"
+    for kind, what in ((bool, "a boolean"), (dict, "a table"), ((list, tuple), "a list"),
+                       (str, "a string"), (int, "an integer"), (float, "a number")):
+        if isinstance(value, kind):
+            return what
+    return type(value).__name__
 
 
 def _check_type(source: str, key: str, value: object, kinds: tuple[type, ...],
                 secret: bool = False) -> None:
     if not any(_of_kind(value, kind) for kind in kinds):
         # A mistyped secret is still a secret: name its type, never its value.
-        got = type(value).__name__ if secret else repr(value)
         expected = " or ".join(_KIND_NAMES[k] for k in kinds)
-        raise ConfigError(source, key, f"must be {expected}, got {got}")
+        raise ConfigError(source, key, f"must be {expected}, got {_shown(value, secret)}")
 
 
 def _str_list(source: str, key: str, value: object) -> tuple[str, ...]:
@@ -576,7 +692,8 @@ def _str_list(source: str, key: str, value: object) -> tuple[str, ...]:
 
 def _client_from_table(source: str, where: str, table: object, base: Path) -> ClientSettings:
     if not isinstance(table, dict):
-        raise ConfigError(source, where, "must be a table ([[clients]])")
+        raise ConfigError(source, where, "must be a client table ([[clients]] in TOML, an "
+                                         f"object in JSON), got {_type_word(table)}")
     unknown = sorted(set(table) - set(_CLIENT_KEYS))
     if unknown:
         raise ConfigError(
@@ -585,8 +702,9 @@ def _client_from_table(source: str, where: str, table: object, base: Path) -> Cl
     if "client_id" not in table:
         raise ConfigError(source, f"{where}.client_id", "is required")
     for key, value in table.items():
-        _check_type(source, f"{where}.{key}", value, _CLIENT_KEYS[key],
-                    secret=key == "client_secret")
+        kinds = _CLIENT_KEYS[key]  # a mistyped jwks may hold a private key: never shown
+        _check_type(source, f"{where}.{key}", value, kinds,
+                    secret=key == "client_secret" or dict in kinds)
     values = dict(table)
     if "jwks_file" in values:
         if "jwks" in values:
@@ -623,37 +741,156 @@ def _read_jwks(source: str, key: str, path: Path) -> dict[str, Any]:
     return parsed
 
 
-def _file_values(path: Path) -> dict[str, Any]:
-    """The settings a TOML config file sets, type-checked, with paths made absolute."""
+def _parse_json(text: str) -> Any:
+    """JSON as configuration takes it: a key at most once per object (TOML refuses
+    duplicates too; JSON parsers would keep the last silently) and no NaN or Infinity
+    (Python's extension, not JSON). ValueError says what is wrong and where."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        table: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in table:
+                raise ValueError(f"duplicate key {printable(key, 60)} in an object")
+            table[key] = value
+        return table
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        return json.loads(text, object_pairs_hook=unique, parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} (at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("nests too deeply") from None
+
+
+def _parse_toml(text: str) -> Any:
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ValueError("nests too deeply") from None
+
+
+def _looks_like(text: str) -> str | None:
+    """The format ``text`` seems to be written in, judged by its first line that holds
+    something: JSON opens an object with ``{``; TOML starts with a comment, a table header
+    or ``key =``."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            return "JSON"
+        if line.startswith("#") or re.match(r"\[\[?\s*[\w\"'-]|[\w\"'-]+\s*=", line):
+            return "TOML"
+        return None
+    return None
+
+
+#: Config-file formats by extension: the name, how the text becomes a mapping, the
+#: extension a file of that format should have.
+_FORMATS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    ".toml": ("TOML", _parse_toml),
+    ".json": ("JSON", _parse_json),
+}
+_EXTENSIONS = {name: suffix for suffix, (name, _) in _FORMATS.items()}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A config file's top-level mapping, parsed as its extension says."""
     source = str(path)
+    if path.suffix.lower() not in _FORMATS:
+        shown = f"'{path.suffix}'" if path.suffix else "(the name has no extension)"
+        raise ConfigError(source, "(file)",
+                          f"unknown config format {shown}; use a .toml or .json file")
+    fmt, parse = _FORMATS[path.suffix.lower()]
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(source, "(file)", f"cannot read: {exc.strerror}") from None
     try:
-        table = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(source, "(file)", "is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "(syntax)", str(exc)) from None
+    try:
+        table = parse(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is one
+        why = f"not valid {fmt}: {exc}"
+        seems = _looks_like(text)
+        if seems is not None and seems != fmt:
+            why += f"; this looks like {seems}: name the file {_EXTENSIONS[seems]}"
+        raise ConfigError(source, "(syntax)", why) from None
+    if not isinstance(table, dict):  # JSON only: TOML's top level is always a table
+        raise ConfigError(source, "(file)", f"must be a {fmt} object of settings "
+                                            f"({{\"issuer\": ...}}), got {_type_word(table)}")
+    return table
+
+
+def _checked(source: str, table: Mapping[str, Any], base: Path,
+             name: Callable[[str], str] = str) -> dict[str, Any]:
+    """The settings ``table`` sets, type-checked, clients built and relative paths made
+    absolute against ``base``. Every mapping of settings goes through here, whatever its
+    format; ``name`` says how the source calls a key (a variable for the environment)."""
     declared = {s.name: s for s in server_settings()}
     unknown = sorted(set(table) - set(declared))
     if unknown:
-        raise ConfigError(source, unknown[0], f"unknown key (known: {', '.join(declared)})")
+        raise ConfigError(source, name(unknown[0]),
+                          f"unknown key (known: {', '.join(declared)})")
     for key, value in table.items():
         setting = declared[key]
-        _check_type(source, key, value, (setting.kind,), secret=setting.secret)
+        _check_type(source, name(key), value, (setting.kind,), secret=setting.secret)
     values = dict(table)
-    base = path.parent
     if "clients" in values:
         values["clients"] = [
-            _client_from_table(source, f"clients[{i}]", t, base)
+            _client_from_table(source, f"{name('clients')}[{i}]", t, base)
             for i, t in enumerate(values["clients"])
         ]
     for setting in declared.values():  # keys_dir, tls_cert, ...: relative to the file
         if setting.kind is Path and setting.name in values:
             values[setting.name] = base / values[setting.name]
+    if "issuers" in values:
+        values["issuers"] = {
+            issuer: issuer_values(source, issuer, t, base, where=f"{name('issuers')}.{issuer}")
+            for issuer, t in values["issuers"].items()
+        }
     return values
+
+
+def issuer_values(source: str, name: str, table: object, base: Path, *,
+                  where: str | None = None) -> dict[str, Any]:
+    """The values of one ``[issuers.NAME]`` table (or the admin API's JSON object),
+    type-checked, its client tables parsed and its paths made relative to ``base`` (the rest
+    is checked with the settings, by ``validate``). ``where`` names the table in messages
+    (default ``issuers.NAME``)."""
+    where = f"issuers.{name}" if where is None else where
+    if not isinstance(table, dict):
+        raise ConfigError(source, where, "must be a table ([issuers.NAME])")
+    declared = {s.name: s for s in server_settings()}
+    values = dict(table)
+    for key, value in table.items():
+        if key in ISSUER_KEYS:
+            setting = declared[key]
+            _check_type(source, f"{where}.{key}", value, (setting.kind,), secret=setting.secret)
+    if isinstance(values.get("clients"), list):
+        values["clients"] = [
+            _client_from_table(source, f"{where}.clients[{i}]", t, base)
+            for i, t in enumerate(values["clients"])
+        ]
+    if isinstance(values.get("keys_dir"), str):
+        values["keys_dir"] = base / values["keys_dir"]
+    return values
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    """The settings a config file sets, checked, with paths relative to the file."""
+    return _checked(str(path), _read_config(path), path.parent)
+
+
+def _env_key(key: str) -> str:
+    """A setting's key (``port``, ``clients[0].scopes``) as the environment names it
+    (``M2MAUTH_PORT``, ``M2MAUTH_CLIENTS[0].scopes``)."""
+    head = re.match(r"[^.\[]*", key).group()  # type: ignore[union-attr]
+    return env_name(head) + key[len(head):]
 
 
 def _parse_env(setting: Setting, raw: str) -> Any:
@@ -662,7 +899,8 @@ def _parse_env(setting: Setting, raw: str) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError("environment", name, f"must be an integer, got {raw!r}") from None
+            got = "a non-integer" if setting.secret else repr(raw)
+            raise ConfigError("environment", name, f"must be an integer, got {got}") from None
     if setting.kind is bool:
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
@@ -672,14 +910,35 @@ def _parse_env(setting: Setting, raw: str) -> Any:
         raise ConfigError("environment", name, f"must be true or false, got {raw!r}")
     if setting.kind is Path:
         return Path(raw)
+    if setting.kind in (list, dict):
+        # Exactly what the file takes under this key, written as JSON (M2MAUTH_CLIENTS: an
+        # array of client objects); relative paths in it are relative to the current
+        # directory. Never echoed: it may hold secrets.
+        try:
+            value = _parse_json(raw)
+        except ValueError as exc:
+            raise ConfigError("environment", name, f"is not valid JSON: {exc}") from None
+        if not _of_kind(value, setting.kind):
+            want = "array" if setting.kind is list else "object"
+            got = {dict: "an object", list: "an array"}.get(type(value), _type_word(value))
+            raise ConfigError("environment", name, f"must be a JSON {want}, got {got}")
+        return _checked("environment", {setting.name: value}, Path.cwd(),
+                        _env_key)[setting.name]
     return raw
 
 
-def _apply(values: Mapping[str, Any], settings: ServerSettings, source: str) -> None:
+def _apply(values: Mapping[str, Any], settings: ServerSettings, source: str,
+           name: Callable[[str], str] = str) -> None:
+    """Set ``values`` on ``settings`` and check them. The layers below were checked already,
+    so a problem now is one of these values: it is reported under ``name(key)``, the key as
+    this source calls it."""
     for key, value in values.items():
         setattr(settings, key, value)
         settings.sources[key] = source
-    settings.validate(source, whole=False)
+    try:
+        settings.validate(source, whole=False)
+    except ConfigError as exc:
+        raise ConfigError(exc.source, name(exc.key), exc.why) from None
 
 
 def load_settings(
@@ -688,10 +947,14 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> ServerSettings:
-    """Defaults, then the TOML file, then ``M2MAUTH_*`` variables, then ``overrides`` (flags).
+    """Defaults, then the config file, then ``M2MAUTH_*`` variables, then ``overrides``
+    (flags).
 
-    ``M2MAUTH_CONFIG`` names the file when ``config_file`` is not given. Without an issuer
-    anywhere, the issuer follows the bound host and port (see ``ServerSettings.issuer_url``).
+    ``M2MAUTH_CONFIG`` names the file when ``config_file`` is not given: TOML (``.toml``) or
+    JSON (``.json``), by its extension. ``M2MAUTH_CLIENTS`` (a JSON array of client objects)
+    replaces the file's clients, as every variable replaces the file's value. Without an
+    issuer anywhere, the issuer follows the bound host and port (see
+    ``ServerSettings.issuer_url``).
     """
     env = os.environ if env is None else env
     settings = ServerSettings()
@@ -705,7 +968,7 @@ def load_settings(
         s.name: _parse_env(s, env[env_name(s.name)])
         for s in server_settings() if s.env and env_name(s.name) in env
     }
-    _apply(env_values, settings, "environment")
+    _apply(env_values, settings, "environment", _env_key)
     paths = {s.name for s in server_settings() if s.kind is Path}
     flag_values = {k: Path(v) if k in paths else v
                    for k, v in (overrides or {}).items() if v is not None}

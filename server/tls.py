@@ -148,8 +148,8 @@ def load_server_tls(settings: ServerSettings, *,
                              not_before=now - datetime.timedelta(hours=1), not_after=not_after)
     except ValueError as exc:  # a name that is neither a DNS name nor an address (idna)
         key = "issuer" if settings.issuer is not None else "host"
-        raise ConfigError(_source(settings, key), key,
-                          f"cannot be named in a certificate: {exc}") from None
+        raise ConfigError(*settings.where(key), f"cannot be named in a certificate: {exc}") \
+            from None
     context = _server_context()
     # load_cert_chain reads files only: a 0600 temporary file in the CA's own directory,
     # deleted at once.
@@ -169,16 +169,14 @@ def _spki(public_key: Any) -> bytes:
 # -- given files -----------------------------------------------------------------------------
 
 
-def _source(settings: ServerSettings, key: str) -> str:
-    return settings.sources.get(key, "settings")
 
 
 def _read(settings: ServerSettings, key: str, path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ConfigError(_source(settings, key), key,
-                          f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(*settings.where(key), f"cannot read {path}: {exc.strerror or exc}") \
+            from None
 
 
 def _given_files(settings: ServerSettings, cert_file: Path, key_file: Path) -> ServerTLS:
@@ -186,7 +184,7 @@ def _given_files(settings: ServerSettings, cert_file: Path, key_file: Path) -> S
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     def fail(key: str, why: str) -> ConfigError:
-        return ConfigError(_source(settings, key), key, why)
+        return ConfigError(*settings.where(key), why)
 
     try:
         chain = x509.load_pem_x509_certificates(_read(settings, "tls_cert", cert_file))
@@ -238,7 +236,7 @@ def _local_ca(settings: ServerSettings, directory: Path) -> tuple[trustme.CA, bo
     from .keys import _make_private_directory, check_key_directory
 
     def fail(why: str) -> ConfigError:
-        return ConfigError(_source(settings, "tls_dir"), "tls_dir", why)
+        return ConfigError(*settings.where("tls_dir"), why)
 
     check = not settings.unsafe_key_permissions
     try:

@@ -1,5 +1,6 @@
 """HTTP endpoints of the authorization server: token, JWKS and metadata, each a thin call
-into its issuer.
+into its issuer (``bp``, registered under the issuer's path), and the probes of the whole
+server (``probes``, at the root).
 
 Every response an OAuth client can see is JSON; bad input gets an RFC 6749 §5.2 error,
 never an HTML page or a traceback.
@@ -12,16 +13,27 @@ import logging
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .issuer import HEALTH_PATH, JWKS_PATH, METADATA_PATHS, READY_PATH, TOKEN_PATH, current_issuer
+from .issuer import (
+    EXTENSION,
+    HEALTH_PATH,
+    JWKS_PATH,
+    METADATA_PATHS,
+    READY_PATH,
+    TOKEN_PATH,
+    current_issuer,
+)
+from .issuers import router_of
 from .responses import json_error
-from .syntax import safe_description
+from .settings import issuer_name_problem
+from .syntax import printable, safe_description
 from .token_request import handle_token_request
 
-__all__ = ["bp"]
+__all__ = ["bp", "metadata", "probes"]
 
 log = logging.getLogger("m2mauth.server")
 
 bp = Blueprint("m2mauth", __name__)
+probes = Blueprint("m2mauth_probes", __name__)
 
 
 @bp.post(TOKEN_PATH)
@@ -54,23 +66,54 @@ def metadata() -> Response:
     return response
 
 
-@bp.get(HEALTH_PATH)
+#: The endpoints whose answers any page may read, so whose CORS preflight succeeds.
+_PUBLIC_ENDPOINTS = frozenset({"m2mauth.jwks", "m2mauth.oauth-authorization-server",
+                               "m2mauth.openid-configuration", "m2mauth_metadata"})
+
+
+@bp.after_app_request
+def _options(response: Response) -> Response:
+    """Flask answers OPTIONS itself with an empty text/html 200; make it a 204 with the
+    Allow header, and a CORS preflight answer on the public documents only (a page from
+    another origin may read the JWKS and metadata, never call /token or /admin)."""
+    if request.method != "OPTIONS" or response.status_code != 200 or response.get_data():
+        return response
+    response.status_code = 204
+    response.headers.pop("Content-Type", None)
+    response.headers.pop("Content-Length", None)
+    allow = sorted(m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip())
+    response.headers["Allow"] = ", ".join(allow)
+    if request.endpoint in _PUBLIC_ENDPOINTS:
+        response.headers.update(_PUBLIC_TO_BROWSERS)
+        response.headers["Access-Control-Allow-Methods"] = "GET, HEAD"
+        response.headers["Access-Control-Allow-Headers"] = "*"
+        response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+@probes.get(HEALTH_PATH)
 def healthz() -> Response:
     """Alive: the process answers HTTP (for a container's liveness probe)."""
     return _health(200, "alive")
 
 
-@bp.get(READY_PATH)
+@probes.get(READY_PATH)
 def readyz() -> Response:
-    """Ready: signing keys are loaded and the state store answers (a readiness probe)."""
-    issuer = current_issuer()
-    try:
-        issuer.store.clock_state()
-        ready = bool(issuer.keys.jwks()["keys"])
-    except Exception:  # a store that cannot be reached, whatever its kind, is "not ready"
-        log.exception("readiness check failed")
-        ready = False
-    return _health(200, "ready") if ready else _health(503, "not ready")
+    """Ready: every issuer on the server has its signing keys and its state store answers
+    (a readiness probe)."""
+    router = router_of(current_app)
+    issuers = [current_app.extensions[EXTENSION], *(app.extensions[EXTENSION] for app in
+                                   (router.apps() if router is not None else ()))]
+    for issuer in issuers:
+        try:
+            issuer.store.clock_state()
+            ready = bool(issuer.keys.jwks()["keys"])
+        except Exception:  # a store that cannot be reached, whatever its kind, is "not ready"
+            log.exception("readiness check failed for %s", issuer.issuer)
+            ready = False
+        if not ready:
+            return _health(503, "not ready")
+    return _health(200, "ready")
 
 
 def _health(status: int, state: str) -> Response:
@@ -92,11 +135,30 @@ def _http_error(exc: HTTPException) -> Response:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         return _error(413, "invalid_request", f"Request body larger than {limit} bytes.")
     if status == 405:
-        allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m != "OPTIONS"))
-        description = f"Method {request.method} not allowed; use {allowed}."
-        return _error(405, "invalid_request", description, {"Allow": allowed})
+        methods = sorted(exc.valid_methods or [])
+        use = ", ".join(m for m in methods if m not in ("HEAD", "OPTIONS"))
+        description = f"Method {request.method} not allowed; use {use}."
+        # The same Allow as an OPTIONS request gets (RFC 9110 section 10.2.1).
+        return _error(405, "invalid_request", description, {"Allow": ", ".join(methods)})
+    if status == 404 and router_of(current_app) is not None:
+        description = _no_issuer_here()
+        if description is not None:
+            return _error(404, "invalid_request", description)
     return _error(status, "invalid_request" if status < 500 else "server_error",
                   safe_description(exc.description or exc.name))
+
+
+def _no_issuer_here() -> str | None:
+    """For a path that would be a further issuer's (``/NAME/...``) but no issuer has that
+    name: which ones there are. Names are never created on first use (see lab/issuers.py)."""
+    name = request.path[1:].partition("/")[0]
+    if ("/" not in request.path[1:] or issuer_name_problem(name) is not None
+            or current_app.extensions[EXTENSION].mount.split("/")[1:2] == [name]):
+        return None
+    router = router_of(current_app)
+    known = ", ".join(f"/{n}" for n in (router.names() if router is not None else [])) or "none"
+    return (f"No issuer {printable(name, 64)} on this server (further issuers: {known}). "
+            "Declare it in the config ([issuers.NAME]) or add it with POST /admin/issuers.")
 
 
 @bp.app_errorhandler(Exception)

@@ -71,6 +71,10 @@ COVERED = {
     ("POST", "/admin/keys/rotate"): "test_keys_rotate_and_retire",
     ("POST", "/admin/keys/<kid>/retire"): "test_keys_rotate_and_retire",
     ("POST", "/admin/reset"): "test_reset",
+    ("GET", "/admin/issuers"): "test_issuers.py::test_admin_api_adds_lists_and_removes_issuers",
+    ("POST", "/admin/issuers"): "test_issuers.py::test_admin_api_adds_lists_and_removes_issuers",
+    ("DELETE", "/admin/issuers/<name>"):
+        "test_issuers.py::test_admin_api_adds_lists_and_removes_issuers",
 }
 
 

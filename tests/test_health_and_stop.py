@@ -35,6 +35,29 @@ def test_cors_on_the_jwks_and_metadata_only(idp):
     assert "Access-Control-Allow-Origin" not in admin.headers
 
 
+def test_options_answers_allow_and_a_preflight_on_public_documents_only(idp):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "cache-control"}
+    for path in ("/jwks.json", "/.well-known/oauth-authorization-server",
+                 "/.well-known/openid-configuration"):
+        answer = requests.options(idp.url + path, headers=preflight, timeout=5)
+        assert answer.status_code == 204, path
+        assert answer.content == b"" and "Content-Type" not in answer.headers
+        assert answer.headers["Allow"] == "GET, HEAD, OPTIONS"
+        assert answer.headers["Access-Control-Allow-Origin"] == "*"
+        assert answer.headers["Access-Control-Allow-Methods"] == "GET, HEAD"
+        assert answer.headers["Access-Control-Allow-Headers"] == "*"
+    token = requests.options(idp.token_endpoint, timeout=5,
+                             headers={**preflight, "Access-Control-Request-Method": "POST"})
+    assert token.status_code == 204 and token.headers["Allow"] == "OPTIONS, POST"
+    assert not [h for h in token.headers if h.lower().startswith("access-control-")]
+    # The same Allow as the 405 for a method the endpoint lacks.
+    assert requests.get(idp.token_endpoint, timeout=5).headers["Allow"] == "OPTIONS, POST"
+    admin = requests.options(idp.admin_url + "/clients", timeout=5)
+    assert admin.status_code == 204
+    assert not [h for h in admin.headers if h.lower().startswith("access-control-")]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_answers_the_request_in_flight_and_exits_0(cli_process, sig):
     served = cli_process("serve", "--port", "0")

@@ -276,15 +276,35 @@ def test_an_unsafe_ca_key_or_an_http_issuer_with_tls_is_refused(tmp_path, monkey
     assert "command line: issuer: 'http://127.0.0.1:8443' is http:// but TLS is on" in line
 
 
-def test_the_default_ca_directory_is_per_user_and_an_https_issuer_without_tls_is_noted(
-        tmp_path, monkeypatch):
+def test_the_default_ca_directory_is_per_user(tmp_path, monkeypatch):
     result = _serve(["--tls"], monkeypatch, XDG_DATA_HOME=str(tmp_path))
     assert result.exit_code == 0, result.output
     assert f"ca        {tmp_path / 'm2mauth' / 'tls' / CA_FILE}" in result.output
-    plain = _serve(["--issuer", "https://idp.example:8443"], monkeypatch)
-    assert plain.exit_code == 0
-    assert "Note: the issuer is https://idp.example:8443 but this server speaks plain HTTP" \
-        in plain.output
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_https_issuer_on_the_bound_port_is_warned_about_without_tls_only(tmp_path,
+                                                                             monkeypatch):
+    port = _free_port()
+    issuer = f"https://127.0.0.1:{port}"
+    monkeypatch.setattr(HTTPServer, "serve_forever", HTTPServer.close)
+    runner = CliRunner()
+    plain = runner.invoke(main, ["serve", "--port", str(port), "--issuer", issuer])
+    assert plain.exit_code == 0, plain.output
+    assert "but the server speaks plain HTTP" in plain.output and "--tls" in plain.output
+    served = runner.invoke(main, ["serve", "--port", str(port), "--issuer", issuer, "--tls",
+                                  "--tls-dir", str(tmp_path)])
+    assert served.exit_code == 0, served.output
+    assert "Warning" not in served.output
+    # With TLS, an https issuer naming another port of the same address is the mistake.
+    other = runner.invoke(main, ["serve", "--port", str(port), "--tls", "--tls-dir",
+                                 str(tmp_path), "--issuer", f"https://127.0.0.1:{port + 1}"])
+    assert f"names port {port + 1}, but the server listens on {port}" in other.output
 
 
 def test_tls_settings_combine_across_layers(tmp_path):
@@ -300,7 +320,11 @@ def test_tls_settings_combine_across_layers(tmp_path):
     assert (missing.value.source, missing.value.key) == (str(config), "tls_key")
     with pytest.raises(ConfigError) as http:
         load_settings(env={"M2MAUTH_TLS": "1", "M2MAUTH_ISSUER": "http://idp:8443"})
-    assert (http.value.source, http.value.key) == ("environment", "issuer")
+    assert (http.value.source, http.value.key) == ("environment", "M2MAUTH_ISSUER")
+    with pytest.raises(ConfigError) as alone:
+        load_settings(env={"M2MAUTH_TLS_CERT": str(cert)})
+    assert (alone.value.source, alone.value.key) == ("environment", "tls_key")
+    assert "needed with M2MAUTH_TLS_CERT" in alone.value.why
     assert ServerSettings(tls=True, host="::1", port=8443).issuer_url == "https://[::1]:8443"
     with_issuer = ServerSettings(tls=True, issuer="https://idp.test:8443",
                                  tls_dir=tmp_path / "ca")
@@ -633,3 +657,16 @@ def test_a_tls_identity_provider_removes_its_throwaway_ca_when_it_stops():
     assert datetime.datetime.now(datetime.timezone.utc) < idp.tls.not_after
     idp.stop()
     assert not directory.exists()
+
+
+def test_further_issuers_on_a_tls_port_are_https_and_share_its_ca():
+    with IdentityProvider.start(ServerSettings(issuers={"a": {}}), tls=True) as idp:
+        ca = str(idp.ca_bundle)
+        further = idp.issuers["a"]
+        assert further.issuer == idp.issuer + "/a" and further.ca_bundle == idp.ca_bundle
+        metadata = requests.get(further.metadata_url, verify=ca, timeout=5).json()
+        assert metadata["issuer"] == further.issuer
+        response = requests.post(metadata["token_endpoint"], data=GRANT, auth=DEMO, verify=ca,
+                                 timeout=5)
+        assert response.status_code == 200, response.text
+        assert idp.add_issuer("b").issuer.startswith("https://")

@@ -21,6 +21,7 @@ from flask import Blueprint, Response, current_app, request
 from ..responses import json_error, json_response
 from ..settings import is_loopback
 from .controls import ControlError, Controls
+from .issuers import ADDABLE_KEYS, IssuerControls
 
 __all__ = ["ADMIN_PREFIX", "EXTENSION", "OPERATIONS", "bp"]
 
@@ -55,6 +56,12 @@ OPERATIONS: list[dict[str, Any]] = [
      "fields": ["alg"]},
     {"method": "POST", "path": "/admin/keys/<kid>/retire", "does": "remove a key from the JWKS"},
     {"method": "POST", "path": "/admin/reset", "does": "undo every change since start"},
+    {"method": "GET", "path": "/admin/issuers", "does": "further issuers on this server "
+     "(root issuer only)"},
+    {"method": "POST", "path": "/admin/issuers", "does": "add an issuer at /<name> "
+     "(root issuer only)", "fields": ["name", *ADDABLE_KEYS]},
+    {"method": "DELETE", "path": "/admin/issuers/<name>", "does": "remove an added issuer "
+     "(root issuer only)"},
 ]
 _FIELDS = {(op["method"], op["path"]): op.get("fields", []) for op in OPERATIONS}
 
@@ -261,5 +268,47 @@ def retire_key(kid: str) -> Response:
 @bp.post("/reset")
 def reset() -> Response:
     _body("POST", "/admin/reset")
-    _controls().reset()
+    current_app.extensions[EXTENSION].reset()
     return json_response({"reset": True})
+
+
+def _issuers() -> IssuerControls:
+    issuers = current_app.extensions[EXTENSION].issuers
+    if issuers is None:
+        raise _NotHere()
+    return issuers
+
+
+class _NotHere(Exception):
+    """An issuer operation asked of a further issuer's admin API."""
+
+
+@bp.errorhandler(_NotHere)
+def _not_here(exc: _NotHere) -> Response:
+    return json_error(404, "invalid_request", "Issuers are listed, added and removed through "
+                      "the root issuer's admin API; this one manages only its own issuer.")
+
+
+@bp.get("/issuers")
+def list_issuers() -> Response:
+    return json_response({"issuers": _issuers().describe()})
+
+
+@bp.post("/issuers")
+def add_issuer() -> Response:
+    body = _body("POST", "/admin/issuers")
+    if "name" not in body:
+        raise ControlError("name", "is required")
+    app = _issuers().add(**body)
+    issuer = app.extensions["m2mauth"]
+    return json_response({"name": body["name"], "issuer": issuer.issuer,
+                          "token_endpoint": issuer.token_endpoint,
+                          "jwks_uri": issuer.jwks_uri,
+                          "admin": issuer.issuer + ADMIN_PREFIX,
+                          "clients": [c.client_id for c in issuer.clients]}, 201)
+
+
+@bp.delete("/issuers/<name>")
+def remove_issuer(name: str) -> Response:
+    _issuers().remove(name)
+    return json_response({"removed": name})

@@ -117,6 +117,13 @@ class Controls:
         self._unpublished: dict[str, SigningKey] = {}
         self._clock = LabClock(core.store)
 
+    def _take_over(self, other: Controls) -> None:
+        """Restore on :meth:`reset` what ``other`` would (the state at the server's start),
+        when these controls replace it."""
+        self._clients_at_start = other._clients_at_start
+        self._keys_at_start = other._keys_at_start
+        self._unpublished = other._unpublished
+
     @property
     def settings(self) -> ServerSettings:
         return self.core.settings

@@ -10,7 +10,13 @@
   for JWKS fetches and requests a fault answered;
 - :class:`Controls` at ``app.extensions["m2mauth_lab"].controls``, and the ``/admin``
   blueprint over them;
-- the playground page at ``/playground``, which drives the admin API from the browser.
+- the playground page at ``/playground``, which drives the admin API from the browser (on
+  the root issuer only: its demo API trusts that issuer);
+- on a server with further issuers (:mod:`..issuers`), the same on each of their apps, and
+  :class:`IssuerControls` to add and remove them at run time.
+
+Everything the issuer serves is under its path: ``/admin`` for ``http://host:port``,
+``/a/admin`` for ``http://host:port/a``.
 
 Request hooks for faults, because a fault changes or replaces a response, which signals must
 not do; a signal for the log, because the token endpoint's record (what the grant verified,
@@ -23,11 +29,12 @@ from flask import Flask, Response, g, request
 
 from ..issuer import EXTENSION as CORE_EXTENSION
 from ..issuer import Issuer
+from ..issuers import router_of
 from ..signals import token_request_handled
 from ..store import StateStore
 from ..token_request import TokenRequest, describe, log_token_request
 from . import requestlog
-from .admin import EXTENSION
+from .admin import ADMIN_PREFIX, EXTENSION
 from .admin import bp as admin_bp
 from .controls import Controls
 from .faults import (
@@ -38,6 +45,8 @@ from .faults import (
     response_for,
     strip_expires_in,
 )
+from .issuers import IssuerControls
+from .playground import PLAYGROUND_PREFIX
 from .playground import bp as playground_bp
 
 __all__ = ["Lab", "LabState"]
@@ -57,7 +66,8 @@ def _fault_endpoint() -> str | None:
 
 class Lab:
     """The lab of one app (``Lab(app)``) or, Flask style, of any number of them
-    (``lab = Lab(); lab.init_app(app)``: each app gets its own controls)."""
+    (``lab = Lab(); lab.init_app(app)``: each app gets its own controls). On a root app it
+    also attaches to every further issuer the app serves."""
 
     def __init__(self, app: Flask | None = None) -> None:
         if app is not None:
@@ -76,10 +86,15 @@ class Lab:
         # gone takes its receiver with it.
         token_request_handled.connect(state.on_token_request, sender=app)
         if core.settings.admin_api:
-            app.register_blueprint(admin_bp)
-        # Whenever the lab is on: without the admin API the page still walks through the
-        # steps and says why the lessons cannot run.
-        app.register_blueprint(playground_bp)
+            app.register_blueprint(admin_bp, url_prefix=core.mount + ADMIN_PREFIX)
+        router = router_of(app)
+        if router is not None:
+            state.issuers = IssuerControls(app, router)
+            for named in router.apps():
+                self.init_app(named)
+            # Whenever the lab is on: without the admin API the page still walks through
+            # the steps and says why the lessons cannot run.
+            app.register_blueprint(playground_bp, url_prefix=core.mount + PLAYGROUND_PREFIX)
         return state
 
 
@@ -91,6 +106,15 @@ class LabState:
         self.controls = Controls(core)
         # Decided once, like the address the server binds ("localhost" resolves only here).
         self.admin_enabled = core.settings.admin_enabled
+        #: The further issuers, on a root app (None on theirs: each manages only itself).
+        self.issuers: IssuerControls | None = None
+
+    def reset(self) -> None:
+        """Undo every change since start: this issuer's state and, on a root app, the
+        issuers added at run time (removed) and the declared ones (reset)."""
+        Controls.reset(self.controls)  # not an IdentityProvider's override, which calls this
+        if self.issuers is not None:
+            self.issuers.reset()
 
     @property
     def store(self) -> StateStore:

@@ -1,14 +1,16 @@
 """``IdentityProvider``: a running m2mauth server plus the test controls, in one object – what
-the pytest plugin's ``idp`` fixture hands to a test."""
+the pytest plugin's ``idp`` fixture hands to a test. A server with further issuers hands out
+one for each (``idp.issuers["a"]``, ``idp.add_issuer("b")``), all on the same port."""
 
 from __future__ import annotations
 
 import shutil
 import ssl
 import tempfile
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
@@ -19,7 +21,7 @@ from ..settings import ServerSettings
 from ..store import StateStore
 from ..tls import ServerTLS, client_context, load_server_tls, verifying_session
 from .admin import ADMIN_PREFIX, EXTENSION
-from .controls import Controls
+from .controls import ControlError, Controls
 from .extension import Lab
 
 if TYPE_CHECKING:
@@ -37,8 +39,9 @@ class IdentityProvider(Controls):
 
     def __init__(self, server: BackgroundServer, app: Flask, *,
                  tls: ServerTLS | None = None) -> None:
-        lab = app.extensions[EXTENSION]
+        lab = self._lab = app.extensions[EXTENSION]
         super().__init__(lab.controls.core)
+        self._take_over(lab.controls)  # reset() then restores what the server started with
         self.server = server
         self.app = app
         #: What the server speaks TLS with (None: plain HTTP).
@@ -52,7 +55,9 @@ class IdentityProvider(Controls):
         self.issuer: str = self.core.issuer
         self.token_endpoint: str = self.core.token_endpoint
         self.jwks_uri: str = self.core.jwks_uri
-        self.metadata_url: str = self.issuer + METADATA_PATHS[0]
+        # RFC 8414 section 3.1: the well-known segment goes before the issuer's path.
+        self.metadata_url: str = (self.issuer.removesuffix(self.core.mount) + METADATA_PATHS[0]
+                                  + self.core.mount)
         self.admin_url: str = self.issuer + ADMIN_PREFIX
         # One controls object per server: the admin API then acts on this very handle.
         lab.controls = self
@@ -106,9 +111,47 @@ class IdentityProvider(Controls):
         return verifying_session(self.ca_bundle)
 
     def stop(self) -> None:
+        """Stop the server, with every issuer on it."""
         self.server.stop()
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
+
+    def reset(self) -> None:
+        """Undo every change since start; on the root issuer also remove the issuers added
+        with :meth:`add_issuer` and reset the declared ones."""
+        self._lab.reset()
+
+    # -- further issuers on the same server ---------------------------------------------
+
+    @property
+    def issuers(self) -> Mapping[str, IdentityProvider]:
+        """The further issuers on this server by name (``[issuers.NAME]`` and added ones),
+        each a handle like this one; empty on a further issuer's own handle."""
+        found = self._lab.issuers
+        if found is None:
+            return {}
+        return {name: self._handle(found.app(name)) for name in found.names()}
+
+    def add_issuer(self, name: str, **fields: Any) -> IdentityProvider:
+        """A new issuer at ``<origin>/<name>`` on this server, taking an ``[issuers.NAME]``
+        table's settings (``clients`` as :class:`ClientSettings`); :meth:`reset` removes it.
+        Default: fresh in-memory keys, the root issuer's algorithm, the demo client."""
+        issuers = self._lab.issuers
+        if issuers is None:
+            raise ControlError("name", "add issuers through the root issuer's handle")
+        return self._handle(issuers.add(name, **fields))
+
+    def remove_issuer(self, name: str) -> None:
+        issuers = self._lab.issuers
+        if issuers is None:
+            raise ControlError("name", "remove issuers through the root issuer's handle")
+        issuers.remove(name)
+
+    def _handle(self, app: Flask) -> IdentityProvider:
+        controls = app.extensions[EXTENSION].controls
+        if isinstance(controls, IdentityProvider):
+            return controls
+        return IdentityProvider(self.server, app, tls=self.tls)
 
     def __enter__(self) -> IdentityProvider:
         return self

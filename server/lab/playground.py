@@ -1,6 +1,6 @@
-"""The playground: a page at ``/playground`` that walks through the client-credentials flow
-and the nine lessons in the browser, driving this server's token endpoint, JWKS, demo API and
-admin API with real requests.
+"""The playground: a page at ``/playground`` (under the root issuer's path) that walks
+through the client-credentials flow and the nine lessons in the browser, driving this
+server's token endpoint, JWKS, demo API and admin API with real requests.
 
 The page is plain HTML, CSS and JavaScript under ``web/`` (shipped in the wheel, nothing
 fetched from elsewhere, so it works offline); its texts come from :mod:`.lessons`, served as
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, send_from_directory
 
+from ..issuer import current_issuer
 from ..responses import json_response
 from . import lessons
 
@@ -48,6 +49,11 @@ def _security_headers(response: Response) -> Response:
 def page() -> Response:
     response = send_from_directory(bp.static_folder or "web", "playground.html",
                                    mimetype="text/html")
+    mount = current_issuer().mount
+    if mount:  # the page names its files by absolute path; an issuer's path comes first
+        response.direct_passthrough = False
+        html = response.get_data(as_text=True)
+        response.set_data(html.replace('"/playground/', f'"{mount}/playground/'))
     # The page names its script and styles by path; a stale copy after an upgrade would run
     # old code against a new server.
     response.headers["Cache-Control"] = "no-cache"

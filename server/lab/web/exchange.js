@@ -156,11 +156,17 @@ export function header(rec, name) {
   return found ? found[1] : null;
 }
 
+// The issuer's path on this server ("" at the root, "/a" for an issuer http://host/a): the
+// page is served at BASE + "/playground", and everything it calls is under BASE too.
+export const BASE = location.pathname.replace(/\/playground\/?$/, "");
+// RFC 8414 section 3.1: the well-known segment goes before the issuer's path.
+export const METADATA_URL = "/.well-known/oauth-authorization-server" + BASE;
+
 // A call to the admin API; with a token configured on the server, the page asks for it.
 export async function admin(method, path, json, label) {
   const headers = {};
   if (session.adminToken) headers.Authorization = "Bearer " + session.adminToken;
-  const rec = await send({ label: label || `${method} ${path}`, method, url: path, json,
+  const rec = await send({ label: label || `${method} ${path}`, method, url: BASE + path, json,
     headers, admin: true });
   if (rec.status === 401 && /m2mauth admin/.test(header(rec, "WWW-Authenticate") || "")) {
     const box = document.getElementById("admin-token-box");

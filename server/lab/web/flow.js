@@ -1,7 +1,7 @@
 // What the steps and the lessons share: the page's state (metadata, client, token), the
 // token request and the API call, each made as one recorded exchange.
 
-import { admin, basicHeader, el, render, send } from "./exchange.js";
+import { admin, basicHeader, el, METADATA_URL, render, send } from "./exchange.js";
 
 export const DEMO_CLIENT = { clientId: "demo-client", secret: "demo-secret",
   authMethod: "client_secret_basic", scopes: ["read", "write"], audiences: ["api://default"],
@@ -39,7 +39,7 @@ export function local(url) {
 
 export async function ensureMeta() {
   if (!state.meta) {
-    const rec = await send({ url: "/.well-known/oauth-authorization-server",
+    const rec = await send({ url: METADATA_URL,
       label: "GET metadata" });
     if (rec.status !== 200 || !rec.json) throw new Error(`metadata answered ${rec.status}`);
     state.meta = rec.json;

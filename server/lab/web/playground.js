@@ -1,7 +1,7 @@
 // The playground: the five steps and the lessons, their texts from /playground/lessons.json
 // (written once, in m2mauth/server/lab/lessons.py).
 
-import { admin, AdminTokenNeeded, el, header, send, session } from "./exchange.js";
+import { admin, AdminTokenNeeded, BASE, el, header, METADATA_URL, send, session } from "./exchange.js";
 import { callApi, challenge, DEMO_CLIENT, ensureMeta, local, meaning, render, serverNow, shown,
   state, table, tokenRequest } from "./flow.js";
 import { decodeJwt, verifySignature } from "./jwt.js";
@@ -22,8 +22,8 @@ function clear(box) {
 }
 
 async function discover(box) {
-  const rec = await send({ url: "/.well-known/oauth-authorization-server",
-    label: "GET /.well-known/oauth-authorization-server" });
+  const rec = await send({ url: METADATA_URL,
+    label: "GET " + METADATA_URL });
   $(".exchanges", box).append(render(rec, "RFC 8414 metadata: all a client needs to know, "
     + "found from the issuer URL alone."));
   if (rec.status !== 200 || !rec.json) throw new Error(`the metadata answered ${rec.status}`);
@@ -334,7 +334,7 @@ async function reset() {
 }
 
 async function main() {
-  const response = await fetch("/playground/lessons.json", { cache: "no-store" });
+  const response = await fetch(BASE + "/playground/lessons.json", { cache: "no-store" });
   state.texts = await response.json();
   for (const step of state.texts.steps) {
     const box = stepBox(step.name);

@@ -1,0 +1,101 @@
+"""The origin a client used, as a reverse proxy reports it: RFC 7239 ``Forwarded``, else
+``X-Forwarded-Proto``, ``-Host``, ``-Port`` and ``-Prefix``, else the request's own scheme
+and ``Host``. Only read with ``trust_proxy`` on: otherwise the issuer never comes from the
+request.
+
+By hand: werkzeug's ``ProxyFix`` rewrites the WSGI environ for ``X-Forwarded-*`` but knows
+no ``Forwarded``, and checks no value; here every value is checked before it can become part
+of an issuer URL that tokens carry.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["ForwardedError", "external_origin"]
+
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+                   r"|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
+#: RFC 7239 section 4: a forwarded-pair is token "=" ( token / quoted-string ).
+_PAIR = re.compile(r'\s*([A-Za-z0-9!#$%&\'*+.^_`|~-]+)=("(?:[^"\\]|\\.)*"|[^;,\s"]*)\s*')
+_MAX_HEADER = 1024
+
+
+class ForwardedError(ValueError):
+    """A forwarding header that cannot name an origin; names the header."""
+
+
+def external_origin(environ: dict[str, Any]) -> tuple[str, str]:
+    """``(origin, prefix)``: ``https://host[:port]`` as the client used it, and the path the
+    proxy strips before forwarding ("" when none)."""
+    forwarded = _first_forwarded(environ.get("HTTP_FORWARDED"))
+    scheme = forwarded.get("proto") or _first(environ, "HTTP_X_FORWARDED_PROTO") \
+        or environ.get("wsgi.url_scheme", "http")
+    host = forwarded.get("host") or _first(environ, "HTTP_X_FORWARDED_HOST") \
+        or environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+    port = None if "host" in forwarded else _first(environ, "HTTP_X_FORWARDED_PORT")
+    prefix = _first(environ, "HTTP_X_FORWARDED_PREFIX") or ""
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ForwardedError(f"the forwarded protocol is {scheme[:16]!r}, not http or https")
+    if not _HOST.fullmatch(host):
+        raise ForwardedError("the forwarded host is not a host name or address (with a port)")
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ForwardedError("X-Forwarded-Port is not a port number")
+        host = _without_port(host)
+        if int(port) != (443 if scheme == "https" else 80):
+            host = f"{host}:{int(port)}"
+    host = host.lower()
+    default = ":443" if scheme == "https" else ":80"
+    host = host.removesuffix(default)
+    prefix = prefix.rstrip("/")
+    if not _PREFIX.fullmatch(prefix):
+        raise ForwardedError("X-Forwarded-Prefix is not a path")
+    return f"{scheme}://{host}", prefix
+
+
+def _first(environ: dict[str, Any], key: str) -> str | None:
+    """The first (client-side) value of a comma-separated X-Forwarded-* header."""
+    value = environ.get(key)
+    if value is None:
+        return None
+    if len(value) > _MAX_HEADER:
+        raise ForwardedError(f"{_header_name(key)} is longer than {_MAX_HEADER} bytes")
+    return value.split(",", 1)[0].strip() or None
+
+
+def _first_forwarded(value: str | None) -> dict[str, str]:
+    """The parameters of the first element of a ``Forwarded`` header (the proxy nearest the
+    client wrote it), lower-cased names, unquoted values."""
+    if not value:
+        return {}
+    if len(value) > _MAX_HEADER:
+        raise ForwardedError(f"Forwarded is longer than {_MAX_HEADER} bytes")
+    found: dict[str, str] = {}
+    position = 0
+    while position < len(value) and value[position] != ",":
+        match = _PAIR.match(value, position)
+        if match is None:
+            raise ForwardedError("Forwarded is not a list of name=value pairs (RFC 7239)")
+        name, raw = match.group(1).lower(), match.group(2)
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        found.setdefault(name, raw)
+        position = match.end()
+        if position < len(value) and value[position] == ";":
+            position += 1
+    return found
+
+
+def _without_port(host: str) -> str:
+    if host.startswith("["):
+        return host[:host.index("]") + 1]
+    return host.partition(":")[0]
+
+
+def _header_name(key: str) -> str:
+    return "-".join(part.capitalize() for part in key.removeprefix("HTTP_").split("_"))

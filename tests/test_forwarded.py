@@ -1,0 +1,141 @@
+"""``--trust-proxy``: the issuer of each request from Forwarded / X-Forwarded-*, every value
+checked, bounded; off by default, when the issuer never comes from the request."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from m2mauth.client import TokenValidator, private_key_jwt_assertion
+from m2mauth.server.forwarded import ForwardedError, external_origin
+from m2mauth.server.issuer import Issuer
+
+FORM = {"grant_type": "client_credentials"}
+DEMO = ("demo-client", "demo-secret")
+PROXIED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "idp.example.com"}
+
+
+def environ(**headers: str) -> dict[str, str]:
+    env = {"wsgi.url_scheme": "http", "HTTP_HOST": "127.0.0.1:8000"}
+    env.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
+    return env
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({}, ("http://127.0.0.1:8000", "")),
+    ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "idp.example.com"},
+     ("https://idp.example.com", "")),
+    ({"X-Forwarded-Proto": "HTTPS, http", "X-Forwarded-Host": "a.example, b.example"},
+     ("https://a.example", "")),
+    ({"X-Forwarded-Host": "idp.example.com", "X-Forwarded-Port": "8080"},
+     ("http://idp.example.com:8080", "")),
+    ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "idp.example.com:443"},
+     ("https://idp.example.com", "")),
+    ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "idp.example.com",
+      "X-Forwarded-Port": "443", "X-Forwarded-Prefix": "/auth/"},
+     ("https://idp.example.com", "/auth")),
+    ({"Forwarded": 'for=192.0.2.60;proto=https;host="IdP.Example.com:8443", for=198.51.100.1'},
+     ("https://idp.example.com:8443", "")),
+    ({"Forwarded": "proto=https;host=[2001:db8::1]:8443", "X-Forwarded-Host": "other.example"},
+     ("https://[2001:db8::1]:8443", "")),
+    ({"Forwarded": "for=192.0.2.60"}, ("http://127.0.0.1:8000", "")),
+])
+def test_external_origin(headers, expected):
+    assert external_origin(environ(**headers)) == expected
+
+
+@pytest.mark.parametrize(("headers", "why"), [
+    ({"X-Forwarded-Proto": "gopher"}, "not http or https"),
+    ({"X-Forwarded-Host": "evil.example/path"}, "host name"),
+    ({"X-Forwarded-Host": "evil.example@other"}, "host name"),
+    ({"X-Forwarded-Host": "a" * 70 + ".example"}, "host name"),
+    ({"X-Forwarded-Host": "ok.example", "X-Forwarded-Port": "99999"}, "port"),
+    ({"X-Forwarded-Host": "ok.example", "X-Forwarded-Port": "-1"}, "port"),
+    ({"X-Forwarded-Prefix": "/a b"}, "not a path"),
+    ({"X-Forwarded-Prefix": "no-slash"}, "not a path"),
+    ({"X-Forwarded-Prefix": "/a?x=1"}, "not a path"),
+    ({"Forwarded": "garbage"}, "RFC 7239"),
+    ({"Forwarded": 'host="unterminated'}, "RFC 7239"),
+    ({"Forwarded": "host=" + "a" * 2000}, "longer than"),
+    ({"X-Forwarded-Host": "a," * 600}, "longer than"),
+])
+def test_bad_forwarding_headers_are_refused(headers, why):
+    with pytest.raises(ForwardedError, match=why):
+        external_origin(environ(**headers))
+
+
+@pytest.fixture
+def proxied(idp_factory):
+    """A server that trusts its proxy, with a further issuer a."""
+    return idp_factory(trust_proxy=True, issuers={"a": {}})
+
+
+def test_the_issuer_follows_the_proxy(proxied):
+    meta = requests.get(proxied.metadata_url, headers=PROXIED, timeout=5).json()
+    assert meta["issuer"] == "https://idp.example.com"
+    assert meta["token_endpoint"] == "https://idp.example.com/token"
+    assert meta["jwks_uri"] == "https://idp.example.com/jwks.json"
+    answer = requests.post(proxied.token_endpoint, data=FORM, auth=DEMO, headers=PROXIED,
+                           timeout=5)
+    assert answer.status_code == 200, answer.text
+    validator = TokenValidator("https://idp.example.com", audience="api://default",
+                               jwks_uri=proxied.jwks_uri)
+    assert validator.validate(answer.json()["access_token"]).claims["iss"] == \
+        "https://idp.example.com"
+    # The further issuer keeps its path under the proxy's origin and prefix.
+    headers = {**PROXIED, "X-Forwarded-Prefix": "/auth"}
+    meta_a = requests.get(proxied.url + "/.well-known/oauth-authorization-server/a",
+                          headers=headers, timeout=5).json()
+    assert meta_a["issuer"] == "https://idp.example.com/auth/a"
+    # Without forwarding headers the request's own Host names it.
+    direct = requests.get(proxied.metadata_url, timeout=5).json()
+    assert direct["issuer"] == proxied.issuer
+
+
+def test_assertions_are_for_the_token_endpoint_the_client_used(proxied):
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from joserfc.jwk import ECKey
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = ECKey.import_key(key).as_dict(private=False)
+    proxied.add_client("jwt-client", jwks={"keys": [jwk]}, scopes=["read"])
+    external = "https://idp.example.com/token"
+
+    def ask(audience: str) -> requests.Response:
+        assertion = private_key_jwt_assertion("jwt-client", audience, key)
+        return requests.post(proxied.token_endpoint, headers=PROXIED, timeout=5, data={
+            **FORM, "client_id": "jwt-client", "client_assertion": assertion,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+
+    assert ask(external).status_code == 200
+    refused = ask(proxied.token_endpoint)  # the server's own URL is not the one used
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_client"
+
+
+def test_bad_forwarding_headers_get_an_rfc_error(proxied):
+    answer = requests.post(proxied.token_endpoint, data=FORM, auth=DEMO, timeout=5,
+                           headers={"X-Forwarded-Host": "evil.example/x"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_request"
+    assert requests.get(proxied.url + "/readyz", timeout=5,
+                        headers={"X-Forwarded-Host": "evil.example/x"}).status_code == 200
+
+
+def test_issuer_urls_kept_for_a_proxy_are_bounded(proxied):
+    core = proxied.core
+    for i in range(Issuer.MAX_SEEN_AS + 8):
+        answer = requests.get(proxied.metadata_url, timeout=5,
+                              headers={"X-Forwarded-Host": f"h{i}.example"})
+        assert answer.json()["issuer"] == f"http://h{i}.example"
+    assert len(core._seen_as) == Issuer.MAX_SEEN_AS
+
+
+def test_without_trust_proxy_the_issuer_never_comes_from_the_request(idp):
+    headers = {**PROXIED, "Forwarded": "proto=https;host=idp.example.com",
+               "Host": "elsewhere.example"}
+    meta = requests.get(idp.metadata_url, headers=headers, timeout=5).json()
+    assert meta["issuer"] == idp.issuer
+    answer = requests.post(idp.token_endpoint, data=FORM, auth=DEMO, headers=headers,
+                           timeout=5)
+    assert TokenValidator(idp.issuer, audience="api://default").validate(
+        answer.json()["access_token"]).claims["iss"] == idp.issuer
