@@ -52,9 +52,10 @@ def m2mauth_clients() -> list[ClientSettings]:
 def m2mauth_settings(m2mauth_algorithm: str, m2mauth_clients: list[ClientSettings],
                      ) -> ServerSettings:
     """All settings of the session's server; override for full control (issuer, lifetimes,
-    keys...). The default issuer is http://127.0.0.1:<free port>; signing uses the shipped
-    public test keys. Settings with an ``issuer`` listen on their ``port`` (make them match;
-    with xdist, give each worker its own), since the issuer must name where the server is."""
+    keys...). The default issuer is http://127.0.0.1:<free port> (https with m2mauth_tls);
+    signing uses the shipped public test keys. Settings with an ``issuer`` listen on their
+    ``port`` (make them match; with xdist, give each worker its own), since the issuer must
+    name where the server is."""
     from m2mauth.server.settings import ServerSettings
 
     return ServerSettings(algorithm=m2mauth_algorithm, clients=list(m2mauth_clients))
