@@ -103,7 +103,7 @@ def _warn_issuer_mismatch(settings: ServerSettings, bound_port: int) -> None:
     this server (bind_check.py says when); an issuer left unset follows the bound port."""
     from .bind_check import issuer_bind_mismatch
 
-    if settings.issuer is None:
+    if settings.issuer is None or settings.trust_proxy:  # the proxy names the origin then
         return
     problem = issuer_bind_mismatch(settings.issuer, settings.host, settings.port, bound_port,
                                    tls=settings.tls_enabled)

@@ -465,3 +465,34 @@ def test_claims_named_like_object_members(browser):
             tab.check_clean()
         finally:
             tab.close()
+
+
+def test_under_an_issuer_with_a_path(browser):
+    """``--issuer http://host:port/default``: the page lives under the path, discovers the
+    metadata at RFC 8414's path-inserted location, and drives that issuer's admin API."""
+    def make(port: int):
+        return create_app(ServerSettings(port=port, issuer=f"http://127.0.0.1:{port}/default"))
+
+    server, _ = bind_app("127.0.0.1", 0, make)
+    with BackgroundServer(server) as running:
+        issuer = running.url + "/default"
+        tab = Page(browser, issuer)
+        try:
+            discover = tab.step("discover")
+            assert discover.get_attribute("data-state") == "done"
+            [metadata] = _exchanges(discover)
+            assert ("GET " + running.url + "/.well-known/oauth-authorization-server/default"
+                    in metadata)
+            assert f"issuer {issuer}" in discover.locator(".outcome").inner_text()
+            assert tab.step("token").get_attribute("data-state") == "done"
+            assert tab.step("inspect").get_attribute("data-state") == "done"
+            call = tab.step("call")
+            assert "HTTP 200" in _exchanges(call)[0]
+            expired = tab.lesson("expired")
+            assert expired.get_attribute("data-outcome") == "as-taught"
+            assert any("POST " + issuer + "/admin/clock" in e for e in _exchanges(expired))
+            assert tab.errors == []
+            assert all(r.startswith(running.url + "/") for r in tab.requests), tab.requests
+            assert not [r for r in tab.requests if r.startswith(running.url + "/admin")]
+        finally:
+            tab.close()

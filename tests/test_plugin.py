@@ -146,6 +146,24 @@ def test_idp_resets_overrides_apply_and_idp_factory(pytester, run):
                                      auth=("only-on-one", added.client_secret))
                        for server in (one, two)]
             assert [a.status_code for a in answers] == [200, 401]
+
+
+        def test_idp_factory_serves_several_issuers_on_one_port(idp_factory):
+            server = idp_factory(issuers={"a": {}, "b": {"algorithm": "ES256"}})
+            a, b = server.issuers["a"], server.issuers["b"]
+            assert (a.issuer, b.issuer) == (server.issuer + "/a", server.issuer + "/b")
+            assert a.url == b.url == server.url
+            c = server.add_issuer("c", algorithm="ES256")
+            for handle in (a, b, c):
+                answer = requests.post(handle.token_endpoint, timeout=10, auth=("demo-client",
+                                       "demo-secret"), data={"grant_type": "client_credentials"})
+                assert answer.status_code == 200, answer.text
+            a.fail_next(status=503)
+            assert requests.post(b.token_endpoint, timeout=10, auth=("demo-client",
+                                 "demo-secret"), data={"grant_type": "client_credentials"}
+                                 ).status_code == 200
+            server.reset()
+            assert sorted(server.issuers) == ["a", "b"] and a.faults() == []
         """, test_warnings="""
         import jwt
         import requests
@@ -165,7 +183,7 @@ def test_idp_resets_overrides_apply_and_idp_factory(pytester, run):
 
     result = run("-v")
 
-    result.assert_outcomes(passed=6, failed=1)
+    result.assert_outcomes(passed=7, failed=1)
     result.stdout.fnmatch_lines(["*test_changes_everything_and_fails FAILED*"])
 
 
