@@ -109,13 +109,19 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     from .issuer import JWKS_PATH
     from .lab.lessons import DEMO_LEEWAY
     from .settings import default_issuer
+    from .tls import ca_bundle_path, verifying_session
 
     issuer = app.extensions["m2mauth"]
+    # Over TLS it trusts the local CA; with given certificate files, what requests trusts
+    # (REQUESTS_CA_BUNDLE): m2mauth does not know the CA that signed them.
+    ca_bundle = ca_bundle_path(settings)
+    session = verifying_session(ca_bundle) if ca_bundle is not None else None
+    scheme = "https" if settings.tls_enabled else "http"
     # Real time for the key cache, and a new kid looked up at once: the lessons rotate and
     # retire keys, move the server's clock back and forth, and run again within seconds. A
     # production validator keeps JWKSCache's defaults (30 s cooldown, 60 s negative cache).
-    keys = JWKSCache(default_issuer(settings.host, settings.port) + issuer.mount + JWKS_PATH,
-                     cooldown=0, negative_ttl=0)
+    keys = JWKSCache(default_issuer(settings.host, settings.port, scheme) + issuer.mount
+                     + JWKS_PATH, cooldown=0, negative_ttl=0, session=session)
     demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=DEMO_LEEWAY,
                            jwks_cache=keys, clock=issuer.clock.now)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {DEMO_API_PREFIX: demo})  # type: ignore[method-assign]

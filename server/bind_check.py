@@ -2,8 +2,9 @@
 
 The issuer is the URL clients are told to use (tokens' ``iss``, every metadata URL). Set
 explicitly, it may legitimately differ from the address the server binds: behind a reverse
-proxy or TLS terminator (m2mauth speaks plain HTTP, so an ``https`` issuer always has one in
-front), through a Docker or Kubernetes port mapping, under a service name. It is a mistake
+proxy or TLS terminator (without ``--tls`` m2mauth speaks plain HTTP, so an ``https``
+issuer then has one in front), through a Docker or Kubernetes port mapping, under a service
+name. It is a mistake
 when it names the very address the server binds with another port, names a loopback address
 that the server does not listen on, or is fixed while the port is picked at random.
 :func:`issuer_bind_mismatch` says which, as one sentence; it looks at the strings only (no
@@ -27,15 +28,19 @@ def _local(host: str) -> bool:
     return host == "localhost" or is_loopback(host)
 
 
-def issuer_bind_mismatch(issuer: str, host: str, port: int, bound_port: int) -> str | None:
+def issuer_bind_mismatch(issuer: str, host: str, port: int, bound_port: int, *,
+                         tls: bool = False) -> str | None:
     """Why the configured ``issuer`` probably points clients at another server than the one
     bound to ``host`` on ``bound_port`` (``port`` as configured: 0 asks for a free one), or
-    None when it does not look like a mistake.
+    None when it does not look like a mistake. ``tls``: the server speaks HTTPS itself (an
+    http issuer is then refused by the settings).
 
-    The rules, in order (an ``https`` issuer is exempt from the first two: a TLS terminator
-    in front may listen anywhere, but not on the port this plain-HTTP server binds):
+    The rules, in order (on a plain-HTTP server an ``https`` issuer is exempt from the first
+    two: a TLS terminator in front may listen anywhere, but not on the port this server
+    binds; on a TLS server they apply to the ``https`` issuer, as they do to http ones on a
+    plain server):
 
-    0. an ``https`` issuer names the bound address and port;
+    0. a plain server's ``https`` issuer names the bound address and port;
     1. the issuer names the bound address – the same host, or a loopback host while the
        server binds loopback or all interfaces – with another port;
     2. the issuer names a loopback host, but the server binds one other address only (so
@@ -60,13 +65,14 @@ def issuer_bind_mismatch(issuer: str, host: str, port: int, bound_port: int) -> 
     free = " (a free port, as port is 0)" if port == 0 else ""
     same_address = issuer_host == bind or (
         _local(issuer_host) and (all_interfaces or _local(bind)))
-    if parts.scheme == "https" and same_address and issuer_port == bound_port:
+    served = "https" if tls else "http"
+    if parts.scheme == "https" and not tls and same_address and issuer_port == bound_port:
         return (f"issuer {issuer} names https on the port the server listens on, but the "
-                "server speaks plain HTTP; clients will fail their TLS handshake (put a TLS "
-                "terminator in front on another port, or use http)")
-    if parts.scheme == "http":
+                "server speaks plain HTTP; clients will fail their TLS handshake (serve with "
+                "--tls, put a TLS terminator in front on another port, or use http)")
+    if parts.scheme == served:
         if same_address and issuer_port != bound_port:
-            named = f"port {issuer_port}" + (" (the http default)" if implicit else "")
+            named = f"port {issuer_port}" + (f" (the {served} default)" if implicit else "")
             mapping = (f"unless a port mapping forwards {issuer_port} to {bound_port}, "
                        if all_interfaces else "")
             return (f"issuer {issuer} names {named}, but the server listens on "

@@ -62,8 +62,11 @@ def _setting_options(command):
             kwargs["is_flag"] = True
         else:
             names = [name]
+            # Path settings named *_dir are directories (keys_dir, tls_dir); others are files.
+            directory = setting.name.endswith("_dir")
             kwargs["type"] = (click.Choice(setting.choices) if setting.choices else
-                              click.Path(file_okay=False, path_type=Path)
+                              click.Path(file_okay=not directory, dir_okay=directory,
+                                         path_type=Path)
                               if setting.kind is Path else setting.kind)
         command = click.option(*names, setting.name, **kwargs)(command)
     return command
@@ -82,11 +85,16 @@ def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
 
     settings = load_settings(config_file, overrides=overrides)
     _configure_logging(verbose)
+    tls = None
+    if settings.tls_enabled:
+        from .tls import load_server_tls
+
+        tls = load_server_tls(settings)
     server, app = _bind_or_exit(settings.host, settings.port, lambda port: create_app(
         dataclasses.replace(settings, port=port)), functools.partial(
-            bind_app, limits=ServingLimits.of(settings)))
+            bind_app, limits=ServingLimits.of(settings), tls=tls and tls.context))
     _warn_issuer_mismatch(settings, server.port)
-    _banner(app)
+    _banner(app, tls)
     _serve_until_interrupted(server)
 
 
@@ -97,7 +105,8 @@ def _warn_issuer_mismatch(settings: ServerSettings, bound_port: int) -> None:
 
     if settings.issuer is None or settings.trust_proxy:  # the proxy names the origin then
         return
-    problem = issuer_bind_mismatch(settings.issuer, settings.host, settings.port, bound_port)
+    problem = issuer_bind_mismatch(settings.issuer, settings.host, settings.port, bound_port,
+                                   tls=settings.tls_enabled)
     if problem is not None:
         click.echo(f"Warning: {problem}", err=True)
 
@@ -150,7 +159,7 @@ def _serve_until_interrupted(server) -> None:
             signal.signal(sig, handler)
 
 
-def _banner(app) -> None:
+def _banner(app, tls=None) -> None:
     from .issuers import router_of
 
     issuer = app.extensions["m2mauth"]
@@ -161,6 +170,7 @@ def _banner(app) -> None:
     echo(f"  token     {issuer.token_endpoint}")
     echo(f"  jwks      {issuer.jwks_uri}")
     echo(f"  metadata  {_metadata_url(issuer)}")
+    _tls_banner(tls)
     if settings.trust_proxy:
         echo("  proxy     --trust-proxy: each request's issuer takes its scheme, host and port "
              "from Forwarded / X-Forwarded-*")
@@ -188,7 +198,8 @@ def _banner(app) -> None:
         echo(f"  client    {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}  scopes: "
              f"{' '.join(demo.scopes)}  audience: {' '.join(demo.audiences)}")
         echo("")
-        echo(f"  curl -s -u {DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET} "
+        cacert = f"--cacert {_quote(tls.ca_bundle)} " if tls and tls.ca_bundle else ""
+        echo(f"  curl {cacert}-s -u {DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET} "
              f"-d grant_type=client_credentials {issuer.token_endpoint}")
     else:
         echo(f"  clients   {', '.join(c.client_id for c in issuer.clients)}")
@@ -209,6 +220,42 @@ def _metadata_url(issuer) -> str:
     """RFC 8414 section 3.1's location: the well-known segment before the issuer's path."""
     origin = issuer.issuer.removesuffix(issuer.mount)
     return f"{origin}/.well-known/oauth-authorization-server{issuer.mount}"
+
+
+#: What each variable that names a CA bundle is read by.
+_TRUST_VARIABLES = (("REQUESTS_CA_BUNDLE", "Python requests"),
+                    ("SSL_CERT_FILE", "httpx, Python's ssl, OpenSSL"),
+                    ("NODE_EXTRA_CA_CERTS", "Node.js"))
+
+
+def _quote(path: object) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _tls_banner(tls) -> None:
+    """The TLS lines: the certificate, the CA bundle and how to trust it. (An https issuer
+    on a plain server is bind_check.py's to warn about.)"""
+    echo = click.echo
+    if tls is None:
+        return
+    until = f"valid until {tls.not_after:%Y-%m-%d}" if tls.not_after else ""
+    if tls.ca_bundle is None:
+        echo(f"  tls       certificate {tls.cert_file}, key {tls.key_file} ({until})")
+        if tls.names:
+            echo(f"  names     {', '.join(tls.names)}")
+        echo("  trust     the CA that signed it: name its PEM file in "
+             f"{', '.join(v for v, _ in _TRUST_VARIABLES)}")
+        return
+    made = "made now, kept for later starts" if tls.ca_created else "made before, reused"
+    echo(f"  tls       a new certificate for {', '.join(tls.names)} ({until}), from the "
+         f"local CA ({made})")
+    echo(f"  ca        {tls.ca_bundle}")
+    echo("  trust     in each client's shell (the first two replace the CAs it trusts, the "
+         "third adds to them):")
+    for variable, who in _TRUST_VARIABLES:
+        echo(f"    export {variable}={_quote(tls.ca_bundle)}  # {who}")
 
 
 def _keys_source(settings: ServerSettings) -> str:
@@ -251,8 +298,37 @@ _MAX_TOKEN_CHARS = 64 * 1024
 
 def _fail(message: str) -> NoReturn:
     """One line on stderr and exit code 1: the CLI's answer to a failed request or bad token."""
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        message += " (trust the issuer's CA with --ca-bundle FILE or REQUESTS_CA_BUNDLE)"
     click.echo(f"Error: {message}", err=True)
     sys.exit(1)
+
+
+def _ca_bundle_option(command):
+    return click.option(
+        "--ca-bundle", type=click.Path(dir_okay=False, path_type=Path),
+        help="PEM file of the CA to verify an https issuer with (`m2mauth serve --tls` prints "
+             "its own), in place of what requests trusts (REQUESTS_CA_BUNDLE, else certifi)."
+    )(command)
+
+
+def _session(ca_bundle: Path | None):
+    """The requests session of ``token`` and ``decode``: with ``--ca-bundle``, one that
+    verifies https with that file only (checked here: one line when it is not a bundle)."""
+    if ca_bundle is None:
+        return None
+    import ssl
+
+    from .tls import verifying_session
+
+    try:
+        ssl.create_default_context(cafile=str(ca_bundle))
+    except ssl.SSLError:
+        raise click.UsageError(f"--ca-bundle {ca_bundle}: not a PEM certificate bundle") \
+            from None
+    except OSError as exc:
+        raise click.UsageError(f"--ca-bundle {ca_bundle}: {exc.strerror or exc}") from None
+    return verifying_session(ca_bundle)
 
 
 @main.command("token")
@@ -281,8 +357,10 @@ def _fail(message: str) -> NoReturn:
               help="Also print the token's header and claims.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the whole token response as JSON instead of the bare token.")
+@_ca_bundle_option
 def token_command(issuer, token_url, client_id, client_secret, scopes, resources, audiences,
-                  auth_method, private_key, kid, timeout, decode_token, as_json) -> None:
+                  auth_method, private_key, kid, timeout, decode_token, as_json,
+                  ca_bundle) -> None:
     """Get an access token with the client-credentials grant and print it."""
     import json
     import warnings
@@ -314,6 +392,7 @@ def token_command(issuer, token_url, client_id, client_secret, scopes, resources
                 private_key=key, kid=kid, scope=list(scopes), resource=list(resources),
                 auth_method=method, timeout=timeout,
                 extra_params={"audience": list(audiences)} if audiences else None,
+                session=_session(ca_bundle),
             )
         except (OAuthError, ValueError) as exc:
             error = exc
@@ -381,13 +460,14 @@ def _print_jwt(header: dict, claims: dict, now: float | None = None) -> None:
         click.echo(line)
 
 
-def _fetch_jwks(url: str, timeout: float) -> dict:
+def _fetch_jwks(url: str, timeout: float, session=None) -> dict:
     import requests
 
     from m2mauth.client.errors import root_cause
 
     try:
-        response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
+        response = (session or requests).get(url, timeout=timeout,
+                                             headers={"Accept": "application/json"})
     except requests.RequestException as exc:
         _fail(f"cannot fetch the JWKS from {url}: {root_cause(exc)}")
     try:
@@ -442,7 +522,9 @@ def _verify_signature(token: str, header: dict, jwks: dict) -> tuple[bool, str]:
 @click.option("--jwks-url", help="JWKS URL to verify the signature with.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Seconds to wait for the server.")
-def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout: float) -> None:
+@_ca_bundle_option
+def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout: float,
+                   ca_bundle: Path | None) -> None:
     """Print a JWT's header and claims (TOKEN, or - to read it from stdin); with --issuer or
     --jwks-url also verify its signature (exit code 1 when invalid)."""
     from m2mauth.client import OAuthError, discover
@@ -457,15 +539,16 @@ def decode_command(token: str, issuer: str | None, jwks_url: str | None, timeout
     _print_jwt(header, claims)
     if issuer is None and jwks_url is None:
         return
+    session = _session(ca_bundle)
     if jwks_url is None:
         try:
-            metadata = discover(issuer, timeout=timeout)
+            metadata = discover(issuer, timeout=timeout, session=session)
         except OAuthError as exc:
             _fail(str(exc))
         jwks_url = metadata.get("jwks_uri")
         if not isinstance(jwks_url, str):
             _fail(f"the metadata of {issuer} has no jwks_uri")
-    valid, detail = _verify_signature(token, header, _fetch_jwks(jwks_url, timeout))
+    valid, detail = _verify_signature(token, header, _fetch_jwks(jwks_url, timeout, session))
     click.echo(f"signature: {'valid' if valid else 'INVALID'} ({detail})")
     ok = valid
     if issuer is not None:

@@ -1,6 +1,6 @@
-"""Running a WSGI app over HTTP with waitress: bind first (so port 0 works and the issuer can
-name the real port), then serve in the foreground for `m2mauth serve` and `m2mauth demo-api`,
-or from a background thread for tests.
+"""Running a WSGI app over HTTP, or HTTPS (see ``_TLSChannel``), with waitress: bind first (so
+port 0 works and the issuer can name the real port), then serve in the foreground for
+`m2mauth serve` and `m2mauth demo-api`, or from a background thread for tests.
 
 waitress was chosen by measurement (``python bench/wsgi_servers.py``): it reads requests on
 one event loop and hands only complete ones to a bounded thread pool, so slow clients cost a
@@ -17,6 +17,7 @@ import json
 import logging
 import resource
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -244,6 +245,12 @@ class _Channel(HTTPChannel):
     linger = False
     linger_until: float | None = None
     _discarded = 0
+    #: A close waiting for the last bytes to be sent is abandoned at this time (TLS).
+    flush_until: float | None = None
+
+    def sending(self) -> bool:
+        """Whether bytes of an answer are still waiting to be sent."""
+        return bool(self.total_outbufs_len)
 
     def handle_close(self) -> None:
         # Closing with unread input makes the kernel reset the connection, and the reset can
@@ -289,6 +296,194 @@ class _Channel(HTTPChannel):
                 self.request_started = None
 
 
+# TLS by hand: waitress has no TLS of its own, and a TLS terminator in front (stunnel, nginx)
+# would be a second process to run and configure. The channel runs TLS sans-I/O over memory
+# BIOs (ssl.SSLContext.wrap_bio): the handshake and every record are driven from the same
+# event loop that reads requests, so a slow or stalled TLS client still costs a descriptor,
+# not a thread, and the request and idle deadlines cut it as they cut a plain one.
+
+
+class _TLSChannel(_Channel):
+    """A connection that speaks TLS. Ciphertext from the socket goes into the TLS object's
+    incoming BIO and the plaintext out of it to waitress's parser; what waitress sends is
+    encrypted into the outgoing BIO and sent from a pending buffer, flushed on writable
+    events. While ciphertext is pending no more plaintext is taken (backpressure: waitress
+    keeps it in its own buffers) and nothing more is read.
+
+    The TLS object is used by the event loop (reads, flushes) and by the threads answering
+    (waitress sends from them): every use holds ``_tls_lock``, taken after waitress's
+    ``outbuf_lock`` when both are held, never before it."""
+
+    def __init__(self, server: _TLSServer, sock: socket.socket, addr: Any, adj: Any,
+                 map: Any = None) -> None:
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = server.tls_context.wrap_bio(self._incoming, self._outgoing,
+                                                server_side=True)
+        self._tls_lock = threading.Lock()
+        self._pending = bytearray()  # ciphertext the socket has not taken yet
+        self._handshaken = False
+        self._broken = False  # the socket failed under a send
+        self._closing = False  # close_notify queued; the channel closes once it is sent
+        super().__init__(server, sock, addr, adj, map)
+
+    # -- the socket, under _tls_lock -------------------------------------------------------
+
+    def _send_pending(self) -> None:
+        """Send what of the pending ciphertext the socket takes now."""
+        while self._pending and not self._broken:
+            sock = self.socket
+            try:
+                if sock is None:
+                    raise OSError(errno.EBADF, "closed")
+                sent = sock.send(self._pending)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # reset, broken pipe, closed under us: nothing more goes out
+                self._broken = True
+                self._pending.clear()
+                return
+            del self._pending[:sent]
+            self.last_activity = time.time()
+
+    def _collect(self) -> None:
+        self._pending += self._outgoing.read()
+
+    def _decrypt(self) -> tuple[bytes, str | None, bool]:
+        """(plaintext, why the connection failed or None, whether the peer closed TLS) from
+        what the incoming BIO holds, handshaking first."""
+        if not self._handshaken:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                return b"", None, False
+            except ssl.SSLError as exc:
+                return b"", f"handshake failed: {exc.reason or exc.__class__.__name__}", False
+            self._handshaken = True
+            self.request_started = None  # the handshake's deadline ends; the request's begins
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = self._tls.read(self.adj.recv_bytes)
+            except ssl.SSLWantReadError:
+                return b"".join(chunks), None, False
+            except ssl.SSLZeroReturnError:
+                return b"".join(chunks), None, True
+            except ssl.SSLError as exc:
+                return b"".join(chunks), exc.reason or exc.__class__.__name__, False
+            if not chunk:  # close_notify
+                return b"".join(chunks), None, True
+            chunks.append(chunk)
+
+    # -- waitress's hooks -------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        if self.linger_until is not None:
+            return True
+        return not (self._closing or self._pending) and super().readable()
+
+    def writable(self) -> bool:
+        if self.linger_until is not None:
+            return False
+        return self._broken or self._closing or bool(self._pending) or super().writable()
+
+    def sending(self) -> bool:
+        return bool(self._pending) or super().sending()
+
+    def handle_read(self) -> None:
+        if self.linger_until is not None:
+            return super().handle_read()  # a lingering close: raw bytes, read and dropped
+        if self.socket is None:
+            return None
+        try:
+            raw = self.socket.recv(self.adj.recv_bytes)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return self._abort()
+        if not raw:  # the peer closed the connection
+            return self._abort()
+        self.last_activity = time.time()
+        if self._closing:
+            return None
+        if not self._handshaken and self.request_started is None:
+            self.request_started = self.last_activity  # a handshake has the request deadline
+        # Handshake bytes alone yield no plaintext: received() is not called, and nothing
+        # here looks like waitress's end-of-file (recv() returning b"").
+        with self._tls_lock:
+            self._incoming.write(raw)
+            plaintext, failure, closed = self._decrypt()
+            self._collect()
+            self._send_pending()
+        if failure is not None:
+            # Plain HTTP sent to the TLS port, a bad ClientHello, a corrupt record: this
+            # connection ends (with the alert OpenSSL wrote, if the socket takes it), quietly.
+            _access.debug("TLS connection from %s closed: %s",
+                          self.addr[0] if self.addr else "?", failure)
+            return self._abort()
+        if plaintext:
+            self.received(plaintext)
+        if closed:
+            self.handle_close()
+        return None
+
+    def send(self, data: bytes, do_close: bool = True) -> int:
+        """Encrypt what waitress sends; the number of plaintext bytes taken (0 while the
+        socket has not taken the ciphertext of the last ones)."""
+        with self._tls_lock:
+            self._send_pending()
+            taken = 0
+            if self._handshaken and not (self._pending or self._broken or self._closing):
+                try:
+                    taken = self._tls.write(data)
+                except ssl.SSLError:
+                    self._broken = True
+                else:
+                    self._collect()
+                    self._send_pending()
+            broken = self._broken
+        if broken and do_close:
+            self._abort()
+        return taken
+
+    def handle_write(self) -> None:
+        with self._tls_lock:
+            self._send_pending()
+        if self._broken:
+            return self._abort()
+        if self._closing:
+            if not self._pending:
+                super().handle_close()  # close_notify sent: now close (lingering or not)
+            return None
+        if self._pending and not self.will_close:
+            return None  # the rest when the socket takes more
+        return super().handle_write()
+
+    def handle_close(self) -> None:
+        """Close as TLS closes: close_notify first, sent before the socket closes (within
+        the lingering time), best effort; then as a plain channel closes."""
+        if self._broken or not self.connected or self.socket is None:
+            return self._abort()
+        if not self._closing:
+            self._closing = True
+            with self._tls_lock:
+                if self._handshaken:
+                    with contextlib.suppress(ssl.SSLError):  # it never waits for the peer's
+                        self._tls.unwrap()
+                self._collect()
+                self._send_pending()
+            if self._pending and not self._broken:
+                self.flush_until = time.time() + _LINGER_SECONDS
+                return None  # handle_write sends the rest, then closes
+        elif self._pending and not self._broken:
+            return None
+        return super().handle_close()
+
+    def _abort(self) -> None:
+        """Close now, sending nothing more."""
+        self._closing = True
+        HTTPChannel.handle_close(self)
+
+
 class _Server(TcpWSGIServer):
     """waitress's server with a deadline for a request to arrive: waitress closes idle
     connections only, so a client trickling a byte at a time would keep one forever."""
@@ -302,9 +497,18 @@ class _Server(TcpWSGIServer):
         for channel in list(self.active_channels.values()):
             if channel.linger_until is not None and channel.linger_until < now:
                 channel.handle_close()
+            elif channel.flush_until is not None and channel.flush_until < now:
+                HTTPChannel.handle_close(channel)  # the peer never took the last bytes
             elif channel.request_started is not None and channel.request_started < cutoff:
                 # Closed without an answer, as nginx does on client_header_timeout.
                 channel.will_close = True
+
+
+class _TLSServer(_Server):
+    """The server of TLS connections (``wsgi.url_scheme`` https)."""
+
+    channel_class = _TLSChannel
+    tls_context: ssl.SSLContext
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -333,15 +537,17 @@ class HTTPServer:
     for one WSGI app. :meth:`serve_forever` in the foreground, or :class:`BackgroundServer`."""
 
     def __init__(self, sock: socket.socket, app: Callable[..., Any],
-                 limits: ServingLimits) -> None:
+                 limits: ServingLimits, tls: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.limits = limits
+        #: The server side TLS context when it speaks HTTPS, else None.
+        self.tls = tls
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._serving = False
         self._drain = False
-        self._server = _Server(
-            app, map={}, _sock=sock, bind_socket=False,
+        self._server = (_TLSServer if tls is not None else _Server)(
+            app, map={}, _sock=sock, bind_socket=False, url_scheme=self.scheme,
             sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
             sockets=[sock], threads=limits.threads, connection_limit=limits.connections(),
             channel_timeout=limits.idle_timeout, cleanup_interval=1,
@@ -355,6 +561,8 @@ class HTTPServer:
             clear_untrusted_proxy_headers=False,
         )
         self._server.request_timeout = limits.request_timeout
+        if tls is not None:
+            self._server.tls_context = tls
         # The parser sees only waitress's Adjustments: the app's own body limit rides on it.
         self._server.adj.m2mauth_max_body_bytes = limits.max_body_bytes
         # "Task queue depth is N" is normal under load: every thread busy, requests waiting.
@@ -374,10 +582,15 @@ class HTTPServer:
         return self._stopping.is_set()
 
     @property
+    def scheme(self) -> str:
+        """"https" when the server speaks TLS, else "http"."""
+        return "http" if self.tls is None else "https"
+
+    @property
     def url(self) -> str:
         """Where the server listens."""
-        host = self.host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
     def serve_forever(self) -> None:
         """Answer requests until :meth:`shutdown` (from another thread) or KeyboardInterrupt;
@@ -413,7 +626,7 @@ class HTTPServer:
         while time.monotonic() < end:
             busy = False
             for channel in list(server.active_channels.values()):
-                if channel.requests or channel.total_outbufs_len:
+                if channel.requests or channel.sending():
                     busy = True  # being answered, waiting for a thread, or still sending
                 else:
                     channel.will_close = True  # idle, or a request not yet received whole
@@ -441,14 +654,15 @@ class HTTPServer:
 
 
 def bind_app(host: str, port: int, make_app: Callable[[int], App],
-             limits: ServingLimits | None = None) -> tuple[HTTPServer, App]:
+             limits: ServingLimits | None = None, *,
+             tls: ssl.SSLContext | None = None) -> tuple[HTTPServer, App]:
     """Listen on ``host:port`` (0 picks a free port; a taken one raises
     :class:`PortInUseError`), build the app knowing the port actually bound, and wrap it in
-    an :class:`HTTPServer`."""
+    an :class:`HTTPServer` (speaking TLS with the server context ``tls``)."""
     sock = _listen(host, port)
     try:
         app = make_app(sock.getsockname()[1])
-        return HTTPServer(sock, app, limits or ServingLimits()), app
+        return HTTPServer(sock, app, limits or ServingLimits(), tls), app
     except BaseException:
         sock.close()
         raise

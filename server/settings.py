@@ -407,6 +407,20 @@ class ServerSettings:
     idle_timeout: int = _setting(
         30, kind=int, check=_positive,
         help="Seconds a connection may stay open with nothing arriving or to answer.")
+    tls: bool = _setting(
+        False, kind=bool, flag=True,
+        help="Serve HTTPS with a certificate from a local CA (made once in tls_dir, then "
+             "reused, so it is trusted once); the issuer becomes https://HOST:PORT.")
+    tls_cert: Path | None = _setting(
+        None, kind=Path, flag=True,
+        help="PEM certificate (chain) to serve instead of a generated one; needs tls_key and "
+             "implies tls.")
+    tls_key: Path | None = _setting(None, kind=Path, flag=True,
+                                    help="Unencrypted PEM private key of tls_cert.")
+    tls_dir: Path | None = _setting(
+        None, kind=Path, flag=True,
+        help="Directory of the local CA: ca.pem to trust, ca-key.pem (mode 0600).  "
+             "[default: $XDG_DATA_HOME/m2mauth/tls, else ~/.local/share/m2mauth/tls]")
     assertion_leeway: int = _setting(
         60, kind=int, check=_non_negative,
         help="Clock-skew allowance for client assertions, in seconds.")
@@ -450,11 +464,21 @@ class ServerSettings:
              "M2MAUTH_ISSUERS: a JSON object of name to issuer object).")
     #: The config file these settings came from, if any (for messages); not itself a setting.
     config_file: Path | None = None
+    #: Where each setting was set ("command line", "environment", a file), for messages
+    #: about a setting checked later (the TLS files); not itself a setting.
+    sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def issuer_url(self) -> str:
         """The configured issuer, or the one derived from host and port."""
-        return self.issuer if self.issuer is not None else default_issuer(self.host, self.port)
+        if self.issuer is not None:
+            return self.issuer
+        return default_issuer(self.host, self.port, "https" if self.tls_enabled else "http")
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the server speaks HTTPS: ``tls``, or certificate files given."""
+        return bool(self.tls) or self.tls_cert is not None or self.tls_key is not None
 
     @property
     def mount(self) -> str:
@@ -496,8 +520,10 @@ class ServerSettings:
         algs = {self.algorithm} | {c.algorithm for c in self.clients if c.algorithm}
         return tuple(a for a in ALGORITHMS if a in algs)
 
-    def validate(self, source: str = "settings") -> ServerSettings:
-        """Check every value; raise :class:`ConfigError` on the first problem."""
+    def validate(self, source: str = "settings", *, whole: bool = True) -> ServerSettings:
+        """Check every value; raise :class:`ConfigError` on the first problem. ``whole``
+        False: these are one layer of several (see :func:`load_settings`), so settings that
+        must agree with each other are checked once all layers are in."""
         for setting in server_settings():
             value = getattr(self, setting.name)
             if value is None:
@@ -519,6 +545,8 @@ class ServerSettings:
             seen.add(client.client_id)
         for name in self.issuers:
             self._validate_issuer(source, name)
+        if whole:
+            self.check_together(source)
         return self
 
     def _validate_issuer(self, source: str, name: str) -> None:
@@ -536,9 +564,34 @@ class ServerSettings:
             raise ConfigError(source, f"{where}.{unknown[0]}",
                               f"unknown key (an issuer table takes: {', '.join(ISSUER_KEYS)})")
         try:
-            self.issuer_settings(name).validate(source)
+            # A layer, not the whole: TLS is the server's, checked with its own settings.
+            self.issuer_settings(name).validate(source, whole=False)
         except ConfigError as exc:
             raise ConfigError(source, f"{where}.{exc.key}", exc.why) from None
+
+    def where(self, key: str, default: str = "settings") -> tuple[str, str]:
+        """(source, key as that source names it) of setting ``key``, for a message about it
+        found after loading: ``("environment", "M2MAUTH_TLS_CERT")``, ``("app.toml",
+        "tls_cert")``."""
+        source = self.sources.get(key, default)
+        return source, env_name(key) if source == "environment" else key
+
+    def check_together(self, source: str = "settings") -> None:
+        """The settings that must agree: a TLS certificate needs its key, and an http://
+        issuer cannot name a server that answers HTTPS only. (An https:// issuer without TLS
+        is allowed: behind a TLS-terminating proxy it is right; ``serve`` warns when it names
+        the server's own port, see bind_check.py.)"""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("tls_cert", "tls_key") if self.tls_key is None \
+                else ("tls_key", "tls_cert")
+            origin, shown = self.where(given, source)
+            raise ConfigError(origin, missing, f"is needed with {shown} (a certificate and its "
+                              "private key go together)")
+        if self.tls_enabled and self.issuer is not None \
+                and urlsplit(self.issuer).scheme == "http":
+            raise ConfigError(*self.where("issuer", source), f"{self.issuer!r} is http:// but "
+                              "TLS is on and the server answers HTTPS only: use https:// or "
+                              "leave the issuer unset")
 
 
 #: The settings an ``[issuers.NAME]`` table may set; the others (where and how the server
@@ -611,13 +664,14 @@ def is_loopback(host: str, *, resolve: bool = False) -> bool:
         return False
 
 
-def default_issuer(host: str, port: int) -> str:
-    """The issuer a server on host:port has when none is configured."""
+def default_issuer(host: str, port: int, scheme: str = "http") -> str:
+    """The issuer a server on host:port has when none is configured (``scheme`` https when
+    it speaks TLS)."""
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming it, not binding it: all interfaces
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 # ---------------------------------------------------------------------------
@@ -816,8 +870,9 @@ def _checked(source: str, table: Mapping[str, Any], base: Path,
             _client_from_table(source, f"{name('clients')}[{i}]", t, base)
             for i, t in enumerate(values["clients"])
         ]
-    if "keys_dir" in values:
-        values["keys_dir"] = base / values["keys_dir"]
+    for setting in declared.values():  # keys_dir, tls_cert, ...: relative to the file
+        if setting.kind is Path and setting.name in values:
+            values[setting.name] = base / values[setting.name]
     if "issuers" in values:
         values["issuers"] = {
             issuer: issuer_values(source, issuer, t, base, where=f"{name('issuers')}.{issuer}")
@@ -904,8 +959,9 @@ def _apply(values: Mapping[str, Any], settings: ServerSettings, source: str,
     this source calls it."""
     for key, value in values.items():
         setattr(settings, key, value)
+        settings.sources[key] = source
     try:
-        settings.validate(source)
+        settings.validate(source, whole=False)
     except ConfigError as exc:
         raise ConfigError(exc.source, name(exc.key), exc.why) from None
 
@@ -938,7 +994,9 @@ def load_settings(
         for s in server_settings() if s.env and env_name(s.name) in env
     }
     _apply(env_values, settings, "environment", _env_key)
-    flag_values = {k: Path(v) if k == "keys_dir" else v
+    paths = {s.name for s in server_settings() if s.kind is Path}
+    flag_values = {k: Path(v) if k in paths else v
                    for k, v in (overrides or {}).items() if v is not None}
     _apply(flag_values, settings, "command line")
+    settings.check_together("command line")
     return settings

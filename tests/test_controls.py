@@ -756,7 +756,7 @@ def test_plugin_server_with_a_configured_issuer_listens_on_its_port():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     settings = ServerSettings(issuer=f"http://127.0.0.1:{port}", port=port)
-    fixture = m2mauth_server.__wrapped__(settings)
+    fixture = m2mauth_server.__wrapped__(settings, False)  # m2mauth_tls: plain HTTP
     server: IdentityProvider = next(fixture)
     try:
         assert server.url == server.issuer == f"http://127.0.0.1:{port}"

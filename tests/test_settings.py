@@ -583,7 +583,11 @@ def test_every_setting_can_be_set_from_its_variable():
             raw = expected = next(c for c in setting.choices if c != setting.default)
         else:
             raw = expected = "from-the-environment"
-        settings = load_settings(env={env_name(setting.name): raw})
+        env = {env_name(setting.name): raw}
+        partner = {"tls_cert": "tls_key", "tls_key": "tls_cert"}.get(setting.name)
+        if partner is not None:  # a certificate needs its key, and a key its certificate
+            env[env_name(partner)] = raw
+        settings = load_settings(env=env)
         value = getattr(settings, setting.name)
         if setting.name == "clients":
             assert [c.client_id for c in value] == ["env-client"]

@@ -52,22 +52,32 @@ def m2mauth_clients() -> list[ClientSettings]:
 def m2mauth_settings(m2mauth_algorithm: str, m2mauth_clients: list[ClientSettings],
                      ) -> ServerSettings:
     """All settings of the session's server; override for full control (issuer, lifetimes,
-    keys...). The default issuer is http://127.0.0.1:<free port>; signing uses the shipped
-    public test keys. Settings with an ``issuer`` listen on their ``port`` (make them match;
-    with xdist, give each worker its own), since the issuer must name where the server is."""
+    keys...). The default issuer is http://127.0.0.1:<free port> (https with m2mauth_tls);
+    signing uses the shipped public test keys. Settings with an ``issuer`` listen on their
+    ``port`` (make them match; with xdist, give each worker its own), since the issuer must
+    name where the server is."""
     from m2mauth.server.settings import ServerSettings
 
     return ServerSettings(algorithm=m2mauth_algorithm, clients=list(m2mauth_clients))
 
 
 @pytest.fixture(scope="session")
-def m2mauth_server(m2mauth_settings: ServerSettings) -> Iterator[IdentityProvider]:
+def m2mauth_tls() -> bool:
+    """Whether the session's server speaks HTTPS (default False). True: a throwaway CA for the
+    session, its PEM file at ``idp.ca_bundle`` (``verify=idp.ca_bundle``), and an
+    ``https://127.0.0.1:<port>`` issuer."""
+    return False
+
+
+@pytest.fixture(scope="session")
+def m2mauth_server(m2mauth_settings: ServerSettings, m2mauth_tls: bool,
+                   ) -> Iterator[IdentityProvider]:
     """The session's authorization server on a free 127.0.0.1 port (one per xdist worker).
     Prefer ``idp``, which also resets the server after each test."""
     from m2mauth.server.lab.idp import IdentityProvider
 
     port = m2mauth_settings.port if m2mauth_settings.issuer is not None else 0
-    server = IdentityProvider.start(m2mauth_settings, port=port)
+    server = IdentityProvider.start(m2mauth_settings, port=port, tls=m2mauth_tls)
     try:
         yield server
     finally:
@@ -88,8 +98,9 @@ def idp(m2mauth_server: IdentityProvider) -> Iterator[IdentityProvider]:
 @pytest.fixture
 def idp_factory() -> Iterator[Callable[..., IdentityProvider]]:
     """Start more issuers in this test, each with its own keys and clients; all stop when the
-    test ends. ``idp_factory(settings=None, **fields)``: fields of ServerSettings; the
-    default is fresh in-memory ES256 keys, so no two issuers share a key."""
+    test ends. ``idp_factory(settings=None, *, tls=False, **fields)``: fields of
+    ServerSettings; the default is fresh in-memory ES256 keys, so no two issuers share a key.
+    ``tls=True``: HTTPS with its own throwaway CA (``ca_bundle`` on the handle)."""
     from dataclasses import replace
 
     from m2mauth.server.lab.idp import IdentityProvider
@@ -97,9 +108,10 @@ def idp_factory() -> Iterator[Callable[..., IdentityProvider]]:
 
     started: list[IdentityProvider] = []
 
-    def start(settings: ServerSettings | None = None, **fields: Any) -> IdentityProvider:
+    def start(settings: ServerSettings | None = None, *, tls: bool = False,
+              **fields: Any) -> IdentityProvider:
         base = settings or ServerSettings(ephemeral_keys=True, algorithm="ES256")
-        server = IdentityProvider.start(replace(base, **fields) if fields else base)
+        server = IdentityProvider.start(replace(base, **fields) if fields else base, tls=tls)
         started.append(server)
         return server
 
