@@ -2,7 +2,9 @@
 
 - getting tokens: :func:`fetch_token`, :class:`TokenProvider` (cached, single flight, retries),
   :class:`AsyncTokenProvider`, and the ``requests``/``httpx`` adapters that attach them;
-- checking them in a resource server: :class:`TokenValidator` with its :class:`JWKSCache`;
+- checking them in a resource server: :class:`TokenValidator` with its :class:`JWKSCache`,
+  or by asking the issuer: :class:`IntrospectionValidator` (RFC 7662), and
+  :func:`introspect_token` / :func:`revoke_token` (RFC 7009) underneath;
 - typed errors: :class:`OAuthError` and one subclass per error code.
 
 Independent of :mod:`m2mauth.server` by design: it never imports it.
@@ -21,6 +23,7 @@ from .auth import HttpxBearerAuth, RequestsBearerAuth
 from .challenge import Challenge, parse_challenges, should_refetch
 from .discovery import MetadataCache, discover, metadata_urls
 from .errors import *  # noqa: F403 - the names errors.__all__ lists, and only those
+from .introspection import IntrospectionValidator, introspect_token, revoke_token
 from .jwks import JWKSCache
 from .provider import TokenCache, TokenProvider
 from .retry import RetryPolicy
@@ -35,6 +38,7 @@ __all__ = [
     "AsyncTokenProvider",
     "Challenge",
     "HttpxBearerAuth",
+    "IntrospectionValidator",
     "JWKSCache",
     "MetadataCache",
     "RequestsBearerAuth",
@@ -48,11 +52,13 @@ __all__ = [
     "client_secret_jwt_assertion",
     "discover",
     "fetch_token",
+    "introspect_token",
     "key_algorithm",
     "load_private_key",
     "metadata_urls",
     "parse_challenges",
     "private_key_jwt_assertion",
+    "revoke_token",
     "should_refetch",
 ]
 #: Every error class and what goes with them, as errors.py lists them.

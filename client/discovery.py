@@ -22,7 +22,7 @@ from ._http import (
     read_body,
     remaining,
 )
-from .errors import DiscoveryError, OAuthError, TransportError, transport_error
+from .errors import DiscoveryError, OAuthError, TransportError, again, transport_error
 
 __all__ = ["MetadataCache", "discover", "metadata_urls"]
 
@@ -138,16 +138,6 @@ class _Flight:
         self.error: OAuthError | None = None
 
 
-def _again(error: OAuthError, note: str | None = None) -> OAuthError:
-    """A copy of ``error`` to raise in another caller (one exception object raised in several
-    threads would collect all their tracebacks), with ``note`` added to its description."""
-    twin = copy.copy(error)
-    twin.__cause__ = error.__cause__  # the network failure underneath, if any
-    if note:
-        twin.error_description = f"{error.error_description or error.error} ({note})"
-    return twin
-
-
 class MetadataCache:
     """Metadata per issuer, kept for ``ttl`` seconds of ``clock``; thread-safe.
 
@@ -188,7 +178,7 @@ class MetadataCache:
                 return copy.deepcopy(entry[1])
             failure = self._failures.get(issuer)
             if failure is not None and failure[0] > now:
-                raise _again(failure[1], f"a remembered failure: the next fetch in "
+                raise again(failure[1], f"a remembered failure: the next fetch in "
                              f"{failure[0] - now:.1f} s at the earliest") from failure[1]
             flight = self._flights.get(issuer)
             if flight is None:
@@ -203,7 +193,7 @@ class MetadataCache:
             raise TransportError(error_description=f"Timed out after {timeout} s waiting for "
                                  f"the metadata of {issuer} (a fetch already in progress).")
         if flight.error is not None:
-            raise _again(flight.error) from flight.error
+            raise again(flight.error) from flight.error
         if flight.metadata is None:  # the fetching thread failed with something unexpected
             raise DiscoveryError("discovery_error", f"The metadata fetch of {issuer} this "
                                  "call waited for failed unexpectedly.")
@@ -216,7 +206,7 @@ class MetadataCache:
             metadata = _fetch(issuer, session=session, timeout=timeout, max_bytes=max_bytes)
         except OAuthError as exc:
             # A copy to keep and share: this caller's retry logic may change ``exc`` (attempts).
-            flight.error = _again(exc)
+            flight.error = again(exc)
             with self._lock:
                 self._failures[issuer] = (self._clock() + self.backoff, flight.error)
             raise

@@ -7,6 +7,7 @@ a real class statement, so type checkers, ``except`` clauses and pickling see it
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +18,7 @@ __all__ = [
     "INVALID_TOKEN_REASONS",
     "DiscoveryError",
     "InsufficientScopeError",
+    "IntrospectionError",
     "InvalidClientError",
     "InvalidGrantError",
     "InvalidRequestError",
@@ -69,6 +71,16 @@ def transport_error(exc: BaseException, url: str, *, timeout: float, timed_out: 
     if timed_out:
         return TransportError(error_description=f"Timed out after {timeout} s {doing}.")
     return TransportError(error_description=f"{failed}: {root_cause(exc)}.")
+
+
+def again(error: OAuthError, note: str | None = None) -> OAuthError:
+    """A copy of ``error`` to raise in another caller (one exception object raised in several
+    threads would collect all their tracebacks), with ``note`` added to its description."""
+    twin = copy.copy(error)
+    twin.__cause__ = error.__cause__  # the network failure underneath, if any
+    if note:
+        twin.error_description = f"{error.error_description or error.error} ({note})"
+    return twin
 
 
 class OAuthError(Exception):
@@ -202,6 +214,8 @@ INVALID_TOKEN_REASONS = frozenset({
     "wrong_audience",     # aud does not contain this API's identifier
     "missing_claim",      # a claim RFC 9068 §2.2 requires is absent
     "invalid_claim",      # a claim has the wrong JSON type (e.g. exp as a string)
+    "inactive",           # the issuer's introspection endpoint answered active: false
+                          # (RFC 7662: expired, revoked, unknown, not its own – it says no more)
 })
 
 
@@ -258,3 +272,11 @@ class JWKSError(OAuthError, code="jwks_unavailable"):
     """The issuer's signing keys (JWKS) cannot be had: the fetch failed, or the document is
     malformed, and no earlier key set may still be used (or a kid the cached set lacks could
     not be looked up). Not the token's fault: a resource server answers 503, not 401."""
+
+
+class IntrospectionError(OAuthError, code="introspection_failed"):
+    """The issuer's introspection endpoint (RFC 7662) gave no usable answer, and no cached one
+    may stand in: it could not be reached or timed out, answered 5xx or a malformed body, or
+    refused this resource server's own credentials (``error`` is then the code it answered:
+    ``invalid_client``, ``unauthorized_client`` ...; ``status`` its HTTP status; the error
+    underneath is ``__cause__``). Not the token's fault: a resource server answers 503."""

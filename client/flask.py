@@ -32,13 +32,17 @@ token rejected by the validator               401     ``Bearer realm="R", error=
 valid token without a required scope          403     ``Bearer realm="R",
                                                       error="insufficient_scope",
                                                       error_description="…", scope="a b"``
-the issuer's keys cannot be had               503     none: not the token's fault
+the issuer's keys cannot be had, or its       503     none: not the token's fault
+introspection endpoint cannot be asked
 ============================================  ======  ==========================================
 
 Every such answer also has a JSON body with the same ``error`` and ``error_description``
 (and ``scope``), or ``{"error": "temporarily_unavailable", ...}`` for the 503, and
-``Cache-Control: no-store``. The 401 without credentials has no ``error`` in the header
-(RFC 6750 §3.1) nor in the body, only an ``error_description`` saying a token is needed.
+``Cache-Control: no-store``. The validator may be a :class:`~m2mauth.client.TokenValidator`
+or an :class:`~m2mauth.client.IntrospectionValidator` (anything with that ``validate``): the
+answers are the same, bar the 503's description. The 401 without credentials has no
+``error`` in the header (RFC 6750 §3.1) nor in the body, only an ``error_description`` saying
+a token is needed.
 
 Where the token may be (RFC 6750 §2): the ``Authorization: Bearer <token>`` header (scheme in
 any case, one space, one token68), or an ``access_token`` parameter of an
@@ -62,6 +66,7 @@ from ._grammar import SCOPE_TOKEN, TOKEN68
 from .errors import (
     DiscoveryError,
     InsufficientScopeError,
+    IntrospectionError,
     InvalidTokenError,
     JWKSError,
     TransportError,
@@ -83,10 +88,14 @@ _FORM = "application/x-www-form-urlencoded"
 _NEEDS_TOKEN = "this resource needs a bearer access token (Authorization: Bearer <token>)"
 _KEYS_UNAVAILABLE = ("the access token cannot be checked now: the issuer's signing keys are "
                      "unavailable; try again later")
+_INTROSPECTION_UNAVAILABLE = ("the access token cannot be checked now: the issuer's "
+                              "introspection endpoint is unavailable; try again later")
 
 
 class Validator(Protocol):
-    """What :func:`require_token` needs: a :class:`~m2mauth.client.TokenValidator`."""
+    """What :func:`require_token` needs: a :class:`~m2mauth.client.TokenValidator` or an
+    :class:`~m2mauth.client.IntrospectionValidator` – ``validate`` returning a
+    :class:`~m2mauth.client.ValidatedToken` or raising their errors."""
 
     def validate(self, token: str, scopes: Iterable[str] = ...) -> ValidatedToken: ...
 
@@ -223,7 +232,8 @@ def require_token(validator: Validator, scopes: str | Iterable[str] = (), *,
     ``scopes`` (strings, or one space-separated string), the token in ``flask.g.token``;
     answer every other request as RFC 6750 §3 (see the module docstring).
 
-    ``validator``: a :class:`~m2mauth.client.TokenValidator`. ``realm``: the challenges'
+    ``validator``: a :class:`~m2mauth.client.TokenValidator` or
+    :class:`~m2mauth.client.IntrospectionValidator`. ``realm``: the challenges'
     ``realm`` (default: the validator's first audience, else its issuer). Put the decorator
     below ``@app.route``/``@app.get``. Works for ``async def`` views too.
     """
@@ -256,12 +266,14 @@ def require_token(validator: Validator, scopes: str | Iterable[str] = (), *,
                          request.path, " ".join(exc.missing))
                 raise BearerError(403, "insufficient_scope", exc.error_description or
                                   "insufficient scope", scope=exc.scope) from None
-            except (JWKSError, DiscoveryError, TransportError) as exc:
+            except (JWKSError, DiscoveryError, TransportError, IntrospectionError) as exc:
                 # Our problem, not the caller's: no invalid_token (a client would throw away
                 # a good token) and no details of our infrastructure in the answer.
                 log.warning("cannot validate tokens for %s %s: %s", request.method,
                             request.path, exc)
-                raise BearerError(503, "temporarily_unavailable", _KEYS_UNAVAILABLE) from None
+                raise BearerError(503, "temporarily_unavailable", _INTROSPECTION_UNAVAILABLE
+                                  if isinstance(exc, IntrospectionError)
+                                  else _KEYS_UNAVAILABLE) from None
         except BearerError as problem:
             return _answer(realm_name, problem)
         return None

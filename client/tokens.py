@@ -91,14 +91,14 @@ def _basic_header(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
 
 
-def _is_http_url(url: object) -> bool:
+def is_http_url(url: object) -> bool:
     if not isinstance(url, str):
         return False
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def _retry_after(response: Any, now: float) -> float | None:
+def retry_after_seconds(response: Any, now: float) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -148,10 +148,10 @@ class TokenRequest:
             metadata = yield Discover(self.issuer, self.timeout, self.metadata_cache,
                                       self.max_response_bytes)
             token_url = metadata.get("token_endpoint")
-            if not _is_http_url(token_url):
+            if not is_http_url(token_url):
                 raise DiscoveryError("discovery_error", f"The metadata of {self.issuer} has "
                                      "no http(s) token_endpoint.")
-        elif not _is_http_url(token_url):
+        elif not is_http_url(token_url):
             raise ValueError("token_url must be an absolute http(s) URL")
         assert isinstance(token_url, str)
         headers = authenticate(params, self.auth_method, self.client_id, self.client_secret,
@@ -197,12 +197,19 @@ def check_arguments(
     private_key: object, auth_method: str,
 ) -> None:
     """``ValueError`` for arguments that cannot make a token request (before any I/O)."""
+    check_credentials(client_id, client_secret, private_key, auth_method)
+    if (token_url is None) == (issuer is None):
+        raise ValueError("give either token_url or issuer, not both or neither")
+
+
+def check_credentials(client_id: str, client_secret: str | None, private_key: object,
+                      auth_method: str) -> None:
+    """``ValueError`` for client credentials that ``auth_method`` cannot authenticate with:
+    the check of every endpoint a client authenticates at (token, introspection, revocation)."""
     if auth_method not in AUTH_METHODS:
         raise ValueError(f"auth_method must be one of {', '.join(AUTH_METHODS)}")
     if not client_id:
         raise ValueError("client_id is required")
-    if (token_url is None) == (issuer is None):
-        raise ValueError("give either token_url or issuer, not both or neither")
     if auth_method == "private_key_jwt":
         if private_key is None:
             raise ValueError("private_key_jwt needs private_key")
@@ -230,9 +237,10 @@ def form_parameters(
 def authenticate(
     params: list[tuple[str, str]], auth_method: str, client_id: str,
     client_secret: str | None, private_key: PrivateKey | str | bytes | None, kid: str | None,
-    token_url: str, now: Callable[[], float],
+    endpoint: str, now: Callable[[], float],
 ) -> dict[str, str]:
-    """Add the client authentication of ``auth_method`` to ``params``; return the headers."""
+    """Add the client authentication of ``auth_method`` to ``params``; return the headers.
+    ``endpoint`` is the URL the request goes to: a client assertion's ``aud``."""
     headers = {"Accept": "application/json"}
     if auth_method == "client_secret_basic":
         assert client_secret is not None
@@ -243,11 +251,11 @@ def authenticate(
     else:
         if auth_method == "private_key_jwt":
             assert private_key is not None
-            assertion = private_key_jwt_assertion(client_id, token_url, private_key, kid=kid,
+            assertion = private_key_jwt_assertion(client_id, endpoint, private_key, kid=kid,
                                                   clock=now)
         else:
             assert client_secret is not None
-            assertion = client_secret_jwt_assertion(client_id, token_url, client_secret,
+            assertion = client_secret_jwt_assertion(client_id, endpoint, client_secret,
                                                     clock=now)
         params += [("client_id", client_id), ("client_assertion_type", ASSERTION_TYPE),
                    ("client_assertion", assertion)]
@@ -264,11 +272,11 @@ def parse_response(
         body: Any = response.json()
     except (ValueError, RecursionError):
         body = None
-    retry_after = _retry_after(response, now)
+    retry_after = retry_after_seconds(response, now)
 
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         # An error response (RFC 6749 §5.2); also when mislabelled HTTP 200.
-        raise _oauth_error(body, status, retry_after)
+        raise oauth_error(body, status, retry_after)
     if 300 <= status < 400:
         raise TransportError(
             error_description=f"{token_url} answered with a redirect (HTTP {status}); token "
@@ -323,7 +331,7 @@ def parse_response(
     )
 
 
-def _oauth_error(body: dict[str, Any], status: int, retry_after: float | None) -> OAuthError:
+def oauth_error(body: dict[str, Any], status: int, retry_after: float | None) -> OAuthError:
     description = body.get("error_description")
     uri = body.get("error_uri")
     return error_class(body["error"])(

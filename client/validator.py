@@ -21,7 +21,10 @@ What is checked, in this order (RFC 9068 §4, RFC 8725):
    ``iss`` equal to the issuer (exact string comparison); ``aud`` a string or list containing
    this API's identifier; ``exp``/``nbf``/``iat`` numbers, not expired and not in the future by
    more than ``leeway`` seconds (the error says by how much); ``scope`` a string;
-5. the required scopes (``InsufficientScopeError``).
+5. with ``revocation_check`` (an :class:`~m2mauth.client.IntrospectionValidator` of the same
+   issuer): whether the issuer still says the token is active – revoked tokens stop here,
+   within that validator's cache time – on every use, first sight or cached;
+6. the required scopes (``InsufficientScopeError``).
 
 Speed: a verified token is remembered under its full string in a bounded cache (entries and
 bytes), so the usual case – a service sending the same token again – costs a dict lookup and
@@ -41,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from jwt.algorithms import get_default_algorithms
@@ -57,6 +60,9 @@ from ._untrusted import shown
 from .discovery import MetadataCache, discover
 from .errors import DiscoveryError, InsufficientScopeError, InvalidTokenError
 from .jwks import JWKSCache, VerificationKey
+
+if TYPE_CHECKING:
+    from .introspection import IntrospectionValidator
 
 __all__ = ["ACCESS_TOKEN_TYPES", "DEFAULT_ALGORITHMS", "TokenValidator", "ValidatedToken"]
 
@@ -176,7 +182,10 @@ class TokenValidator:
     ``max_token_bytes``: longer tokens are refused before decoding. ``clock``: seconds since
     the epoch. ``jwks_cache``: a shared :class:`JWKSCache` (else one is made with ``session``,
     ``timeout`` and the clock). ``cache_max_entries``/``cache_max_bytes`` bound the cache of
-    verified tokens (0 entries turns it off).
+    verified tokens (0 entries turns it off). ``revocation_check``: an
+    :class:`~m2mauth.client.IntrospectionValidator` for the same issuer, asked after the local
+    checks pass (its cache, its failures: :class:`~m2mauth.client.IntrospectionError`), so a
+    revoked token is refused (``inactive``) while a forged one never reaches the issuer.
     """
 
     def __init__(
@@ -196,9 +205,12 @@ class TokenValidator:
         timeout: float = 5.0,
         cache_max_entries: int = 10_000,
         cache_max_bytes: int = 16 * 1024 * 1024,
+        revocation_check: IntrospectionValidator | None = None,
     ) -> None:
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("issuer must be a non-empty string")
+        if revocation_check is not None and getattr(revocation_check, "issuer", None) != issuer:
+            raise ValueError("revocation_check must ask the same issuer")
         audiences = tuple(as_list(audience))
         if not audiences or not all(isinstance(a, str) and a for a in audiences):
             raise ValueError("audience must be a non-empty string or strings")
@@ -231,6 +243,7 @@ class TokenValidator:
         self.clock = clock
         self.cache_max_entries = cache_max_entries
         self.cache_max_bytes = cache_max_bytes
+        self.revocation_check = revocation_check
         self._audiences = frozenset(audiences)
         self._allowed = frozenset(algorithms)
         self._asymmetric = frozenset(a for a in algorithms if a in ASYMMETRIC_ALGORITHMS)
@@ -268,13 +281,17 @@ class TokenValidator:
         """The token's content if it is a valid access token for this API granting all of
         ``scopes`` (a space-separated string or strings); else :class:`InvalidTokenError` or
         :class:`InsufficientScopeError`. :class:`~m2mauth.client.JWKSError` or
-        :class:`~m2mauth.client.DiscoveryError` mean the issuer's keys cannot be had."""
+        :class:`~m2mauth.client.DiscoveryError` mean the issuer's keys cannot be had,
+        :class:`~m2mauth.client.IntrospectionError` that the ``revocation_check`` cannot
+        ask."""
         now = self.clock()
         entry = self._cache.get(token) if type(token) is str else None
         if entry is None:
             entry = self._verify(token, now)
         else:
             self._recheck(token, entry, now)
+        if self.revocation_check is not None:  # before the scopes: a revoked token is a 401
+            self.revocation_check.validate(token)
         if scopes:
             # One string is space-separated; each item of a list is one scope.
             required = tuple(as_list(scopes, split=isinstance(scopes, str)))
@@ -388,66 +405,16 @@ class TokenValidator:
     def _check_claims(self, claims: dict[str, Any], header: dict[str, Any], now: float,
                       kid: str | None, key: VerificationKey | None,
                       generation: int | None) -> _Entry:
-        for name in REQUIRED_CLAIMS:
-            if name not in claims:
-                raise InvalidTokenError("missing_claim", f"claim {name} is missing",
-                                        claim=name)
-        iss = claims["iss"]
-        if type(iss) is not str:
-            raise InvalidTokenError("invalid_claim", "claim iss is not a string", claim="iss")
-        if iss != self.issuer:  # exact: no prefix/substring games
-            raise InvalidTokenError("wrong_issuer", f"iss is {shown(iss, 60)}, not the "
-                                    "configured issuer", claim="iss")
-        aud = claims["aud"]
-        if type(aud) is str:
-            audience: tuple[str, ...] = (aud,)
-        elif type(aud) is list and aud and all(type(a) is str for a in aud):
-            audience = tuple(aud)
-        else:
-            raise InvalidTokenError("invalid_claim", "claim aud is not a string or a list of "
-                                    "strings", claim="aud")
-        if self._audiences.isdisjoint(audience):
-            raise InvalidTokenError("wrong_audience", "aud does not name this API",
-                                    claim="aud")
-        exp = _number(claims, "exp")
-        iat = _number(claims, "iat")
-        nbf = _number(claims, "nbf")
-        self._check_times(exp, nbf, iat, now)  # type: ignore[arg-type]
-        for name in ("sub", "client_id", "jti"):
-            if type(claims[name]) is not str or not claims[name]:
-                raise InvalidTokenError("invalid_claim", f"claim {name} is not a non-empty "
-                                        "string", claim=name)
-        scope = claims.get("scope", "")  # a present null is of the wrong type, not absent
-        if type(scope) is not str:
-            raise InvalidTokenError("invalid_claim", "claim scope is not a string",
-                                    claim="scope")
-        granted: tuple[str, ...] = tuple(dict.fromkeys(scope.split()))
-        validated = ValidatedToken(
-            subject=claims["sub"], client_id=claims["client_id"], scopes=granted,
-            expires_at=exp, issued_at=iat, audience=audience,  # type: ignore[arg-type]
-            issuer=iss, jti=claims["jti"], claims=MappingProxyType(claims),
-            header=MappingProxyType(header))
-        return _Entry(validated, exp, nbf, iat, frozenset(granted), kid,  # type: ignore[arg-type]
-                      key, generation, 0)
-
-    def _check_times(self, exp: float, nbf: float | None, iat: float, now: float) -> None:
-        leeway = self.leeway
-        if now >= exp + leeway:
-            raise InvalidTokenError("expired", f"expired {_secs(now - exp)} s ago (leeway "
-                                    f"{_secs(leeway)} s)", claim="exp")
-        if nbf is not None and nbf > now + leeway:
-            raise InvalidTokenError("not_yet_valid", f"not valid for another "
-                                    f"{_secs(nbf - now)} s (nbf; leeway {_secs(leeway)} s)",
-                                    claim="nbf")
-        if iat > now + leeway:
-            raise InvalidTokenError("not_yet_valid", f"issued {_secs(iat - now)} s in the "
-                                    f"future (iat; leeway {_secs(leeway)} s)", claim="iat")
+        validated, nbf = check_claims(claims, header, issuer=self.issuer,
+                                      audiences=self._audiences, leeway=self.leeway, now=now)
+        return _Entry(validated, validated.expires_at, nbf, validated.issued_at,
+                      frozenset(validated.scopes), kid, key, generation, 0)
 
     # -- seen before ---------------------------------------------------------------------------
 
     def _recheck(self, token: str, entry: _Entry, now: float) -> None:
         try:
-            self._check_times(entry.exp, entry.nbf, entry.iat, now)
+            check_times(entry.exp, entry.nbf, entry.iat, now, self.leeway)
         except InvalidTokenError as exc:
             if exc.reason == "expired":
                 self._forget(token, entry)
@@ -499,6 +466,71 @@ class TokenValidator:
             raise DiscoveryError("discovery_error", f"the metadata of {self.issuer} has no "
                                  "usable jwks_uri")
         return uri
+
+
+def check_claims(claims: Mapping[str, Any], header: Mapping[str, Any], *, issuer: str,
+                 audiences: frozenset[str], leeway: float,
+                 now: float) -> tuple[ValidatedToken, float | None]:
+    """Step 4 (claims): the :class:`ValidatedToken` of ``claims`` (a JWT's payload, or an
+    introspection answer), and its ``nbf``; else :class:`InvalidTokenError`. One check per
+    claim, in a fixed order: required claims present, ``iss`` exactly ``issuer``, ``aud``
+    naming one of ``audiences``, the times within ``leeway`` of ``now``, then the types of
+    ``sub``, ``client_id``, ``jti`` and ``scope``."""
+    for name in REQUIRED_CLAIMS:
+        if name not in claims:
+            raise InvalidTokenError("missing_claim", f"claim {name} is missing",
+                                    claim=name)
+    iss = claims["iss"]
+    if type(iss) is not str:
+        raise InvalidTokenError("invalid_claim", "claim iss is not a string", claim="iss")
+    if iss != issuer:  # exact: no prefix/substring games
+        raise InvalidTokenError("wrong_issuer", f"iss is {shown(iss, 60)}, not the "
+                                "configured issuer", claim="iss")
+    aud = claims["aud"]
+    if type(aud) is str:
+        audience: tuple[str, ...] = (aud,)
+    elif type(aud) is list and aud and all(type(a) is str for a in aud):
+        audience = tuple(aud)
+    else:
+        raise InvalidTokenError("invalid_claim", "claim aud is not a string or a list of "
+                                "strings", claim="aud")
+    if audiences.isdisjoint(audience):
+        raise InvalidTokenError("wrong_audience", "aud does not name this API",
+                                claim="aud")
+    exp = _number(claims, "exp")
+    iat = _number(claims, "iat")
+    nbf = _number(claims, "nbf")
+    check_times(exp, nbf, iat, now, leeway)  # type: ignore[arg-type]
+    for name in ("sub", "client_id", "jti"):
+        if type(claims[name]) is not str or not claims[name]:
+            raise InvalidTokenError("invalid_claim", f"claim {name} is not a non-empty "
+                                    "string", claim=name)
+    scope = claims.get("scope", "")  # a present null is of the wrong type, not absent
+    if type(scope) is not str:
+        raise InvalidTokenError("invalid_claim", "claim scope is not a string",
+                                claim="scope")
+    granted: tuple[str, ...] = tuple(dict.fromkeys(scope.split()))
+    validated = ValidatedToken(
+        subject=claims["sub"], client_id=claims["client_id"], scopes=granted,
+        expires_at=exp, issued_at=iat, audience=audience,  # type: ignore[arg-type]
+        issuer=iss, jti=claims["jti"], claims=MappingProxyType(claims),  # type: ignore[arg-type]
+        header=MappingProxyType(header))  # type: ignore[arg-type]
+    return validated, nbf
+
+
+def check_times(exp: float, nbf: float | None, iat: float, now: float, leeway: float) -> None:
+    """``exp``, ``nbf`` and ``iat`` against ``now``, each allowed ``leeway`` seconds of skew;
+    the error says by how much a token is late or early."""
+    if now >= exp + leeway:
+        raise InvalidTokenError("expired", f"expired {_secs(now - exp)} s ago (leeway "
+                                f"{_secs(leeway)} s)", claim="exp")
+    if nbf is not None and nbf > now + leeway:
+        raise InvalidTokenError("not_yet_valid", f"not valid for another "
+                                f"{_secs(nbf - now)} s (nbf; leeway {_secs(leeway)} s)",
+                                claim="nbf")
+    if iat > now + leeway:
+        raise InvalidTokenError("not_yet_valid", f"issued {_secs(iat - now)} s in the "
+                                f"future (iat; leeway {_secs(leeway)} s)", claim="iat")
 
 
 def _shape(raw: bytes) -> str:

@@ -12,16 +12,17 @@ import pytest
 import m2mauth.client
 
 EXPORTED = {
-    "AUTH_METHODS", "INVALID_TOKEN_REASONS", "AsyncTokenProvider", "Challenge",
-    "DiscoveryError", "HttpxBearerAuth", "InsufficientScopeError", "InvalidClientError",
-    "InvalidGrantError", "InvalidRequestError", "InvalidScopeError", "InvalidTargetError",
-    "InvalidTokenError", "JWKSCache", "JWKSError", "MetadataCache", "OAuthError",
-    "RequestsBearerAuth", "RetryPolicy", "ServerError", "TemporarilyUnavailableError", "Token",
-    "TokenCache", "TokenProvider", "TokenValidator", "TransportError",
-    "UnauthorizedClientError", "UnsupportedGrantTypeError", "ValidatedToken", "afetch_token",
-    "client_secret_jwt_assertion", "discover", "error_class", "fetch_token", "key_algorithm",
-    "load_private_key", "metadata_urls", "parse_challenges", "private_key_jwt_assertion",
-    "should_refetch",
+    "AUTH_METHODS", "AsyncTokenProvider", "Challenge", "DiscoveryError", "HttpxBearerAuth",
+    "INVALID_TOKEN_REASONS", "InsufficientScopeError", "IntrospectionError",
+    "IntrospectionValidator", "InvalidClientError", "InvalidGrantError",
+    "InvalidRequestError", "InvalidScopeError", "InvalidTargetError", "InvalidTokenError",
+    "JWKSCache", "JWKSError", "MetadataCache", "OAuthError", "RequestsBearerAuth",
+    "RetryPolicy", "ServerError", "TemporarilyUnavailableError", "Token", "TokenCache",
+    "TokenProvider", "TokenValidator", "TransportError", "UnauthorizedClientError",
+    "UnsupportedGrantTypeError", "ValidatedToken", "afetch_token",
+    "client_secret_jwt_assertion", "discover", "error_class", "fetch_token",
+    "introspect_token", "key_algorithm", "load_private_key", "metadata_urls",
+    "parse_challenges", "private_key_jwt_assertion", "revoke_token", "should_refetch",
 }
 
 
