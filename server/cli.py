@@ -1,5 +1,5 @@
-"""The ``m2mauth`` command line: ``serve``, ``keys generate``, ``token``, ``decode``,
-``demo-api`` and ``walkthrough``."""
+"""The ``m2mauth`` command line: ``serve``, ``keys generate``, ``token``, ``introspect``,
+``revoke``, ``decode``, ``demo-api`` and ``walkthrough``."""
 
 from __future__ import annotations
 
@@ -290,18 +290,19 @@ def keys_generate(directory: Path, algorithms: tuple[str, ...], force: bool) -> 
     click.echo(f"Serve with: m2mauth serve --keys-dir {directory}")
 
 
-# -- client side: get a token, inspect a token -------------------------------------------------
+# -- client side: get, introspect, revoke and inspect a token ----------------------------------
 
 #: Longer input is refused before any parsing (a token is a few hundred bytes to a few KiB).
 _MAX_TOKEN_CHARS = 64 * 1024
 
 
-def _fail(message: str) -> NoReturn:
-    """One line on stderr and exit code 1: the CLI's answer to a failed request or bad token."""
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr and exit ``code`` (1): the CLI's answer to a failed request or bad
+    token."""
     if "CERTIFICATE_VERIFY_FAILED" in message:
         message += " (trust the issuer's CA with --ca-bundle FILE or REQUESTS_CA_BUNDLE)"
     click.echo(f"Error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 def _ca_bundle_option(command):
@@ -331,44 +332,49 @@ def _session(ca_bundle: Path | None):
     return verifying_session(ca_bundle)
 
 
-@main.command("token")
-@click.option("--issuer", help="Issuer URL; the token endpoint is discovered (RFC 8414).")
-@click.option("--token-url", help="Token endpoint URL (instead of --issuer).")
-@click.option("--client-id", required=True, envvar="M2MAUTH_CLIENT_ID",
-              help="Client id (also M2MAUTH_CLIENT_ID).")
-@click.option("--client-secret", envvar="M2MAUTH_CLIENT_SECRET",
-              help="Client secret; prefer M2MAUTH_CLIENT_SECRET, which keeps it out of the "
-                   "shell history and the process list.")
-@click.option("--scope", "scopes", multiple=True,
-              help="Scope to request (repeatable, or several space-separated).")
-@click.option("--resource", "resources", multiple=True,
-              help="RFC 8707 resource indicator, becomes the token's aud (repeatable).")
-@click.option("--audience", "audiences", multiple=True,
-              help="Audience, sent as audience= (repeatable).")
-@click.option("--auth-method", type=click.Choice(AUTH_METHODS),
-              help="Client authentication.  [default: private_key_jwt with --private-key, "
-                   "else client_secret_basic]")
-@click.option("--private-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="PEM private key FILE for private_key_jwt (RSA, EC P-256 or Ed25519).")
-@click.option("--kid", help="Key id to put in the private_key_jwt assertion header.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="Seconds to wait for the server.")
-@click.option("--decode", "decode_token", is_flag=True,
-              help="Also print the token's header and claims.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the whole token response as JSON instead of the bare token.")
-@_ca_bundle_option
-def token_command(issuer, token_url, client_id, client_secret, scopes, resources, audiences,
-                  auth_method, private_key, kid, timeout, decode_token, as_json,
-                  ca_bundle) -> None:
-    """Get an access token with the client-credentials grant and print it."""
-    import json
-    import warnings
+def _client_options(url_option: str, url_name: str, url_help: str):
+    """The options of every command that authenticates as a client (``token``,
+    ``introspect``, ``revoke``), declared once: where the endpoint is (``--issuer`` or
+    ``url_option``, passed as ``url_name``), the credentials and auth method, the timeout
+    and the CA bundle."""
+    options = [
+        click.option("--issuer", help="Issuer URL; the endpoint is discovered (RFC 8414)."),
+        click.option(url_option, url_name, help=url_help),
+        click.option("--client-id", required=True, envvar="M2MAUTH_CLIENT_ID",
+                     help="Client id (also M2MAUTH_CLIENT_ID)."),
+        click.option("--client-secret", envvar="M2MAUTH_CLIENT_SECRET",
+                     help="Client secret; prefer M2MAUTH_CLIENT_SECRET, which keeps it out of "
+                          "the shell history and the process list."),
+        click.option("--auth-method", type=click.Choice(AUTH_METHODS),
+                     help="Client authentication.  [default: private_key_jwt with "
+                          "--private-key, else client_secret_basic]"),
+        click.option("--private-key", type=click.Path(exists=True, dir_okay=False,
+                                                      path_type=Path),
+                     help="PEM private key FILE for private_key_jwt (RSA, EC P-256 or "
+                          "Ed25519)."),
+        click.option("--kid", help="Key id to put in the private_key_jwt assertion header."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                     show_default=True, help="Seconds to wait for the server."),
+        _ca_bundle_option,
+    ]
 
-    from m2mauth.client import OAuthError, fetch_token, load_private_key
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
 
-    if (issuer is None) == (token_url is None):
-        raise click.UsageError("Give exactly one of --issuer and --token-url.")
+    return decorate
+
+
+def _credentials(issuer, url, url_option: str, client_secret, auth_method, private_key,
+                 fail_code: int = 1) -> dict[str, Any]:
+    """The client options as keyword arguments of ``fetch_token``/``introspect_token``/
+    ``revoke_token`` (without the endpoint): usage errors exit 2, an unreadable key
+    ``fail_code``."""
+    from m2mauth.client import load_private_key
+
+    if (issuer is None) == (url is None):
+        raise click.UsageError(f"Give exactly one of --issuer and {url_option}.")
     method = auth_method or ("private_key_jwt" if private_key else "client_secret_basic")
     key = None
     if method == "private_key_jwt":
@@ -377,30 +383,66 @@ def token_command(issuer, token_url, client_id, client_secret, scopes, resources
         try:
             key = load_private_key(private_key.read_bytes())
         except (OSError, ValueError) as exc:
-            _fail(f"--private-key {private_key}: {getattr(exc, 'strerror', None) or exc}")
+            _fail(f"--private-key {private_key}: {getattr(exc, 'strerror', None) or exc}",
+                  fail_code)
     elif not client_secret:
         raise click.UsageError(
             f"{method} needs --client-secret (or the M2MAUTH_CLIENT_SECRET variable)."
         )
+    return {"client_secret": client_secret if method != "private_key_jwt" else None,
+            "private_key": key, "auth_method": method}
+
+
+def _client_call(call, fail_code: int = 1):
+    """``call()``'s result; its OAuthError as one line and exit ``fail_code``, its ValueError
+    as a usage error (exit 2); PyJWT's short-HMAC-key warning as one line."""
+    import warnings
+
+    from m2mauth.client import OAuthError
+
     error: Exception | None = None
+    result = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            token = fetch_token(
-                token_url, issuer=issuer, client_id=client_id,
-                client_secret=client_secret if method != "private_key_jwt" else None,
-                private_key=key, kid=kid, scope=list(scopes), resource=list(resources),
-                auth_method=method, timeout=timeout,
-                extra_params={"audience": list(audiences)} if audiences else None,
-                session=_session(ca_bundle),
-            )
+            result = call()
         except (OAuthError, ValueError) as exc:
             error = exc
     _report_warnings(caught)
     if isinstance(error, OAuthError):
-        _fail(str(error))
+        _fail(str(error), fail_code)
     if error is not None:
         raise click.UsageError(str(error))
+    return result
+
+
+@main.command("token")
+@_client_options("--token-url", "token_url", "Token endpoint URL (instead of --issuer).")
+@click.option("--scope", "scopes", multiple=True,
+              help="Scope to request (repeatable, or several space-separated).")
+@click.option("--resource", "resources", multiple=True,
+              help="RFC 8707 resource indicator, becomes the token's aud (repeatable).")
+@click.option("--audience", "audiences", multiple=True,
+              help="Audience, sent as audience= (repeatable).")
+@click.option("--decode", "decode_token", is_flag=True,
+              help="Also print the token's header and claims.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the whole token response as JSON instead of the bare token.")
+def token_command(issuer, token_url, client_id, client_secret, scopes, resources, audiences,
+                  auth_method, private_key, kid, timeout, decode_token, as_json,
+                  ca_bundle) -> None:
+    """Get an access token with the client-credentials grant and print it."""
+    import json
+
+    from m2mauth.client import fetch_token
+
+    credentials = _credentials(issuer, token_url, "--token-url", client_secret, auth_method,
+                               private_key)
+    token = _client_call(lambda: fetch_token(
+        token_url, issuer=issuer, client_id=client_id, kid=kid, scope=list(scopes),
+        resource=list(resources), timeout=timeout,
+        extra_params={"audience": list(audiences)} if audiences else None,
+        session=_session(ca_bundle), **credentials))
     if as_json:
         click.echo(json.dumps(token.raw, indent=2))
     else:
@@ -412,6 +454,70 @@ def token_command(issuer, token_url, client_id, client_secret, scopes, resources
             click.echo(f"(not decoded: {exc})", err=True)
         else:
             _print_jwt(header, claims)
+
+
+def _read_token(token: str, fail_code: int = 1) -> str:
+    """TOKEN, or the token on stdin for ``-`` (which keeps it out of the process list),
+    stripped and at most ``_MAX_TOKEN_CHARS`` long."""
+    if token == "-":
+        token = sys.stdin.read(_MAX_TOKEN_CHARS + 1)
+    token = token.strip()
+    if not token:
+        _fail("the token is empty", fail_code)
+    if len(token) > _MAX_TOKEN_CHARS:
+        _fail(f"the token is longer than {_MAX_TOKEN_CHARS} characters", fail_code)
+    return token
+
+
+#: ``m2mauth introspect``'s exit codes, like grep's: found active, not active, could not ask.
+_ACTIVE, _INACTIVE, _CANNOT_ASK = 0, 1, 2
+
+
+@main.command("introspect")
+@click.argument("token")
+@_client_options("--introspection-url", "introspection_url",
+                 "Introspection endpoint URL (instead of --issuer).")
+@click.option("--token-type-hint", help="Sent as token_type_hint (e.g. access_token).")
+def introspect_command(token, issuer, introspection_url, client_id, client_secret,
+                       auth_method, private_key, kid, timeout, ca_bundle,
+                       token_type_hint) -> None:
+    """Ask the issuer whether TOKEN (or - to read it from stdin) is active (RFC 7662), as a
+    client allowed to introspect, and print its JSON answer. Exit code 0: active; 1: not
+    active; 2: no answer (bad options, unreachable, refused)."""
+    import json
+
+    from m2mauth.client import introspect_token
+
+    token = _read_token(token, _CANNOT_ASK)
+    credentials = _credentials(issuer, introspection_url, "--introspection-url",
+                               client_secret, auth_method, private_key, _CANNOT_ASK)
+    answer = _client_call(lambda: introspect_token(
+        token, introspection_endpoint=introspection_url, issuer=issuer, client_id=client_id,
+        kid=kid, token_type_hint=token_type_hint, timeout=timeout,
+        session=_session(ca_bundle), **credentials), _CANNOT_ASK)
+    click.echo(json.dumps(answer, indent=2))
+    sys.exit(_ACTIVE if answer.get("active") is True else _INACTIVE)
+
+
+@main.command("revoke")
+@click.argument("token")
+@_client_options("--revocation-url", "revocation_url",
+                 "Revocation endpoint URL (instead of --issuer).")
+@click.option("--token-type-hint", help="Sent as token_type_hint (e.g. access_token).")
+def revoke_command(token, issuer, revocation_url, client_id, client_secret, auth_method,
+                   private_key, kid, timeout, ca_bundle, token_type_hint) -> None:
+    """Revoke TOKEN (or - to read it from stdin), one of this client's own (RFC 7009).
+    Prints nothing and exits 0 when the server accepted it – which it also does for a token
+    it does not know (RFC 7009 section 2.2); an error is one line and exit code 1."""
+    from m2mauth.client import revoke_token
+
+    token = _read_token(token)
+    credentials = _credentials(issuer, revocation_url, "--revocation-url", client_secret,
+                               auth_method, private_key)
+    _client_call(lambda: revoke_token(
+        token, revocation_endpoint=revocation_url, issuer=issuer, client_id=client_id,
+        kid=kid, token_type_hint=token_type_hint, timeout=timeout,
+        session=_session(ca_bundle), **credentials))
 
 
 def _report_warnings(caught: list) -> None:
