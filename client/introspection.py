@@ -472,22 +472,28 @@ class IntrospectionValidator:
     # -- the token, and the cache ----------------------------------------------------------
 
     def _key(self, token: Any) -> tuple[str, bytes]:
-        """(the token as text, its cache key), checked before any work."""
-        if isinstance(token, (str, bytes, bytearray)):
+        """(the token as text, its cache key), its size and type checked before any work.
+        (Its shape is checked on a cache miss only: what is cached passed that check.)"""
+        if isinstance(token, str):
             if len(token) > self.max_token_bytes:
                 raise InvalidTokenError("too_large", f"the token is longer than "
                                         f"{self.max_token_bytes} bytes")
-            if not isinstance(token, str):
-                try:
-                    token = bytes(token).decode("ascii")
-                except UnicodeDecodeError:
-                    raise InvalidTokenError("malformed", "the token is not ASCII") from None
+            try:
+                raw = token.encode("ascii")
+            except UnicodeEncodeError:
+                raise InvalidTokenError("malformed", "the token is not ASCII") from None
+        elif isinstance(token, (bytes, bytearray)):
+            if len(token) > self.max_token_bytes:
+                raise InvalidTokenError("too_large", f"the token is longer than "
+                                        f"{self.max_token_bytes} bytes")
+            raw = bytes(token)
+            try:
+                token = raw.decode("ascii")
+            except UnicodeDecodeError:
+                raise InvalidTokenError("malformed", "the token is not ASCII") from None
         else:
             raise InvalidTokenError("malformed", "the token is not a string")
-        if TOKEN68.fullmatch(token) is None:
-            raise InvalidTokenError("malformed", "the token is not one token68 string (RFC "
-                                    "6750 section 2.1)")
-        return token, hashlib.sha256(token.encode("ascii")).digest()
+        return token, hashlib.sha256(raw).digest()
 
     def _cached(self, key: bytes, now: float) -> _Answer | None:
         with self._lock:
@@ -531,6 +537,9 @@ class IntrospectionValidator:
 
     def _introspect(self, key: bytes, token: str) -> _Answer:
         """The answer for an uncached token: asked once however many threads want it."""
+        if TOKEN68.fullmatch(token) is None:
+            raise InvalidTokenError("malformed", "the token is not one token68 string (RFC "
+                                    "6750 section 2.1)")
         with self._lock:
             answer = self._cache.get(key)
             if answer is not None and self.clock() < answer.fresh_until:
