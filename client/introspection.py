@@ -70,11 +70,11 @@ from .errors import (
 )
 from .tokens import (
     AuthMethod,
+    _retry_after,
     authenticate,
     check_credentials,
     is_http_url,
     oauth_error,
-    retry_after_seconds,
 )
 from .validator import ValidatedToken, check_claims
 
@@ -174,7 +174,7 @@ def _not_an_answer(response: Any, url: str, what: str, now: float) -> TransportE
     content_type = response.headers.get("Content-Type", "no content type")
     return TransportError(error_description=f"{url} answered HTTP {response.status_code} "
                           f"that is not {what} ({content_type}).", status=response.status_code,
-                          retry_after=retry_after_seconds(response, now))
+                          retry_after=_retry_after(response, now))
 
 
 def parse_introspection(response: Any, url: str, now: float) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def parse_introspection(response: Any, url: str, now: float) -> dict[str, Any]:
     anything else (a redirect, another status, a malformed body)."""
     body = _body(response)
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        raise oauth_error(body, response.status_code, retry_after_seconds(response, now))
+        raise oauth_error(body, response.status_code, _retry_after(response, now))
     if response.status_code != 200:
         raise _not_an_answer(response, url, "an OAuth error", now)
     if not isinstance(body, dict) or type(body.get("active")) is not bool:
@@ -199,7 +199,7 @@ def parse_revocation(response: Any, url: str, now: float) -> None:
         return
     body = _body(response)
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        raise oauth_error(body, response.status_code, retry_after_seconds(response, now))
+        raise oauth_error(body, response.status_code, _retry_after(response, now))
     raise _not_an_answer(response, url, "an OAuth error", now)
 
 

@@ -98,7 +98,7 @@ def is_http_url(url: object) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def retry_after_seconds(response: Any, now: float) -> float | None:
+def _retry_after(response: Any, now: float) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -272,7 +272,7 @@ def parse_response(
         body: Any = response.json()
     except (ValueError, RecursionError):
         body = None
-    retry_after = retry_after_seconds(response, now)
+    retry_after = _retry_after(response, now)
 
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         # An error response (RFC 6749 §5.2); also when mislabelled HTTP 200.
