@@ -4,6 +4,10 @@ and the lab's controls, logs and faults on both endpoints."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -369,3 +373,42 @@ def test_authlib_introspects_and_revokes(server):
     with OAuth2Session(RS[0], RS[1], token_endpoint_auth_method="client_secret_post") as rs:
         assert rs.introspect_token(server.issuer + "/introspect",
                                    token=tok).json() == INACTIVE
+
+
+_OPENID_CLIENT_SCRIPT = """\
+import * as client from "openid-client";
+
+const [issuer, token, rsId, rsSecret, svcId, svcSecret] = process.argv.slice(2);
+const discover = (id, secret) => client.discovery(new URL(issuer), id, undefined,
+  client.ClientSecretBasic(secret), { algorithm: "oauth2" });
+const rs = await discover(rsId, rsSecret);
+const svc = await discover(svcId, svcSecret);
+const before = await client.tokenIntrospection(rs, token);
+await client.tokenRevocation(svc, token);
+const after = await client.tokenIntrospection(rs, token);
+console.log(JSON.stringify({ before, after }));
+"""
+
+
+def test_openid_client_introspects_and_revokes(idp_factory, openid_client):
+    """openid-client 6 over TLS (it wants https), trusting the test CA: the metadata it
+    needs is there (it failed with OAUTH_MISSING_SERVER_METADATA before)."""
+    server = idp_factory(clients=_clients(), tls=True)
+    tok = token_over_tls(server)
+    (openid_client / "introspect.mjs").write_text(_OPENID_CLIENT_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
+    env["NODE_EXTRA_CA_CERTS"] = str(server.ca_bundle)
+    done = subprocess.run(["node", "introspect.mjs", server.issuer, tok, *RS, *SVC],
+                          cwd=openid_client, capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)
+    assert answers["before"]["active"] is True and answers["before"]["client_id"] == SVC[0]
+    assert answers["after"] == INACTIVE
+
+
+def token_over_tls(server) -> str:
+    answer = requests.post(server.token_endpoint, data=GRANT, auth=SVC, timeout=5,
+                           verify=str(server.ca_bundle))
+    assert answer.status_code == 200, answer.text
+    return answer.json()["access_token"]
