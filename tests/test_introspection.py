@@ -412,3 +412,12 @@ def token_over_tls(server) -> str:
                            verify=str(server.ca_bundle))
     assert answer.status_code == 200, answer.text
     return answer.json()["access_token"]
+
+
+def test_serve_issues_opaque_tokens_on_request(cli_process):
+    served = cli_process("serve", "--port", "0", "--token-format", "opaque")
+    issuer = served.field("issuer")
+    answer = requests.post(issuer + "/token", data=GRANT, auth=("demo-client", "demo-secret"),
+                           timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert "." not in answer.json()["access_token"]
