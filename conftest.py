@@ -160,3 +160,27 @@ def cli_process():
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def openid_client(tmp_path_factory):
+    """A directory with npm's openid-client 6 and jose installed (once per session), for an
+    ES-module script a test writes into it (ES modules find packages in a node_modules above
+    the script, not through NODE_PATH). Skipped without node 20+ and npm."""
+    import shutil
+    import subprocess
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("needs node and npm on the PATH")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True,  # noqa: S603
+                             timeout=30)
+    if int(version.stdout.strip().lstrip("v").split(".")[0]) < 20:
+        pytest.skip(f"openid-client 6 needs node 20 or later, found {version.stdout.strip()}")
+    directory = tmp_path_factory.mktemp("openid-client")
+    installed = subprocess.run(  # noqa: S603 - npm from the PATH, fixed arguments
+        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "openid-client@6",
+         "jose@6"], cwd=directory, capture_output=True, text=True, timeout=300)
+    if installed.returncode != 0:
+        pytest.skip(f"npm install openid-client failed: {installed.stderr.strip()[-300:]}")
+    return directory

@@ -145,18 +145,24 @@ class Introspection(IntrospectionEndpoint):
         return IntrospectionToken(claims) if claims is not None else None
 
     def check_permission(self, token, client, request) -> bool:
+        request.found_token = token  # for the request's record (its jti)
         return True  # decided for the caller, before the token was looked up
 
     def create_introspection_payload(self, token):
         # Authlib's version calls TokenMixin.is_expired/is_revoked, which judge by the wall
         # clock; the lookup has already judged by the server's.
-        if not token:
-            return {"active": False}
-        return self.introspect_token(token)
+        return self.answer(token)
 
     def introspect_token(self, token) -> dict[str, Any]:
+        return self.answer(token)
+
+    @staticmethod
+    def answer(claims: dict[str, Any] | None) -> dict[str, Any]:
+        """The RFC 7662 answer for a token's claims (None: not active)."""
+        if not claims:
+            return {"active": False}
         answer: dict[str, Any] = {"active": True}
-        answer.update((name, token[name]) for name in _ANSWERED if name in token)
+        answer.update((name, claims[name]) for name in _ANSWERED if name in claims)
         answer["token_type"] = "Bearer"
         return answer
 
@@ -188,6 +194,7 @@ class Revocation(RevocationEndpoint):
         return IntrospectionToken(claims) if claims is not None else None
 
     def revoke_token(self, token, request) -> None:
+        request.found_token = token  # for the request's record (its jti)
         # Until it would have expired anyway: then the entry leaves the list.
         if not self.lookup.store.revoke(token["jti"], float(token["exp"]), self.lookup.clock()):
             raise TemporarilyUnavailableError(

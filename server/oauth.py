@@ -67,6 +67,8 @@ class TokenEndpointRequest(FlaskOAuth2Request):
         self._request = request
         self.payload = _FormPayload(request.form)
         self.issued = None
+        #: The token an introspection or revocation request found (its claims).
+        self.found_token = None
         #: Why a client-secret method refused (for the log), when Authlib reports only
         #: that no method authenticated the client.
         self.auth_detail: str | None = None

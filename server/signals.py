@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from blinker import Namespace
 
-__all__ = ["token_request_handled"]
+__all__ = ["endpoint_request_handled", "token_request_handled"]
 
 _signals = Namespace()
 
@@ -14,3 +14,8 @@ _signals = Namespace()
 #: :class:`~m2mauth.server.token_request.TokenRequest` (client, auth method, scope, outcome,
 #: jti ...). Sender: the Flask app.
 token_request_handled = _signals.signal("m2mauth-token-request-handled")
+
+#: Sent by the introspection and revocation endpoints after every request they answered,
+#: with ``record``: the :class:`~m2mauth.server.token_request.EndpointRequest`. Sender: the
+#: Flask app.
+endpoint_request_handled = _signals.signal("m2mauth-endpoint-request-handled")

@@ -14,10 +14,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .client_auth import basic_credentials, claimed_client_id, is_hmac
 from .oauth import AuthorizationServer, TokenEndpointRequest
-from .signals import token_request_handled
+from .signals import endpoint_request_handled, token_request_handled
 from .syntax import printable as _printable
 
-__all__ = ["TokenRequest", "describe", "handle_endpoint_request", "handle_token_request",
+__all__ = ["EndpointRequest", "TokenRequest", "describe", "describe_endpoint_request",
+           "handle_endpoint_request", "handle_token_request", "log_endpoint_request",
            "log_token_request"]
 
 log = logging.getLogger("m2mauth.server")
@@ -45,6 +46,24 @@ class TokenRequest:
     jti: str | None = None
     granted_scope: tuple[str, ...] = field(default=())
     audience: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class EndpointRequest:
+    """One introspection or revocation request and its outcome: ``active``/``inactive``
+    (introspection), ``revoked``/``unchanged`` (revocation, where ``unchanged`` is an unknown,
+    inactive or another client's token), or the error code. ``client_id`` is verified unless
+    the outcome is an authentication error; ``jti`` is the token's when the server knew it.
+    Tokens and secrets are never recorded."""
+
+    time: float
+    endpoint: str  # "introspection" or "revocation"
+    client_id: str | None
+    auth_method: str | None
+    token_type_hint: str | None
+    status: int
+    outcome: str
+    jti: str | None = None
 
 
 def precheck(request: Request, *, grant: bool = True) -> None:
@@ -100,9 +119,10 @@ def handle_token_request(server: AuthorizationServer, request: Request, token_en
 
 
 def handle_endpoint_request(server: AuthorizationServer, name: str, request: Request,
-                            url: str) -> Response:
+                            url: str, now: float) -> Response:
     """Answer one introspection or revocation request (Authlib endpoint ``name``) with the
-    token endpoint's checks of the request itself, and log it in one line."""
+    token endpoint's checks of the request itself, log it in one line, and send
+    :data:`~m2mauth.server.signals.endpoint_request_handled` with its record."""
     oauth_request: TokenEndpointRequest | None = None
     try:
         precheck(request, grant=False)
@@ -113,16 +133,42 @@ def handle_endpoint_request(server: AuthorizationServer, name: str, request: Req
     else:
         oauth_request = TokenEndpointRequest(request, url)
         response = server.create_endpoint_response(name, oauth_request)
-    client = getattr(oauth_request, "client", None)
-    if log.isEnabledFor(logging.INFO):
-        body = response.get_json(silent=True) or {}
-        log.info("%s client_id=%s status=%s %s", name,
-                 _printable(client.client_id if client is not None else
-                            _claimed_client_id(request)),
-                 response.status_code,
-                 f"active={str(body.get('active')).lower()}" if "active" in body
-                 else f"error={_printable(body.get('error'))}" if "error" in body else "")
+    record = describe_endpoint_request(name, request, response, oauth_request, now)
+    log_endpoint_request(record)
+    endpoint_request_handled.send(current_app._get_current_object(), record=record)
     return response
+
+
+def describe_endpoint_request(name: str, request: Request, response: Response,
+                              oauth_request: TokenEndpointRequest | None, now: float, *,
+                              outcome: str | None = None) -> EndpointRequest:
+    """The record of one introspection or revocation request; ``outcome`` when something
+    other than the endpoint answered (a lab fault)."""
+    form = _form(request)
+    found = getattr(oauth_request, "found_token", None)
+    client = getattr(oauth_request, "client", None)
+    if outcome is None:
+        body = response.get_json(silent=True) or {}
+        if response.status_code != 200:
+            outcome = str(body.get("error", "error"))
+        elif name == "introspection":
+            outcome = "active" if body.get("active") is True else "inactive"
+        else:
+            outcome = "revoked" if found is not None else "unchanged"
+    return EndpointRequest(
+        time=now, endpoint=name,
+        client_id=client.client_id if client is not None else _kept(_claimed_client_id(request)),
+        auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(request),
+        token_type_hint=_kept(form.get("token_type_hint")) if form else None,
+        status=response.status_code, outcome=outcome,
+        jti=found.get("jti") if found is not None else None,
+    )
+
+
+def log_endpoint_request(record: EndpointRequest) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s client_id=%s status=%s outcome=%s", record.endpoint,
+                 _printable(record.client_id), record.status, record.outcome)
 
 
 def describe(request: Request, response: Response, oauth_request: TokenEndpointRequest | None,

@@ -52,7 +52,7 @@ def introspect() -> Response:
     issuer = current_issuer()
     return handle_endpoint_request(issuer.authorization, "introspection",
                                    request._get_current_object(),  # type: ignore[attr-defined]
-                                   issuer.introspection_endpoint)
+                                   issuer.introspection_endpoint, issuer.clock.now())
 
 
 @bp.post(REVOCATION_PATH)
@@ -61,7 +61,7 @@ def revoke() -> Response:
     issuer = current_issuer()
     return handle_endpoint_request(issuer.authorization, "revocation",
                                    request._get_current_object(),  # type: ignore[attr-defined]
-                                   issuer.revocation_endpoint)
+                                   issuer.revocation_endpoint, issuer.clock.now())
 
 
 #: Public documents that browser-based resource servers and test pages fetch from other

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import select
-import shutil
 import socket
 import ssl
 import stat
@@ -429,28 +428,9 @@ console.log(JSON.stringify({ issuer: config.serverMetadata().issuer,
 """
 
 
-@pytest.fixture(scope="session")
-def openid_client(tmp_path_factory) -> Path:
-    """A directory with openid-client and jose installed by npm (once per session), for an
-    ES-module script written into it (ES modules find packages in a node_modules above the
-    script, not through NODE_PATH)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("needs node and npm on the PATH")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
-    if int(version.stdout.strip().lstrip("v").split(".")[0]) < 20:
-        pytest.skip(f"openid-client 6 needs node 20 or later, found {version.stdout.strip()}")
-    directory = tmp_path_factory.mktemp("openid-client")
-    installed = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "openid-client@6",
-         "jose@6"], cwd=directory, capture_output=True, text=True, timeout=300)
-    if installed.returncode != 0:
-        pytest.skip(f"npm install openid-client failed: {installed.stderr.strip()[-300:]}")
-    (directory / "grant.mjs").write_text(_GRANT_SCRIPT)
-    return directory
-
-
 def test_openid_client_gets_a_token_over_tls_with_node_extra_ca_certs(tls_idp, openid_client):
+    (openid_client / "grant.mjs").write_text(_GRANT_SCRIPT)
+
     def grant(**env: str) -> subprocess.CompletedProcess:
         return subprocess.run(["node", "grant.mjs", tls_idp.issuer, *DEMO], cwd=openid_client,
                               capture_output=True, text=True, timeout=60, env=_clean_env(**env))

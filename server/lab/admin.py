@@ -35,11 +35,16 @@ OPERATIONS: list[dict[str, Any]] = [
     {"method": "GET", "path": "/admin/clients", "does": "list clients (no secrets)"},
     {"method": "POST", "path": "/admin/clients", "does": "add a client; answers its secret",
      "fields": ["client_id", "client_secret", "jwks", "scopes", "audiences", "default_scopes",
-                "default_audience", "auth_methods", "claims", "token_lifetime", "algorithm"]},
+                "default_audience", "auth_methods", "claims", "token_lifetime", "algorithm",
+                "token_format", "introspect"]},
     {"method": "DELETE", "path": "/admin/clients/<client_id>", "does": "remove a client"},
     {"method": "POST", "path": "/admin/tokens", "does": "mint a token without the token endpoint",
      "fields": ["client_id", "scope", "audience", "expires_in", "claims", "headers", "alg",
-                "signing_key"]},
+                "signing_key", "token_format"]},
+    {"method": "POST", "path": "/admin/introspect", "does": "what /introspect answers for a "
+     "token", "fields": ["token"]},
+    {"method": "POST", "path": "/admin/revoke", "does": "revoke a token (RFC 7009)",
+     "fields": ["token"]},
     {"method": "GET", "path": "/admin/clock", "does": "the server's time"},
     {"method": "POST", "path": "/admin/clock", "does": "move the server's time",
      "fields": ["freeze", "at", "advance", "offset", "reset"]},
@@ -50,6 +55,10 @@ OPERATIONS: list[dict[str, Any]] = [
     {"method": "DELETE", "path": "/admin/faults", "does": "drop queued faults"},
     {"method": "GET", "path": "/admin/requests/token", "does": "token requests received"},
     {"method": "GET", "path": "/admin/requests/jwks", "does": "JWKS fetches received"},
+    {"method": "GET", "path": "/admin/requests/introspection",
+     "does": "introspection requests received"},
+    {"method": "GET", "path": "/admin/requests/revocation",
+     "does": "revocation requests received"},
     {"method": "DELETE", "path": "/admin/requests", "does": "clear both request logs"},
     {"method": "GET", "path": "/admin/keys", "does": "signing keys and their status"},
     {"method": "POST", "path": "/admin/keys/rotate", "does": "new active key; old stays published",
@@ -239,6 +248,32 @@ def token_requests() -> Response:
 @bp.get("/requests/jwks")
 def jwks_requests() -> Response:
     return json_response({"requests": [asdict(r) for r in _controls().jwks_requests]})
+
+
+@bp.get("/requests/introspection")
+def introspection_requests() -> Response:
+    return json_response({"requests": [asdict(r) for r in _controls().introspection_requests]})
+
+
+@bp.get("/requests/revocation")
+def revocation_requests() -> Response:
+    return json_response({"requests": [asdict(r) for r in _controls().revocation_requests]})
+
+
+@bp.post("/introspect")
+def introspect() -> Response:
+    body = _body("POST", "/admin/introspect")
+    if "token" not in body:
+        raise ControlError("token", "is required")
+    return json_response(_controls().introspect(body["token"]))
+
+
+@bp.post("/revoke")
+def revoke() -> Response:
+    body = _body("POST", "/admin/revoke")
+    if "token" not in body:
+        raise ControlError("token", "is required")
+    return json_response({"revoked": _controls().revoke(body["token"])})
 
 
 @bp.delete("/requests")

@@ -17,15 +17,16 @@ from joserfc.jwk import Key
 from ..algorithms import ALGORITHMS, one_of
 from ..clients import Client
 from ..errors import ConfigError, KeyStoreError
+from ..introspection import Introspection
 from ..issuer import Issuer
 from ..keys import SigningKey, generate_signing_key
-from ..settings import ClientSettings, ServerSettings
+from ..settings import TOKEN_FORMATS, ClientSettings, ServerSettings
 from ..syntax import is_error_text, strings
 from ..tokens import ACTIVE_KEY, tampered
 from . import requestlog
 from .clock import LabClock
 from .faults import ENDPOINTS, KINDS, Fault
-from .requestlog import JwksRequest, LoggedTokenRequest
+from .requestlog import JwksRequest, LoggedEndpointRequest, LoggedTokenRequest
 
 __all__ = ["ControlError", "Controls", "RegisteredClient"]
 
@@ -175,6 +176,7 @@ class Controls:
         default_audience: str | Sequence[str] | None = None,
         auth_methods: Sequence[str] | None = None, claims: Mapping[str, Any] | None = None,
         token_lifetime: int | None = None, algorithm: str | None = None,
+        token_format: str | None = None, introspect: bool = False,
     ) -> RegisteredClient:
         """Register a client; without ``client_secret`` or ``jwks`` it gets a generated secret.
         Returns it with the secret (the only place the secret is shown)."""
@@ -194,7 +196,8 @@ class Controls:
             default_audience=None if default_audience is None else tuple(
                 _strings("default_audience", default_audience)),
             claims={} if claims is None else _mapping("claims", claims),
-            token_lifetime=token_lifetime, algorithm=algorithm,
+            token_lifetime=token_lifetime, algorithm=algorithm, token_format=token_format,
+            introspect=introspect,
         )
         try:
             settings.validate("add_client", "client")
@@ -226,12 +229,16 @@ class Controls:
         audience: str | Sequence[str] | None = None, expires_in: int | None = None,
         claims: Mapping[str, Any] | None = None, headers: Mapping[str, Any] | None = None,
         *, alg: str | None = None, signing_key: str | Any = "active",
+        token_format: str | None = None,
     ) -> str:
         """Mint an access token without HTTP, as the token endpoint would for ``client_id``
         (registered or not), nothing checked. ``claims`` and ``headers`` add or override
         entries (None removes one); ``alg="none"`` makes an unsigned token; ``signing_key``
         is ``"active"``, ``"unpublished"`` (a key the JWKS does not have) or a joserfc key.
+        ``token_format="opaque"`` mints an opaque token the introspection endpoint knows.
         """
+        if token_format is not None and token_format not in TOKEN_FORMATS:
+            raise ControlError("token_format", one_of(token_format, TOKEN_FORMATS))
         if not isinstance(client_id, str) or not client_id:
             raise ControlError("client_id", "must be a non-empty string")
         client = self.core.clients.get(client_id) or self.core.clients.build(
@@ -259,7 +266,7 @@ class Controls:
         try:
             issued = self.core.token_issuer.issue(
                 client, scope=list(scopes), audience=list(audiences), lifetime=lifetime,
-                claims=claims, headers=headers, alg=alg, key=key,
+                claims=claims, headers=headers, alg=alg, key=key, token_format=token_format,
             )
         except (ValueError, TypeError, JoseError, KeyStoreError) as exc:  # joserfc refuses it
             raise ControlError("headers" if headers else "signing_key", str(exc)) from None
@@ -355,8 +362,39 @@ class Controls:
         """Every JWKS fetch, in order: how often a service under test refreshed its keys."""
         return requestlog.read(self._store, requestlog.JWKS_LOG)
 
+    @property
+    def introspection_requests(self) -> list[LoggedEndpointRequest]:
+        """What the introspection endpoint received, in order (caller, outcome, jti ...)."""
+        return requestlog.read(self._store, requestlog.INTROSPECTION_LOG)
+
+    @property
+    def revocation_requests(self) -> list[LoggedEndpointRequest]:
+        """What the revocation endpoint received, in order (caller, outcome, jti ...)."""
+        return requestlog.read(self._store, requestlog.REVOCATION_LOG)
+
     def clear_requests(self) -> None:
         self._store.clear_records()
+
+    # -- introspection and revocation without HTTP -------------------------------------
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """What ``POST /introspect`` answers for ``token`` (RFC 7662), asked by no client."""
+        if not isinstance(token, str) or not token:
+            raise ControlError("token", "must be a non-empty string")
+        claims = self.core.tokens.find(token)
+        return Introspection.answer(claims)
+
+    def revoke(self, token: str) -> bool:
+        """Revoke ``token`` as its own client would (RFC 7009): introspected inactive from
+        now until its ``exp``. False when it was not active (nothing changed)."""
+        if not isinstance(token, str) or not token:
+            raise ControlError("token", "must be a non-empty string")
+        claims = self.core.tokens.find(token)
+        if claims is None:
+            return False
+        if not self._store.revoke(claims["jti"], float(claims["exp"]), self.clock.now()):
+            raise ControlError("token", "the revocation list is full (max_revocations)")
+        return True
 
     # -- keys -------------------------------------------------------------------------
 

@@ -30,9 +30,16 @@ from flask import Flask, Response, g, request
 from ..issuer import EXTENSION as CORE_EXTENSION
 from ..issuer import Issuer
 from ..issuers import router_of
-from ..signals import token_request_handled
+from ..signals import endpoint_request_handled, token_request_handled
 from ..store import StateStore
-from ..token_request import TokenRequest, describe, log_token_request
+from ..token_request import (
+    EndpointRequest,
+    TokenRequest,
+    describe,
+    describe_endpoint_request,
+    log_endpoint_request,
+    log_token_request,
+)
 from . import requestlog
 from .admin import ADMIN_PREFIX, EXTENSION
 from .admin import bp as admin_bp
@@ -85,6 +92,7 @@ class Lab:
         # A weak reference (blinker's default): the app holds the state, and an app that is
         # gone takes its receiver with it.
         token_request_handled.connect(state.on_token_request, sender=app)
+        endpoint_request_handled.connect(state.on_endpoint_request, sender=app)
         if core.settings.admin_api:
             app.register_blueprint(admin_bp, url_prefix=core.mount + ADMIN_PREFIX)
         router = router_of(app)
@@ -140,16 +148,27 @@ class LabState:
         if endpoint == "jwks":
             requestlog.append(self.store, requestlog.JwksRequest(now, response.status_code,
                                                                  kind))
-        elif kind in ANSWERING_KINDS:
+        elif kind in ANSWERING_KINDS and endpoint == "token":
             # The token endpoint never ran: the lab writes its record and log line.
             record = describe(request, response, None, now,
                               outcome=None if kind == "error" else kind)
             log_token_request(record)
             requestlog.append(self.store, requestlog.logged(record, kind))
+        elif kind in ANSWERING_KINDS:
+            # Nor did the introspection or revocation endpoint.
+            endpoint_record = describe_endpoint_request(
+                endpoint, request, response, None, now,
+                outcome=None if kind == "error" else kind)
+            log_endpoint_request(endpoint_record)
+            requestlog.append(self.store, requestlog.logged(endpoint_record, kind))
         if kind == "drop":  # after the record: a client that sees the drop sees the entry
             drop_connection(request)
         return response
 
     def on_token_request(self, app: Flask, record: TokenRequest) -> None:
+        fault: Fault | None = g.get(_FAULT)
+        requestlog.append(self.store, requestlog.logged(record, fault.kind if fault else None))
+
+    def on_endpoint_request(self, app: Flask, record: EndpointRequest) -> None:
         fault: Fault | None = g.get(_FAULT)
         requestlog.append(self.store, requestlog.logged(record, fault.kind if fault else None))

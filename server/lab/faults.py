@@ -18,13 +18,15 @@ from ..serving import SOCKET_KEY
 __all__ = ["ENDPOINTS", "KINDS", "Fault", "drop_connection", "response_for", "strip_expires_in"]
 
 #: Endpoints that take faults, by the name of their Flask view.
-ENDPOINTS = {"token": "m2mauth.token", "jwks": "m2mauth.jwks"}
+ENDPOINTS = {"token": "m2mauth.token", "jwks": "m2mauth.jwks",
+             "introspection": "m2mauth.introspect", "revocation": "m2mauth.revoke"}
 #: What a fault does to one response.
 KINDS = ("error", "delay", "drop", "malformed", "no_expires_in")
 #: Kinds that answer in place of the endpoint; the others let it answer.
 ANSWERING_KINDS = frozenset({"error", "drop", "malformed"})
 
-_MALFORMED = {"token": b'{"access_token": "eyJ', "jwks": b'{"keys": [{"kty": '}
+_MALFORMED = {"token": b'{"access_token": "eyJ', "jwks": b'{"keys": [{"kty": ',
+              "introspection": b'{"active": tr', "revocation": b"{"}
 
 
 @dataclass(frozen=True)

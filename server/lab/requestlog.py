@@ -1,7 +1,8 @@
-"""What the token and JWKS endpoints received, in order, kept in the issuer's state store:
-for tests to assert on. The token endpoint's records come from the core's
-``token_request_handled`` signal; JWKS fetches and fault-answered requests from the lab's
-request hooks."""
+"""What the token, JWKS, introspection and revocation endpoints received, in order, kept in
+the issuer's state store: for tests to assert on. The token endpoint's records come from the
+core's ``token_request_handled`` signal, introspection and revocation from
+``endpoint_request_handled``; JWKS fetches and fault-answered requests from the lab's request
+hooks."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..store import StateStore
-from ..token_request import TokenRequest
+from ..token_request import EndpointRequest, TokenRequest
 
-__all__ = ["JWKS_LOG", "TOKEN_LOG", "JwksRequest", "LoggedTokenRequest", "append", "logged",
-           "read"]
+__all__ = ["INTROSPECTION_LOG", "JWKS_LOG", "REVOCATION_LOG", "TOKEN_LOG", "JwksRequest",
+           "LoggedEndpointRequest", "LoggedTokenRequest", "append", "logged", "read"]
 
 TOKEN_LOG = "token"
 JWKS_LOG = "jwks"
+INTROSPECTION_LOG = "introspection"
+REVOCATION_LOG = "revocation"
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,17 @@ class LoggedTokenRequest(TokenRequest):
     fault: str | None = None
 
 
-def logged(record: TokenRequest, fault: str | None) -> LoggedTokenRequest:
+@dataclass(frozen=True)
+class LoggedEndpointRequest(EndpointRequest):
+    """An introspection or revocation request as the lab logs it, with its fault if any."""
+
+    fault: str | None = None
+
+
+def logged(record: TokenRequest | EndpointRequest, fault: str | None,
+           ) -> LoggedTokenRequest | LoggedEndpointRequest:
+    if isinstance(record, EndpointRequest):
+        return LoggedEndpointRequest(**vars(record), fault=fault)
     return LoggedTokenRequest(**vars(record), fault=fault)
 
 
@@ -39,11 +52,17 @@ class JwksRequest:
     fault: str | None = None
 
 
-_TYPES: dict[str, type] = {TOKEN_LOG: LoggedTokenRequest, JWKS_LOG: JwksRequest}
+_TYPES: dict[str, type] = {TOKEN_LOG: LoggedTokenRequest, JWKS_LOG: JwksRequest,
+                           INTROSPECTION_LOG: LoggedEndpointRequest,
+                           REVOCATION_LOG: LoggedEndpointRequest}
 
 
-def append(store: StateStore, record: LoggedTokenRequest | JwksRequest) -> None:
-    log = TOKEN_LOG if isinstance(record, LoggedTokenRequest) else JWKS_LOG
+def append(store: StateStore,
+           record: LoggedTokenRequest | LoggedEndpointRequest | JwksRequest) -> None:
+    if isinstance(record, LoggedEndpointRequest):
+        log = record.endpoint
+    else:
+        log = TOKEN_LOG if isinstance(record, LoggedTokenRequest) else JWKS_LOG
     store.append_record(log, dict(vars(record)))  # shallow: every field is immutable
 
 
