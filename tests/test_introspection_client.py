@@ -850,6 +850,46 @@ def test_stale_answers_and_failures_are_logged_without_tokens(doomed, http, capl
     assert token not in caplog.text and RS_SECRET not in caplog.text
 
 
+# -- the lab's own view: its introspection log and faults ------------------------------------
+
+
+@pytest.mark.parametrize("method", [*SECRET_METHODS, "private_key_jwt"])
+def test_the_server_logs_the_method_the_validator_used(issuer, make_validator, client_keys,
+                                                       method):
+    if method == "private_key_jwt":
+        key = client_keys["ES256"]
+        validator = make_validator(client_id="rs-jwt-es256", private_key=key.pem(),
+                                   kid=key.jwk.kid)
+    else:
+        validator = make_validator(auth_method=method)
+    token = token_of(issuer)
+    validator.validate(token)
+    with pytest.raises(InvalidTokenError):
+        validator.validate("never-issued")
+    logged = issuer.introspection_requests
+    assert [(r.auth_method, r.token_type_hint, r.status, r.outcome) for r in logged] == [
+        (method, "access_token", 200, "active"), (method, "access_token", 200, "inactive")]
+    assert logged[0].client_id == validator.client_id
+
+
+@pytest.mark.parametrize("kind", ["error", "drop", "malformed"])
+def test_the_labs_introspection_faults_serve_stale_then_fail_closed(issuer, make_validator,
+                                                                    http, kind):
+    token = token_of(issuer)
+    validator = make_validator(introspection_endpoint=issuer.core.introspection_endpoint,
+                               cache_ttl=10, max_stale=20, failure_backoff=0)
+    validator.validate(token)
+    issuer.fail_next(2, endpoint="introspection", kind=kind)
+    issuer.clock.advance(15)
+    assert validator.validate(token).client_id == "caller"  # stale
+    issuer.clock.advance(15)
+    with pytest.raises(IntrospectionError):
+        validator.validate(token)
+    assert validator.validate(token).client_id == "caller"  # the faults are spent
+    assert http.count() == 4
+    assert [r.fault for r in issuer.introspection_requests][-1] is None
+
+
 # -- require_token ---------------------------------------------------------------------------
 
 
