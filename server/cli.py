@@ -469,11 +469,51 @@ def _read_token(token: str, fail_code: int = 1) -> str:
     return token
 
 
+class _TokenCommand(click.Command):
+    """A command whose TOKEN argument may start with ``-``, as one opaque token in 64 does
+    (base64url): an argument of one dash and a non-dash that is neither an option of the
+    command nor an option's value is moved behind ``--`` before click parses, instead of
+    being taken for a cluster of short options."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        names: set[str] = set()
+        valued: set[str] = set()
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option):
+                for name in (*param.opts, *param.secondary_opts):
+                    names.add(name)
+                    if not param.is_flag:
+                        valued.add(name)
+        kept: list[str] = []
+        tokens: list[str] = []
+        value_next = False
+        for index, arg in enumerate(args):
+            if arg == "--" and not value_next:
+                kept += args[index:]
+                break
+            if value_next:
+                kept.append(arg)
+                value_next = False
+            elif len(arg) > 1 and arg[0] == "-" and arg[1] != "-" and arg not in names:
+                tokens.append(arg)
+            else:
+                kept.append(arg)
+                value_next = arg in valued
+        if tokens:
+            kept += tokens if "--" in kept else ["--", *tokens]
+        try:
+            return super().parse_args(ctx, kept)
+        except click.NoSuchOption as exc:
+            exc.message += (" (if that is the token: put it after --, or give - and send it on "
+                            "stdin)")
+            raise
+
+
 #: ``m2mauth introspect``'s exit codes, like grep's: found active, not active, could not ask.
 _ACTIVE, _INACTIVE, _CANNOT_ASK = 0, 1, 2
 
 
-@main.command("introspect")
+@main.command("introspect", cls=_TokenCommand)
 @click.argument("token")
 @_client_options("--introspection-url", "introspection_url",
                  "Introspection endpoint URL (instead of --issuer).")
@@ -499,7 +539,7 @@ def introspect_command(token, issuer, introspection_url, client_id, client_secre
     sys.exit(_ACTIVE if answer.get("active") is True else _INACTIVE)
 
 
-@main.command("revoke")
+@main.command("revoke", cls=_TokenCommand)
 @click.argument("token")
 @_client_options("--revocation-url", "revocation_url",
                  "Revocation endpoint URL (instead of --issuer).")

@@ -95,7 +95,7 @@ def test_introspect_an_inactive_token_prints_the_answer_and_exits_1(run, issuer)
     token = token_of(issuer, "opaque-caller")
     issuer.clock.advance(301)
     result = run("introspect", token, *as_rs(issuer))
-    assert result.exit_code == 1
+    assert result.exit_code == 1, result.output
     assert json.loads(result.stdout) == {"active": False}
     assert result.stderr == ""
 
@@ -186,6 +186,30 @@ def test_introspect_refuses_an_empty_or_huge_token(run, issuer):
         "the token is empty")
     huge = run("introspect", "-", *as_rs(issuer), input="x" * 70_000)
     assert "longer than" in one_line_error(huge, 2)
+
+
+@pytest.mark.parametrize("command", ["introspect", "revoke"])
+def test_a_token_that_starts_with_a_dash_is_the_token_not_an_option(run, issuer, command):
+    """One opaque token in 64 starts with '-' (base64url); it must not be read as options."""
+    who = as_rs(issuer) if command == "introspect" else [
+        "--issuer", issuer.issuer, "--client-id", "caller", "--client-secret", CALLER_SECRET]
+    for args in (["-Gq7_not-issued", *who],  # first
+                 [*who, "-hx-not-issued"],  # last, and like -h at first sight
+                 [*who[:2], "-Gq7_not-issued", *who[2:]],  # between options
+                 [*who, "--", "-Gq7_not-issued"]):  # the usual way still works
+        result = run(command, *args)
+        assert result.exit_code == (1 if command == "introspect" else 0), result.output
+        assert "Usage" not in result.output
+    secret_with_a_dash = run(command, "-Gq7_not-issued", "--issuer", issuer.issuer,
+                             "--client-id", "orders-api", "--client-secret", "-not-the-token")
+    assert secret_with_a_dash.exit_code != 0  # taken as the secret (wrong), not as a token
+    assert "invalid_client" in secret_with_a_dash.stderr
+
+
+def test_a_mistyped_option_says_where_a_token_with_dashes_goes(run, issuer):
+    result = run("introspect", "--isuer", issuer.issuer, "t")
+    assert result.exit_code == 2
+    assert "No such option '--isuer'" in result.stderr and "put it after --" in result.stderr
 
 
 # -- m2mauth revoke ----------------------------------------------------------------------------
