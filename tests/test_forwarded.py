@@ -39,6 +39,10 @@ def environ(**headers: str) -> dict[str, str]:
     ({"Forwarded": "proto=https;host=[2001:db8::1]:8443", "X-Forwarded-Host": "other.example"},
      ("https://[2001:db8::1]:8443", "")),
     ({"Forwarded": "for=192.0.2.60"}, ("http://127.0.0.1:8000", "")),
+    # A port is one spelling: leading zeros go, the scheme's default port is dropped.
+    ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "idp.example.com:0443"},
+     ("https://idp.example.com", "")),
+    ({"X-Forwarded-Host": "idp.example.com:08080"}, ("http://idp.example.com:8080", "")),
 ])
 def test_external_origin(headers, expected):
     assert external_origin(environ(**headers)) == expected
@@ -58,6 +62,14 @@ def test_external_origin(headers, expected):
     ({"Forwarded": 'host="unterminated'}, "RFC 7239"),
     ({"Forwarded": "host=" + "a" * 2000}, "longer than"),
     ({"X-Forwarded-Host": "a," * 600}, "longer than"),
+    # The port inside a host is checked as X-Forwarded-Port is.
+    ({"X-Forwarded-Host": "ok.example:0"}, "port"),
+    ({"X-Forwarded-Host": "ok.example:99999"}, "port"),
+    ({"Forwarded": "host=ok.example:70000"}, "port"),
+    ({"X-Forwarded-Host": "[:::::]"}, "host name"),
+    ({"X-Forwarded-Host": "[1.2.3.4]"}, "host name"),
+    # A Latin-1 superscript two is a digit to str.isdigit(), not to int().
+    ({"X-Forwarded-Host": "ok.example", "X-Forwarded-Port": "\u00b2"}, "port"),
 ])
 def test_bad_forwarding_headers_are_refused(headers, why):
     with pytest.raises(ForwardedError, match=why):
@@ -119,6 +131,18 @@ def test_bad_forwarding_headers_get_an_rfc_error(proxied):
     assert answer.json()["error"] == "invalid_request"
     assert requests.get(proxied.url + "/readyz", timeout=5,
                         headers={"X-Forwarded-Host": "evil.example/x"}).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Forwarded-Host": "ok.example", "X-Forwarded-Port": "\u00b2"},  # sent as byte 0xB2
+    {"X-Forwarded-Host": "[:::::]"},
+    {"X-Forwarded-Host": "ok.example:99999"},
+])
+def test_odd_forwarding_headers_get_a_400_not_a_500(proxied, headers):
+    for url in (proxied.metadata_url, proxied.issuer + "/a/jwks.json"):
+        answer = requests.get(url, headers=headers, timeout=5)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"] == "invalid_request"
 
 
 def test_issuer_urls_kept_for_a_proxy_are_bounded(proxied):
