@@ -145,6 +145,23 @@ def test_odd_forwarding_headers_get_a_400_not_a_500(proxied, headers):
         assert answer.json()["error"] == "invalid_request"
 
 
+@pytest.mark.parametrize("headers", [
+    PROXIED, {"X-Forwarded-Host": "idp.example.com"}, {"X-Forwarded-Proto": "https"},
+    {"X-Forwarded-Port": "443"}, {"X-Forwarded-Prefix": "/auth"},
+])
+def test_tokenless_admin_refuses_what_trust_proxy_reads_as_forwarded(proxied, headers):
+    # A proxy that names only the origin (nginx with X-Forwarded-Proto and -Host, and the
+    # upstream's own Host) forwards for anyone: the issuer follows it, so the guard must too.
+    for url in (proxied.admin_url + "/issuers", proxied.issuer + "/a/admin/clock"):
+        answer = requests.get(url, headers=headers, timeout=5)
+        assert answer.status_code == 403, (url, answer.text)
+        assert "proxy" in answer.json()["error_description"]
+    created = requests.post(proxied.admin_url + "/issuers", json={"name": "intruder"},
+                            headers=headers, timeout=5)
+    assert created.status_code == 403
+    assert sorted(proxied.issuers) == ["a"]
+
+
 def test_issuer_urls_kept_for_a_proxy_are_bounded(proxied):
     core = proxied.core
     for i in range(Issuer.MAX_SEEN_AS + 8):
