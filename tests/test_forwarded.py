@@ -162,6 +162,21 @@ def test_tokenless_admin_refuses_what_trust_proxy_reads_as_forwarded(proxied, he
     assert sorted(proxied.issuers) == ["a"]
 
 
+def test_answers_that_follow_the_proxy_say_so_to_caches(proxied, idp):
+    # The metadata may be cached (public, max-age=300) and names the token endpoint: a cache
+    # keyed on the URL alone would hand one caller's forged host to every client.
+    for url in (proxied.metadata_url, proxied.url + "/.well-known/oauth-authorization-server/a",
+                proxied.issuer + "/a/.well-known/openid-configuration",
+                proxied.issuer + "/playground"):
+        answer = requests.get(url, headers=PROXIED, timeout=5)
+        assert answer.status_code == 200
+        vary = {v.strip().lower() for v in answer.headers.get("Vary", "").split(",")}
+        assert {"forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+                "x-forwarded-prefix", "host"} <= vary, (url, vary)
+    # Without trust_proxy nothing depends on them.
+    assert "Vary" not in requests.get(idp.metadata_url, headers=PROXIED, timeout=5).headers
+
+
 def test_issuer_urls_kept_for_a_proxy_are_bounded(proxied):
     core = proxied.core
     for i in range(Issuer.MAX_SEEN_AS + 8):
