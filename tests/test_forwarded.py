@@ -177,6 +177,18 @@ def test_answers_that_follow_the_proxy_say_so_to_caches(proxied, idp):
     assert "Vary" not in requests.get(idp.metadata_url, headers=PROXIED, timeout=5).headers
 
 
+def test_an_injected_401_names_the_realm_the_token_endpoint_names(proxied):
+    a = proxied.issuers["a"]
+    real = requests.post(a.token_endpoint, data=FORM, auth=("demo-client", "wrong"),
+                         headers=PROXIED, timeout=5)
+    assert real.status_code == 401
+    assert real.headers["WWW-Authenticate"].startswith('Basic realm="https://idp.example.com/a"')
+    a.fail_next(status=401)
+    injected = requests.post(a.token_endpoint, data=FORM, auth=DEMO, headers=PROXIED, timeout=5)
+    assert injected.status_code == 401
+    assert injected.headers["WWW-Authenticate"] == real.headers["WWW-Authenticate"]
+
+
 def test_issuer_urls_kept_for_a_proxy_are_bounded(proxied):
     core = proxied.core
     for i in range(Issuer.MAX_SEEN_AS + 8):
