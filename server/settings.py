@@ -442,11 +442,17 @@ class ServerSettings:
         """The settings of the further issuer ``name`` (``[issuers.NAME]``, or ``table``):
         this server's, with the table's values, at ``<origin>/<name>``. Unless the table says
         otherwise it has fresh in-memory keys (no two issuers share a key) and the demo
-        client, as a server without ``[[clients]]`` has."""
+        client, as a server without ``[[clients]]`` has; ``ephemeral_keys = false`` without a
+        ``keys_dir`` means the shipped public test keys, as for the server."""
         values = dict(self.issuers[name] if table is None else table)
         values.setdefault("clients", _demo_clients())
         if "keys_dir" not in values:
             values.setdefault("ephemeral_keys", True)
+        # Its keys are its own: never the server's keys_dir, which holds the root issuer's
+        # private keys (with "ephemeral_keys = false" alone, or from the admin API, they were
+        # shared), nor the server's waiver of the permission checks on that directory.
+        values.setdefault("keys_dir", None)
+        values.setdefault("unsafe_key_permissions", False)
         parts = urlsplit(self.issuer_url)
         return dataclasses.replace(self, issuer=f"{parts.scheme}://{parts.netloc}/{name}",
                                    issuers={}, **values)

@@ -126,6 +126,36 @@ def test_issuers_never_share_keys(two):
     assert rotated not in {k["kid"] for k in two.jwks["keys"]}
 
 
+def test_issuers_never_take_the_servers_keys_dir(idp_factory, tmp_path):
+    # The server's keys_dir holds the root issuer's private keys: a table (or an added
+    # issuer) that only says "no ephemeral keys" must not sign with them, or the holder of
+    # its own admin token mints tokens the root's JWKS verifies (/admin/tokens sets any iss).
+    from m2mauth.server.keys import generate_key_files
+
+    generate_key_files(tmp_path / "keys", ["ES256"])
+    server = idp_factory(ServerSettings(
+        keys_dir=tmp_path / "keys", algorithm="ES256",
+        issuers={"t": {"ephemeral_keys": False, "admin_token": "t-admin-token-0123"}}))
+    added = requests.post(server.admin_url + "/issuers", json={
+        "name": "x", "ephemeral_keys": False}, timeout=10)
+    assert added.status_code == 201, added.text
+
+    def kids(url: str) -> set[str]:
+        return {k["kid"] for k in requests.get(url, timeout=5).json()["keys"]}
+
+    root = kids(server.jwks_uri)
+    assert not root & kids(server.issuer + "/t/jwks.json")
+    assert not root & kids(server.issuer + "/x/jwks.json")
+    # Without a keys_dir of their own they sign with the shipped public test keys.
+    assert server.issuers["t"].settings.keys_dir is None
+    assert server.issuers["t"].settings.uses_shipped_keys
+    forged = requests.post(server.issuer + "/t/admin/tokens", timeout=5, json={
+        "client_id": "demo-client", "claims": {"iss": server.issuer}},
+        headers={"Authorization": "Bearer t-admin-token-0123"}).json()["access_token"]
+    with pytest.raises(InvalidTokenError):
+        TokenValidator(server.issuer, audience="api://default").validate(forged)
+
+
 def test_issuers_have_their_own_clock_faults_and_request_log(two):
     a, b = two.issuers["a"], two.issuers["b"]
     a.clock.freeze(at=1_000_000)
