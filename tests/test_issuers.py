@@ -337,6 +337,24 @@ def test_bad_issuers_tables_name_the_key(tmp_path, toml, key, why):
     assert why in caught.value.why
 
 
+@pytest.mark.parametrize(("table", "why"), [
+    ("keys_dir = 'missing'\n", "no signing keys found"),
+    ("keys_dir = 'keys'\nalgorithm = 'RS256'\n", "no active RS256 signing key"),
+])
+def test_an_issuers_key_problem_names_the_issuer(tmp_path, table, why):
+    from click.testing import CliRunner
+
+    from m2mauth.server.cli import main
+    from m2mauth.server.keys import generate_key_files
+
+    generate_key_files(tmp_path / "keys", ["ES256"])
+    config = tmp_path / "m2mauth.toml"
+    config.write_text("[issuers.orders]\n" + table)
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "issuers.orders: " in result.output and why in result.output, result.output
+
+
 def test_reserved_names_are_every_first_segment_of_the_root_issuer():
     app = create_app(ServerSettings(port=8000))
     firsts = {rule.rule.split("/")[1] for rule in app.url_map.iter_rules()}
