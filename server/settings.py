@@ -490,6 +490,12 @@ class ServerSettings:
             problem = setting.check(value) if setting.check is not None else None
             if problem is not None:
                 raise ConfigError(source, setting.name, problem)
+        if self.lab and self.mount.split("/")[1:2] == [DEMO_API_SEGMENT]:
+            # The lab mounts the demo API in front of the issuer's app (server/__init__.py):
+            # it would answer /demo/token and every other endpoint in the issuer's place.
+            raise ConfigError(source, "issuer", f"its path starts with /{DEMO_API_SEGMENT}, "
+                              "where the lab serves the demo API; choose another path (or "
+                              "lab = false)")
         seen: set[str] = set()
         for i, client in enumerate(self.clients):
             where = f"clients[{i}]"
@@ -535,6 +541,9 @@ ISSUER_KEYS = ("algorithm", "token_lifetime", "default_audience", "keys_dir",
 RESERVED_ISSUER_NAMES = frozenset({
     "token", "jwks.json", ".well-known", "healthz", "readyz", "admin", "playground", "demo",
 })
+#: The first path segment of the lab's demo API (``DEMO_API_PREFIX``), which no issuer's
+#: path may start with either.
+DEMO_API_SEGMENT = "demo"
 _ISSUER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 

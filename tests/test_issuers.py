@@ -355,6 +355,30 @@ def test_an_issuers_key_problem_names_the_issuer(tmp_path, table, why):
     assert "issuers.orders: " in result.output and why in result.output, result.output
 
 
+@pytest.mark.parametrize("path", ["/demo", "/demo/orders"])
+def test_the_root_issuer_cannot_live_under_the_demo_api(cli_process, path):
+    # The demo API is mounted in front of every issuer's app: it answered /demo/token with
+    # an HTML 404, so no endpoint of such an issuer was reachable.
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"M2MAUTH_ISSUER": f"http://127.0.0.1:8000{path}"})
+    assert caught.value.key == "M2MAUTH_ISSUER"
+    assert "its path starts with /demo" in caught.value.why
+    with pytest.raises(ConfigError):
+        create_app(ServerSettings(issuer=f"http://127.0.0.1:8000{path}"))
+    # Without the lab there is no demo API, and the issuer is served.
+    port = _free_port()
+    issuer = f"http://127.0.0.1:{port}{path}"
+    proc = cli_process("serve", "--port", str(port), "--issuer", issuer, "--no-lab")
+    assert proc.field("issuer") == issuer
+    assert token(issuer + "/token").status_code == 200
+    # /demox is another segment, not the demo API's.
+    assert ServerSettings(issuer="http://127.0.0.1:8000/demox").validate()
+    from m2mauth.server import DEMO_API_PREFIX
+    from m2mauth.server.settings import DEMO_API_SEGMENT
+
+    assert DEMO_API_PREFIX == "/" + DEMO_API_SEGMENT
+
+
 def test_reserved_names_are_every_first_segment_of_the_root_issuer():
     app = create_app(ServerSettings(port=8000))
     firsts = {rule.rule.split("/")[1] for rule in app.url_map.iter_rules()}
