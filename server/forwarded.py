@@ -21,7 +21,9 @@ _HOST = re.compile(r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                    r"|\[(?P<ipv6>[0-9A-Fa-f:.]{2,45})\])(?::(?P<port>[0-9]{1,5}))?")
 #: ASCII digits only: str.isdigit() also takes "²" (a Latin-1 header byte), which int() refuses.
 _PORT = re.compile(r"[0-9]{1,5}")
-_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
+#: Segments of RFC 3986 pchars, but "." and "..": clients remove dot segments before they
+#: send (urllib3 does), so "/../idp" would name a token endpoint they never reach.
+_PREFIX = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
 #: RFC 7239 section 4: a forwarded-pair is token "=" ( token / quoted-string ).
 _PAIR = re.compile(r'\s*([A-Za-z0-9!#$%&\'*+.^_`|~-]+)=("(?:[^"\\]|\\.)*"|[^;,\s"]*)\s*')
 _MAX_HEADER = 1024
