@@ -6,6 +6,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from .errors import KeyStoreError
 from .issuer import EXTENSION, METADATA_PATHS, Issuer
 from .issuers import ROUTER, IssuerRouter
 from .settings import ServerSettings, load_settings
@@ -33,7 +34,12 @@ def create_core_app(settings: ServerSettings | None = None, *,
     router = app.extensions[ROUTER] = IssuerRouter(app)
     app.wsgi_app = router  # type: ignore[method-assign]
     for name in settings.issuers:
-        router.add(name, create_issuer_app(settings.issuer_settings(name)))
+        try:
+            issuer_app = create_issuer_app(settings.issuer_settings(name))
+        except KeyStoreError as exc:
+            # "no active RS256 signing key" alone does not say which of several issuers.
+            raise KeyStoreError(f"issuers.{name}: {exc}") from None
+        router.add(name, issuer_app)
     return app
 
 
