@@ -52,6 +52,9 @@ def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = No
     app = Flask("m2mauth.server", instance_path=str(Path(__file__).parent / "instance"))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # werkzeug answers "//token" with a 308 redirect and an HTML body; a client that POSTs
+    # to a URL with a doubled slash gets the JSON 404 instead.
+    app.url_map.merge_slashes = False
     issuer = app.extensions[EXTENSION] = Issuer(settings, store=store)
     app.register_blueprint(bp, url_prefix=issuer.mount or None)
     if issuer.mount:

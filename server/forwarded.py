@@ -46,7 +46,8 @@ def external_origin(environ: dict[str, Any]) -> tuple[str, str]:
     scheme = scheme.lower()
     if scheme not in ("http", "https"):
         raise ForwardedError(f"the forwarded protocol is {scheme[:16]!r}, not http or https")
-    found = _HOST.fullmatch(host)
+    # A DNS name is at most 253 characters; the request's own Host has no other bound here.
+    found = _HOST.fullmatch(host) if len(host) <= 253 + len(":65535") else None
     if found is None or not _is_address(found.group("ipv6")):
         raise ForwardedError("the forwarded host is not a host name or address (with a port)")
     if port is not None:

@@ -210,3 +210,9 @@ def test_without_trust_proxy_the_issuer_never_comes_from_the_request(idp):
                            timeout=5)
     assert TokenValidator(idp.issuer, audience="api://default").validate(
         answer.json()["access_token"]).claims["iss"] == idp.issuer
+
+
+def test_the_requests_own_host_is_bounded_too(proxied):
+    answer = requests.get(proxied.metadata_url, timeout=5,
+                          headers={"Host": ".".join(["a" * 60] * 40)})
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_request"

@@ -394,3 +394,11 @@ def test_the_cli_serves_declared_issuers(cli_process, tmp_path):
     root = proc.field("issuer")
     assert f"{root}/orders" in proc.text
     assert token(root + "/orders/token").status_code == 200
+
+
+def test_a_doubled_slash_is_a_json_404_not_an_html_redirect(two):
+    # ("//token" reaches /token: waitress reads a leading "//" as one slash.)
+    for url in (two.issuer + "/a//token", two.issuer + "/token//", two.issuer + "/a/jwks.json//"):
+        answer = token(url)
+        assert answer.status_code == 404, url
+        assert answer.json()["error"] == "invalid_request"
