@@ -6,6 +6,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from .errors import KeyStoreError
 from .issuer import EXTENSION, METADATA_PATHS, Issuer
 from .issuers import ROUTER, IssuerRouter
 from .settings import ServerSettings, load_settings
@@ -33,7 +34,12 @@ def create_core_app(settings: ServerSettings | None = None, *,
     router = app.extensions[ROUTER] = IssuerRouter(app)
     app.wsgi_app = router  # type: ignore[method-assign]
     for name in settings.issuers:
-        router.add(name, create_issuer_app(settings.issuer_settings(name)))
+        try:
+            issuer_app = create_issuer_app(settings.issuer_settings(name))
+        except KeyStoreError as exc:
+            # "no active RS256 signing key" alone does not say which of several issuers.
+            raise KeyStoreError(f"issuers.{name}: {exc}") from None
+        router.add(name, issuer_app)
     return app
 
 
@@ -46,6 +52,9 @@ def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = No
     app = Flask("m2mauth.server", instance_path=str(Path(__file__).parent / "instance"))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # werkzeug answers "//token" with a 308 redirect and an HTML body; a client that POSTs
+    # to a URL with a doubled slash gets the JSON 404 instead.
+    app.url_map.merge_slashes = False
     issuer = app.extensions[EXTENSION] = Issuer(settings, store=store)
     app.register_blueprint(bp, url_prefix=issuer.mount or None)
     if issuer.mount:

@@ -203,14 +203,20 @@ def _banner(app, tls=None) -> None:
              f"-d grant_type=client_credentials {issuer.token_endpoint}")
     else:
         echo(f"  clients   {', '.join(c.client_id for c in issuer.clients)}")
-    if settings.uses_shipped_keys:
+    # Any issuer on the server, not the root's alone: "ephemeral_keys = false" in an
+    # [issuers.NAME] table signs that issuer's tokens with the public keys too.
+    public = [i.issuer for i in (issuer, *(router.get(n).extensions["m2mauth"] for n in (
+        router.names() if router is not None else ()))) if i.settings.uses_shipped_keys]
+    if public:
         echo("  note      the shipped keys are PUBLIC test keys: never trust these tokens"
              " outside a test")
         if not settings.binds_loopback:
+            whose = "" if public == [issuer.issuer] else f" (for {', '.join(public)})"
             click.secho(
                 f"WARNING: listening on {settings.host}, a non-loopback address, while signing "
-                "with m2mauth's PUBLIC test keys. Anyone can forge these tokens. Use --keys-dir "
-                "or --ephemeral-keys for anything reachable from another machine.",
+                f"with m2mauth's PUBLIC test keys{whose}. Anyone can forge these tokens. Use "
+                "--keys-dir or --ephemeral-keys (ephemeral_keys or keys_dir in an issuer's "
+                "table) for anything reachable from another machine.",
                 err=True, fg="red", bold=True,
             )
     echo("Press Ctrl+C to stop.", err=True)

@@ -10,15 +10,20 @@ of an issuer URL that tokens carry.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
 __all__ = ["ForwardedError", "external_origin"]
 
-_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-                   r"|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
-_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
+                   r"|\[(?P<ipv6>[0-9A-Fa-f:.]{2,45})\])(?::(?P<port>[0-9]{1,5}))?")
+#: ASCII digits only: str.isdigit() also takes "²" (a Latin-1 header byte), which int() refuses.
+_PORT = re.compile(r"[0-9]{1,5}")
+#: Segments of RFC 3986 pchars, but "." and "..": clients remove dot segments before they
+#: send (urllib3 does), so "/../idp" would name a token endpoint they never reach.
+_PREFIX = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
 #: RFC 7239 section 4: a forwarded-pair is token "=" ( token / quoted-string ).
 _PAIR = re.compile(r'\s*([A-Za-z0-9!#$%&\'*+.^_`|~-]+)=("(?:[^"\\]|\\.)*"|[^;,\s"]*)\s*')
 _MAX_HEADER = 1024
@@ -41,17 +46,23 @@ def external_origin(environ: dict[str, Any]) -> tuple[str, str]:
     scheme = scheme.lower()
     if scheme not in ("http", "https"):
         raise ForwardedError(f"the forwarded protocol is {scheme[:16]!r}, not http or https")
-    if not _HOST.fullmatch(host):
+    # A DNS name is at most 253 characters; the request's own Host has no other bound here.
+    found = _HOST.fullmatch(host) if len(host) <= 253 + len(":65535") else None
+    if found is None or not _is_address(found.group("ipv6")):
         raise ForwardedError("the forwarded host is not a host name or address (with a port)")
     if port is not None:
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
             raise ForwardedError("X-Forwarded-Port is not a port number")
-        host = _without_port(host)
-        if int(port) != (443 if scheme == "https" else 80):
-            host = f"{host}:{int(port)}"
+    else:
+        port = found.group("port")
+        # The same check as X-Forwarded-Port's: "h:0" or "h:99999" would be an issuer URL
+        # no client can use ("h:0443" becomes "h:443", then the default port is dropped).
+        if port is not None and not 0 < int(port) < 65536:
+            raise ForwardedError("the forwarded host's port is not a port number")
+    host = found.group("name") or f"[{found.group('ipv6')}]"
+    if port is not None and int(port) != (443 if scheme == "https" else 80):
+        host = f"{host}:{int(port)}"
     host = host.lower()
-    default = ":443" if scheme == "https" else ":80"
-    host = host.removesuffix(default)
     prefix = prefix.rstrip("/")
     if not _PREFIX.fullmatch(prefix):
         raise ForwardedError("X-Forwarded-Prefix is not a path")
@@ -91,10 +102,16 @@ def _first_forwarded(value: str | None) -> dict[str, str]:
     return found
 
 
-def _without_port(host: str) -> str:
-    if host.startswith("["):
-        return host[:host.index("]") + 1]
-    return host.partition(":")[0]
+def _is_address(ipv6: str | None) -> bool:
+    """Whether a bracketed host is an IPv6 address (None: not bracketed): "[:::::]" passes
+    the pattern, and would make an issuer URL that urlsplit() refuses."""
+    if ipv6 is None:
+        return True
+    try:
+        ipaddress.IPv6Address(ipv6)
+    except ValueError:
+        return False
+    return True
 
 
 def _header_name(key: str) -> str:

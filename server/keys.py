@@ -266,11 +266,13 @@ class KeyStore:
         return retired
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable by the owner only (0600)."""
+def _write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one,
+    never half of one), with ``mode`` from the start: 0600, readable by the owner only, unless
+    told otherwise (a certificate is 0644)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -324,6 +326,6 @@ def generate_key_files(
     created = []
     for alg in algs:
         key = generate_signing_key(alg)
-        _write_private(directory / KEY_FILES[alg], key.pem())
+        _write_atomically(directory / KEY_FILES[alg], key.pem())
         created.append(key)
     return created

@@ -490,11 +490,17 @@ class ServerSettings:
         """The settings of the further issuer ``name`` (``[issuers.NAME]``, or ``table``):
         this server's, with the table's values, at ``<origin>/<name>``. Unless the table says
         otherwise it has fresh in-memory keys (no two issuers share a key) and the demo
-        client, as a server without ``[[clients]]`` has."""
+        client, as a server without ``[[clients]]`` has; ``ephemeral_keys = false`` without a
+        ``keys_dir`` means the shipped public test keys, as for the server."""
         values = dict(self.issuers[name] if table is None else table)
         values.setdefault("clients", _demo_clients())
         if "keys_dir" not in values:
             values.setdefault("ephemeral_keys", True)
+        # Its keys are its own: never the server's keys_dir, which holds the root issuer's
+        # private keys (with "ephemeral_keys = false" alone, or from the admin API, they were
+        # shared), nor the server's waiver of the permission checks on that directory.
+        values.setdefault("keys_dir", None)
+        values.setdefault("unsafe_key_permissions", False)
         parts = urlsplit(self.issuer_url)
         return dataclasses.replace(self, issuer=f"{parts.scheme}://{parts.netloc}/{name}",
                                    issuers={}, **values)
@@ -534,6 +540,12 @@ class ServerSettings:
             problem = setting.check(value) if setting.check is not None else None
             if problem is not None:
                 raise ConfigError(source, setting.name, problem)
+        if self.lab and self.mount.split("/")[1:2] == [DEMO_API_SEGMENT]:
+            # The lab mounts the demo API in front of the issuer's app (server/__init__.py):
+            # it would answer /demo/token and every other endpoint in the issuer's place.
+            raise ConfigError(source, "issuer", f"its path starts with /{DEMO_API_SEGMENT}, "
+                              "where the lab serves the demo API; choose another path (or "
+                              "lab = false)")
         seen: set[str] = set()
         for i, client in enumerate(self.clients):
             where = f"clients[{i}]"
@@ -607,6 +619,9 @@ RESERVED_ISSUER_NAMES = frozenset({
     "token", "jwks.json", ".well-known", "healthz", "readyz", "admin", "playground", "demo",
     "introspect", "revoke",
 })
+#: The first path segment of the lab's demo API (``DEMO_API_PREFIX``), which no issuer's
+#: path may start with either.
+DEMO_API_SEGMENT = "demo"
 _ISSUER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 

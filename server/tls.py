@@ -14,7 +14,6 @@ import contextlib
 import datetime
 import os
 import ssl
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,28 +289,11 @@ def _load_ca(directory: Path, check: bool, fail: Any) -> trustme.CA:
 def _create_ca(directory: Path) -> trustme.CA:
     import trustme
 
-    from .keys import _write_private
+    from .keys import _write_atomically
 
     ca = trustme.CA(organization_name="m2mauth", organization_unit_name=_CA_NAME)
     # The key first: a start interrupted between the two leaves no certificate, and the next
     # start makes a new pair (a certificate without its key is refused, see _load_ca).
-    _write_private(directory / CA_KEY_FILE, ca.private_key_pem.bytes())
-    _write_public(directory / CA_FILE, ca.cert_pem.bytes())
+    _write_atomically(directory / CA_KEY_FILE, ca.private_key_pem.bytes())
+    _write_atomically(directory / CA_FILE, ca.cert_pem.bytes(), mode=0o644)  # a certificate
     return ca
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable by everyone (0644): a certificate."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

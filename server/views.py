@@ -111,6 +111,22 @@ def _options(response: Response) -> Response:
     return response
 
 
+#: What a request's issuer is read from under ``trust_proxy`` (forwarded.py).
+_FORWARDING_HEADERS = ("Host", "Forwarded", "X-Forwarded-Proto", "X-Forwarded-Host",
+                       "X-Forwarded-Port", "X-Forwarded-Prefix")
+
+
+@bp.after_app_request
+def _vary_on_the_proxy(response: Response) -> Response:
+    """With ``trust_proxy`` an answer names the issuer the forwarding headers make (metadata,
+    the playground's paths, a 401's realm), and the metadata is ``public, max-age=300``: a
+    cache in front that keyed on the URL alone would serve one caller's forged
+    ``X-Forwarded-Host`` (its token endpoint) to every other client (RFC 9110 section 12.5.5)."""
+    if current_app.extensions[EXTENSION].settings.trust_proxy:
+        response.vary.update(_FORWARDING_HEADERS)
+    return response
+
+
 @probes.get(HEALTH_PATH)
 def healthz() -> Response:
     """Alive: the process answers HTTP (for a container's liveness probe)."""

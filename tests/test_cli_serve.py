@@ -84,6 +84,25 @@ def test_non_loopback_with_shipped_keys_warns_loudly(host, capsys):
     assert "PUBLIC test keys" in err
 
 
+def test_non_loopback_warns_for_a_further_issuer_with_shipped_keys(capsys):
+    # The root has ephemeral keys; orders says "ephemeral_keys = false" and so signs with the
+    # public test keys: its tokens are as forgeable as the root's would be.
+    from m2mauth.server import ServerSettings, create_app
+    from m2mauth.server.cli import _banner
+
+    settings = ServerSettings(host="0.0.0.0", port=8000, ephemeral_keys=True,
+                              issuers={"orders": {"ephemeral_keys": False}, "billing": {}})
+    _banner(create_app(settings))
+    err = capsys.readouterr().err
+    assert "WARNING: listening on 0.0.0.0, a non-loopback address" in err
+    assert "(for http://127.0.0.1:8000/orders)" in err
+    assert "billing" not in err
+    capsys.readouterr()
+    _banner(create_app(ServerSettings(host="0.0.0.0", port=8000, ephemeral_keys=True,
+                                      issuers={"billing": {}})))
+    assert "WARNING" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
 def test_loopback_with_shipped_keys_only_notes(host, capsys):
     from m2mauth.server import ServerSettings, create_app

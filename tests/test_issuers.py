@@ -126,6 +126,36 @@ def test_issuers_never_share_keys(two):
     assert rotated not in {k["kid"] for k in two.jwks["keys"]}
 
 
+def test_issuers_never_take_the_servers_keys_dir(idp_factory, tmp_path):
+    # The server's keys_dir holds the root issuer's private keys: a table (or an added
+    # issuer) that only says "no ephemeral keys" must not sign with them, or the holder of
+    # its own admin token mints tokens the root's JWKS verifies (/admin/tokens sets any iss).
+    from m2mauth.server.keys import generate_key_files
+
+    generate_key_files(tmp_path / "keys", ["ES256"])
+    server = idp_factory(ServerSettings(
+        keys_dir=tmp_path / "keys", algorithm="ES256",
+        issuers={"t": {"ephemeral_keys": False, "admin_token": "t-admin-token-0123"}}))
+    added = requests.post(server.admin_url + "/issuers", json={
+        "name": "x", "ephemeral_keys": False}, timeout=10)
+    assert added.status_code == 201, added.text
+
+    def kids(url: str) -> set[str]:
+        return {k["kid"] for k in requests.get(url, timeout=5).json()["keys"]}
+
+    root = kids(server.jwks_uri)
+    assert not root & kids(server.issuer + "/t/jwks.json")
+    assert not root & kids(server.issuer + "/x/jwks.json")
+    # Without a keys_dir of their own they sign with the shipped public test keys.
+    assert server.issuers["t"].settings.keys_dir is None
+    assert server.issuers["t"].settings.uses_shipped_keys
+    forged = requests.post(server.issuer + "/t/admin/tokens", timeout=5, json={
+        "client_id": "demo-client", "claims": {"iss": server.issuer}},
+        headers={"Authorization": "Bearer t-admin-token-0123"}).json()["access_token"]
+    with pytest.raises(InvalidTokenError):
+        TokenValidator(server.issuer, audience="api://default").validate(forged)
+
+
 def test_issuers_have_their_own_clock_faults_and_request_log(two):
     a, b = two.issuers["a"], two.issuers["b"]
     a.clock.freeze(at=1_000_000)
@@ -307,6 +337,48 @@ def test_bad_issuers_tables_name_the_key(tmp_path, toml, key, why):
     assert why in caught.value.why
 
 
+@pytest.mark.parametrize(("table", "why"), [
+    ("keys_dir = 'missing'\n", "no signing keys found"),
+    ("keys_dir = 'keys'\nalgorithm = 'RS256'\n", "no active RS256 signing key"),
+])
+def test_an_issuers_key_problem_names_the_issuer(tmp_path, table, why):
+    from click.testing import CliRunner
+
+    from m2mauth.server.cli import main
+    from m2mauth.server.keys import generate_key_files
+
+    generate_key_files(tmp_path / "keys", ["ES256"])
+    config = tmp_path / "m2mauth.toml"
+    config.write_text("[issuers.orders]\n" + table)
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "issuers.orders: " in result.output and why in result.output, result.output
+
+
+@pytest.mark.parametrize("path", ["/demo", "/demo/orders"])
+def test_the_root_issuer_cannot_live_under_the_demo_api(cli_process, path):
+    # The demo API is mounted in front of every issuer's app: it answered /demo/token with
+    # an HTML 404, so no endpoint of such an issuer was reachable.
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"M2MAUTH_ISSUER": f"http://127.0.0.1:8000{path}"})
+    assert caught.value.key == "M2MAUTH_ISSUER"
+    assert "its path starts with /demo" in caught.value.why
+    with pytest.raises(ConfigError):
+        create_app(ServerSettings(issuer=f"http://127.0.0.1:8000{path}"))
+    # Without the lab there is no demo API, and the issuer is served.
+    port = _free_port()
+    issuer = f"http://127.0.0.1:{port}{path}"
+    proc = cli_process("serve", "--port", str(port), "--issuer", issuer, "--no-lab")
+    assert proc.field("issuer") == issuer
+    assert token(issuer + "/token").status_code == 200
+    # /demox is another segment, not the demo API's.
+    assert ServerSettings(issuer="http://127.0.0.1:8000/demox").validate()
+    from m2mauth.server import DEMO_API_PREFIX
+    from m2mauth.server.settings import DEMO_API_SEGMENT
+
+    assert DEMO_API_PREFIX == "/" + DEMO_API_SEGMENT
+
+
 def test_reserved_names_are_every_first_segment_of_the_root_issuer():
     app = create_app(ServerSettings(port=8000))
     firsts = {rule.rule.split("/")[1] for rule in app.url_map.iter_rules()}
@@ -322,3 +394,11 @@ def test_the_cli_serves_declared_issuers(cli_process, tmp_path):
     root = proc.field("issuer")
     assert f"{root}/orders" in proc.text
     assert token(root + "/orders/token").status_code == 200
+
+
+def test_a_doubled_slash_is_a_json_404_not_an_html_redirect(two):
+    # ("//token" reaches /token: waitress reads a leading "//" as one slash.)
+    for url in (two.issuer + "/a//token", two.issuer + "/token//", two.issuer + "/a/jwks.json//"):
+        answer = token(url)
+        assert answer.status_code == 404, url
+        assert answer.json()["error"] == "invalid_request"

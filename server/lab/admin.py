@@ -107,8 +107,11 @@ def _body(method: str, path: str) -> dict[str, Any]:
     return body
 
 
-#: Headers a reverse proxy adds to name the client it forwards for.
-_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+#: Headers a reverse proxy adds to name the client it forwards for, or the origin that client
+#: used: a proxy may send only X-Forwarded-Host and -Proto, which --trust-proxy itself takes
+#: as the mark of a forwarded request (forwarded.py).
+_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host",
+                       "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Prefix")
 
 
 @bp.before_request
@@ -135,7 +138,7 @@ def _guard() -> Response | None:
         # A reverse proxy on this host makes every peer loopback; whom it forwards for is
         # anyone.
         return json_error(403, "access_denied", "The admin API without an admin token refuses "
-                          "requests forwarded by a proxy (Forwarded, X-Forwarded-For, X-Real-IP); "
+                          "requests forwarded by a proxy (Forwarded, X-Forwarded-*, X-Real-IP); "
                           "configure an admin token to use it through one.")
     elif _from_a_browser_elsewhere():
         return json_error(403, "access_denied", "The admin API without an admin token refuses "

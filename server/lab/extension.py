@@ -28,7 +28,7 @@ from __future__ import annotations
 from flask import Flask, Response, g, request
 
 from ..issuer import EXTENSION as CORE_EXTENSION
-from ..issuer import Issuer
+from ..issuer import Issuer, current_issuer
 from ..issuers import router_of
 from ..signals import endpoint_request_handled, token_request_handled
 from ..store import StateStore
@@ -134,7 +134,9 @@ class LabState:
         if fault is None:
             return None
         setattr(g, _FAULT, fault)
-        return response_for(fault, request, self.controls.core.issuer)
+        # The issuer as this client sees it (behind a proxy, the proxy's URL): the realm the
+        # token endpoint's own 401s name.
+        return response_for(fault, request, current_issuer().issuer)
 
     def after_request(self, response: Response) -> Response:
         endpoint = _fault_endpoint()
