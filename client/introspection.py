@@ -61,7 +61,6 @@ from .assertions import PrivateKey, load_private_key
 from .discovery import MetadataCache
 from .errors import (
     DiscoveryError,
-    InsufficientScopeError,
     IntrospectionError,
     InvalidTokenError,
     OAuthError,
@@ -76,7 +75,7 @@ from .tokens import (
     is_http_url,
     oauth_error,
 )
-from .validator import ValidatedToken, check_claims
+from .validator import ValidatedToken, check_claims, check_scopes
 
 __all__ = ["ClientCredentials", "IntrospectionValidator", "introspect_token", "revoke_token"]
 
@@ -447,11 +446,7 @@ class IntrospectionValidator:
         if answer is None:
             answer = self._introspect(key, text)
         validated = answer.result()
-        if scopes:
-            # One string is space-separated; each item of a list is one scope.
-            required = tuple(as_list(scopes, split=isinstance(scopes, str)))
-            if not answer.scopes.issuperset(required):
-                raise InsufficientScopeError(required, answer.scopes)
+        check_scopes(scopes, answer.scopes)
         return validated
 
     def clear_cache(self) -> None:

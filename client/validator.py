@@ -292,11 +292,7 @@ class TokenValidator:
             self._recheck(token, entry, now)
         if self.revocation_check is not None:  # before the scopes: a revoked token is a 401
             self.revocation_check.validate(token)
-        if scopes:
-            # One string is space-separated; each item of a list is one scope.
-            required = tuple(as_list(scopes, split=isinstance(scopes, str)))
-            if not entry.scopes.issuperset(required):
-                raise InsufficientScopeError(required, entry.scopes)
+        check_scopes(scopes, entry.scopes)
         return entry.token
 
     def clear_cache(self) -> None:
@@ -516,6 +512,15 @@ def check_claims(claims: Mapping[str, Any], header: Mapping[str, Any], *, issuer
         issuer=iss, jti=claims["jti"], claims=MappingProxyType(claims),  # type: ignore[arg-type]
         header=MappingProxyType(header))  # type: ignore[arg-type]
     return validated, nbf
+
+
+def check_scopes(scopes: str | Iterable[str], granted: frozenset[str]) -> None:
+    """:class:`InsufficientScopeError` unless ``granted`` holds every scope asked for: one
+    string is space-separated, each item of a list is one scope."""
+    if scopes:
+        required = tuple(as_list(scopes, split=isinstance(scopes, str)))
+        if not granted.issuperset(required):
+            raise InsufficientScopeError(required, granted)
 
 
 def check_times(exp: float, nbf: float | None, iat: float, now: float, leeway: float) -> None:
