@@ -12,7 +12,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -68,14 +67,16 @@ def _environment(service: dict, local) -> dict[str, str]:
     return {**local.env, **{k: local(str(v)) for k, v in service.get("environment", {}).items()}}
 
 
-def _wait_until(check, what: str, tries: int = 150) -> None:
-    """Poll ``check`` (bounded: about 30 s) – waiting for a process to listen, not for time
-    to pass."""
-    for _ in range(tries):
-        if check():
+def _started(process: subprocess.Popen, what: str, max_lines: int = 40) -> None:
+    """Wait until ``process`` says it serves: both commands end their start-up with "Press
+    Ctrl+C to stop." on stderr, once the port is bound (bounded by lines read)."""
+    for _ in range(max_lines):
+        line = process.stderr.readline().decode()
+        if not line:
+            break
+        if line.startswith("Press Ctrl+C"):
             return
-        time.sleep(0.2)
-    pytest.fail(f"{what} never became ready")
+    pytest.fail(f"{what} never said it serves (exit status {process.poll()})")
 
 
 def test_the_compose_snippet_runs(local):
@@ -86,24 +87,16 @@ def test_the_compose_snippet_runs(local):
         idp = services["idp"]
         started.append(subprocess.Popen(_command(idp, local), env=_environment(idp, local),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        _started(started[0], "the idp")
         health = [local(part) for part in idp["healthcheck"]["test"]]
         assert health[0] == "CMD"
-
-        def healthy() -> bool:
-            assert started[0].poll() is None, started[0].stderr.read().decode()
-            return subprocess.run(health[1:], env=local.env, capture_output=True,
-                                  timeout=10).returncode == 0
-        _wait_until(healthy, "the idp's health check")
+        checked = subprocess.run(health[1:], env=local.env, capture_output=True, timeout=10)
+        assert checked.returncode == 0, checked.stderr
 
         api = services["api"]
         started.append(subprocess.Popen(_command(api, local), env=_environment(api, local),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-
-        def listening() -> bool:
-            assert started[1].poll() is None, started[1].stderr.read().decode()
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", local.ports["api"])) == 0
-        _wait_until(listening, "the api")
+        _started(started[1], "the api")
 
         caller = services["caller"]
         done = subprocess.run(_command(caller, local), env=_environment(caller, local),
