@@ -4,6 +4,7 @@ and the lab's controls, logs and faults on both endpoints."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ from joserfc.jwk import ECKey
 
 from m2mauth.client import client_secret_jwt_assertion, private_key_jwt_assertion
 from m2mauth.server import ClientSettings
+from m2mauth.server.introspection import revocation_key
+from m2mauth.server.store import MemoryStore
 
 GRANT = {"grant_type": "client_credentials"}
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -23,6 +26,8 @@ SVC = ("svc", "svc-secret-0123456")
 OPAQUE = ("opaque-svc", "opaque-secret-01234")
 OTHER = ("other-svc", "other-secret-01234")
 INACTIVE = {"active": False}
+#: The order n of the P-256 group (SEC 2), for the other signature (r, n - s).
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def _clients() -> list[ClientSettings]:
@@ -232,16 +237,16 @@ def test_bad_introspection_requests_get_rfc_errors(server):
 
 def test_a_client_revokes_its_own_token_until_it_expires(server):
     tok = token(server)
-    jti = active(server, tok)["jti"]
+    key = revocation_key(active(server, tok))
     answer = revoke(server, tok, token_type_hint="access_token")
     assert (answer.status_code, answer.json()) == (200, {})
     assert active(server, tok) == INACTIVE
-    assert server.core.store.is_revoked(jti, server.clock.now())
+    assert server.core.store.is_revoked(key, server.clock.now())
     again = revoke(server, tok)  # RFC 7009 section 2.2: an invalid token is no error
     assert (again.status_code, again.json()) == (200, {})
     # The entry leaves once the token would have expired anyway.
     server.clock.advance(301)
-    assert not server.core.store.is_revoked(jti, server.clock.now())
+    assert not server.core.store.is_revoked(key, server.clock.now())
     assert active(server, tok) == INACTIVE
     other = token(server)
     assert active(server, other)["active"] is True  # only that one token
@@ -264,6 +269,55 @@ def test_revocation_needs_a_client_and_a_token(server):
     missing = requests.post(server.issuer + "/revoke", data={}, auth=SVC, timeout=5)
     assert (missing.status_code, missing.json()["error"]) == (400, "invalid_request")
     assert active(server, tok)["active"] is True
+
+
+def test_revoking_a_token_never_revokes_another_clients_with_the_same_jti(server):
+    """RFC 7009 section 2.1: a client revokes only tokens issued to it. The lab mints tokens
+    with any jti, so two clients' tokens may share one; the list was keyed by jti alone."""
+    mine = server.issue_token("svc", claims={"jti": "shared-jti"})
+    theirs = server.issue_token("other-svc", claims={"jti": "shared-jti"})
+    assert revoke(server, mine).status_code == 200
+    assert active(server, mine) == INACTIVE
+    assert active(server, theirs)["active"] is True
+    assert server.revoke(theirs) is True  # the lab's revoke keys alike
+    assert active(server, theirs) == INACTIVE
+
+
+def test_a_revocation_lasts_until_the_revoked_tokens_exp(server):
+    """Two tokens of one client with one jti (minted so): revoking the later-expiring one
+    after the other keeps it revoked until its own exp, not the first one's."""
+    short = server.issue_token("svc", claims={"jti": "reused"}, expires_in=60)
+    long = server.issue_token("svc", claims={"jti": "reused"}, expires_in=3600)
+    assert revoke(server, short).status_code == revoke(server, long).status_code == 200
+    server.clock.advance(120)
+    assert active(server, long) == INACTIVE
+
+
+def test_a_revocation_entry_is_extended_in_place():
+    """The store's list under repeated revocations of one key: the later expiry wins, and
+    the list (its heap too) holds one entry, which leaves at that expiry."""
+    store = MemoryStore(max_revocations=1)
+    for expires_at in (100.0, 50.0, 300.0, 200.0):
+        assert store.revoke("key", expires_at, now=0.0)
+    assert store.is_revoked("key", 250.0)
+    assert (len(store._revoked.entries), len(store._revoked.expiry)) == (1, 1)
+    assert store.revoke("another", 400.0, now=301.0)  # "key" left at 300: room again
+    assert not store.is_revoked("key", 301.0)
+
+
+def test_a_revoked_es256_token_stays_revoked_in_its_other_signature(server):
+    """ECDSA signatures are malleable: (r, n - s) verifies as well as (r, s), so a revoked
+    ES256 token has a twin string the server also honours. Revocation follows the token's
+    identity (client and jti), never the string's hash, so the twin is revoked too."""
+    tok = token(server)
+    head, _, signature = tok.rpartition(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    s_value = int.from_bytes(raw[32:], "big")
+    other = raw[:32] + (P256_ORDER - s_value).to_bytes(32, "big")
+    twin = head + "." + base64.urlsafe_b64encode(other).rstrip(b"=").decode()
+    assert twin != tok and active(server, twin)["active"] is True
+    assert revoke(server, tok).status_code == 200
+    assert active(server, tok) == active(server, twin) == INACTIVE
 
 
 def test_the_revocation_list_is_bounded_and_never_forgets(idp_factory):

@@ -17,7 +17,7 @@ from joserfc.jwk import Key
 from ..algorithms import ALGORITHMS, one_of
 from ..clients import Client
 from ..errors import ConfigError, KeyStoreError
-from ..introspection import Introspection
+from ..introspection import Introspection, revocation_key
 from ..issuer import Issuer
 from ..keys import SigningKey, generate_signing_key
 from ..settings import TOKEN_FORMATS, ClientSettings, ServerSettings
@@ -389,12 +389,14 @@ class Controls:
         now until its ``exp``. False when it was not active (nothing changed)."""
         if not isinstance(token, str) or not token:
             raise ControlError("token", "must be a non-empty string")
-        claims = self.core.tokens.find(token)
+        claims = self.core.tokens.find(token, revoked=True)
         if claims is None:
             return False
-        if not self._store.revoke(claims["jti"], float(claims["exp"]), self.clock.now()):
+        key, now = revocation_key(claims), self.clock.now()
+        was_revoked = self._store.is_revoked(key, now)
+        if not self._store.revoke(key, float(claims["exp"]), now):  # again: the later exp
             raise ControlError("token", "the revocation list is full (max_revocations)")
-        return True
+        return not was_revoked
 
     # -- keys -------------------------------------------------------------------------
 
