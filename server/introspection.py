@@ -113,8 +113,12 @@ class TokenLookup:
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int no float holds (JSON numbers have no bound): no time
+        return False
 
 
 def _presented_token(request: Any) -> str:

@@ -171,6 +171,17 @@ def test_inactive_tokens_get_active_false_and_nothing_more(server, idp_factory, 
     assert active(server, tok) == INACTIVE
 
 
+@pytest.mark.parametrize(("claim", "value"), [
+    ("exp", 10**400), ("nbf", -(10**400)), ("iat", -(10**400))], ids=["exp", "nbf", "iat"])
+def test_a_time_beyond_any_float_is_inactive_not_a_500(server, claim, value):
+    """JSON numbers have no bound: an integer no float can hold is no time (the validator
+    says "out of range"); it was an OverflowError, a 500, at both endpoints."""
+    tok = server.issue_token("svc", claims={claim: value})
+    assert active(server, tok) == INACTIVE
+    answer = revoke(server, tok)
+    assert (answer.status_code, answer.json()) == (200, {})
+
+
 # -- who may ask --------------------------------------------------------------------------
 
 
