@@ -26,6 +26,7 @@ from joserfc.errors import JoseError
 
 from .clock import Clock
 from .errors import TemporarilyUnavailableError
+from .grants import check_request_parameters
 from .keys import RETIRED, KeyStore
 from .settings import AUTH_METHODS
 from .store import StateStore
@@ -145,6 +146,7 @@ class Introspection(IntrospectionEndpoint):
         self.lookup = lookup
 
     def authenticate_endpoint_client(self, request):
+        check_request_parameters(request)  # as at the token endpoint: one method, no repeats
         client = super().authenticate_endpoint_client(request)
         if not client.may_introspect:
             raise UnauthorizedClientError("This client may not introspect tokens (its "
@@ -194,6 +196,10 @@ class Revocation(RevocationEndpoint):
     def __init__(self, lookup: TokenLookup) -> None:
         super().__init__()
         self.lookup = lookup
+
+    def authenticate_endpoint_client(self, request):
+        check_request_parameters(request)  # as at the token endpoint: one method, no repeats
+        return super().authenticate_endpoint_client(request)
 
     def check_params(self, request, client) -> None:
         _presented_token(request)  # RFC 7009 section 2.1: an unknown hint is ignored

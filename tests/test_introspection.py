@@ -243,6 +243,42 @@ def test_bad_introspection_requests_get_rfc_errors(server):
     assert requests.get(url, timeout=5).status_code == 405
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(("path", "caller"), [("/introspect", RS), ("/revoke", SVC)])
+def test_both_endpoints_check_the_request_as_the_token_endpoint_does(server, path, caller):
+    """RFC 6749 section 2.3 (one authentication method per request) and the token
+    endpoint's other checks of the request itself, at introspection and revocation too: they
+    were accepted there, and an assertion nested too deeply was a 500."""
+    tok = token(server)
+    url = server.issuer + path
+    client_id, secret = caller
+    nested = ".".join((_b64url(b'{"alg": "HS256"}'), _b64url(b"[" * 20_000 + b"]" * 20_000),
+                       "c2ln"))
+    refused = {
+        "header and body": dict(auth=caller, data={"token": tok, "client_id": client_id,
+                                                   "client_secret": secret}),
+        "another client_id": dict(auth=caller, data={"token": tok, "client_id": "other-svc"}),
+        "secret and assertion": dict(data={
+            "token": tok, "client_id": client_id, "client_secret": secret,
+            "client_assertion_type": ASSERTION_TYPE, "client_assertion": "a.b.c"}),
+        "repeated client_id": dict(data=[("token", tok), ("client_id", client_id),
+                                         ("client_id", client_id), ("client_secret", secret)]),
+        "repeated hint": dict(auth=caller, data=[("token", tok), ("token_type_hint", "a"),
+                                                 ("token_type_hint", "b")]),
+    }
+    for case, request in refused.items():
+        answer = requests.post(url, timeout=5, **request)
+        assert (answer.status_code, answer.json()["error"]) == (400, "invalid_request"), case
+    deep = requests.post(url, timeout=5, data={
+        "token": tok, "client_id": client_id, "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": nested})
+    assert (deep.status_code, deep.json()["error"]) == (400, "invalid_client")
+    assert active(server, tok)["active"] is True
+
+
 # -- revocation ---------------------------------------------------------------------------
 
 
