@@ -17,6 +17,7 @@ from joserfc.jwk import ECKey
 from m2mauth.client import client_secret_jwt_assertion, private_key_jwt_assertion
 from m2mauth.server import ClientSettings
 from m2mauth.server.introspection import revocation_key
+from m2mauth.server.lab.controls import ControlError
 from m2mauth.server.store import MemoryStore
 
 GRANT = {"grant_type": "client_credentials"}
@@ -446,6 +447,27 @@ def test_the_lab_revokes_and_introspects_without_http(server):
     server.reset()  # revocations and opaque tokens go with the reset, as every change does
     assert server.introspect(revoked)["active"] is True
     assert server.introspect(minted) == INACTIVE
+
+
+def test_the_lab_refuses_an_opaque_token_it_cannot_keep(idp_factory):
+    """An opaque token lives in the store until its exp: minting one without a usable exp, or
+    with the store full, is a control error naming the field (it was a 500 at
+    /admin/tokens, a KeyError or OverflowError from idp.issue_token)."""
+    server = idp_factory(clients=_clients(), max_opaque_tokens=1)
+    url = server.admin_url + "/tokens"
+    for exp in (None, 10**400, "soon", True):
+        with pytest.raises(ControlError) as caught:
+            server.issue_token("svc", claims={"exp": exp}, token_format="opaque")
+        assert caught.value.field == "claims"
+    refused = requests.post(url, timeout=5, json={
+        "client_id": "svc", "token_format": "opaque", "claims": {"exp": None}})
+    assert (refused.status_code, refused.json()["field"]) == (400, "claims")
+    assert server.issue_token("svc", claims={"exp": None})  # a JWT needs no exp to be minted
+    kept = server.issue_token("svc", token_format="opaque")
+    full = requests.post(url, timeout=5, json={"client_id": "svc", "token_format": "opaque"})
+    assert (full.status_code, full.json()["field"]) == (400, "token_format")
+    assert "max_opaque_tokens" in full.json()["error_description"]
+    assert active(server, kept)["active"] is True
 
 
 def test_admin_api_adds_an_introspecting_client(server):

@@ -16,7 +16,7 @@ from joserfc.jwk import Key
 
 from ..algorithms import ALGORITHMS, one_of
 from ..clients import Client
-from ..errors import ConfigError, KeyStoreError
+from ..errors import ConfigError, KeyStoreError, TemporarilyUnavailableError
 from ..introspection import Introspection, revocation_key
 from ..issuer import Issuer
 from ..keys import SigningKey, generate_signing_key
@@ -251,6 +251,14 @@ class Controls:
         headers = None if headers is None else _mapping("headers", headers)
         if alg is not None and alg != "none" and alg not in ALGORITHMS:
             raise ControlError("alg", one_of(alg, ("none", *ALGORITHMS)))
+        opaque = (token_format or client.settings.token_format
+                  or self.core.token_issuer.token_format) == "opaque"
+        if opaque and claims is not None and "exp" in claims:
+            try:
+                _number("claims", claims["exp"])
+            except ControlError as exc:  # the store keeps an opaque token until its exp
+                raise ControlError("claims", f"exp {exc.why} (an opaque token is kept "
+                                   "until its exp)") from None
         alg = alg or client.settings.algorithm or self.settings.algorithm
         key: Any
         if alg == "none":
@@ -268,6 +276,9 @@ class Controls:
                 client, scope=list(scopes), audience=list(audiences), lifetime=lifetime,
                 claims=claims, headers=headers, alg=alg, key=key, token_format=token_format,
             )
+        except TemporarilyUnavailableError:
+            raise ControlError("token_format", "the opaque token store is full "
+                               "(max_opaque_tokens)") from None
         except (ValueError, TypeError, JoseError, KeyStoreError) as exc:  # joserfc refuses it
             raise ControlError("headers" if headers else "signing_key", str(exc)) from None
         return issued.access_token
