@@ -299,7 +299,8 @@ class Controls:
         error_description: str | None = None, retry_after: int | None = None,
         delay: float | None = None, kind: str | None = None, endpoint: str = "token",
     ) -> Fault:
-        """Spoil the next ``n`` responses of ``endpoint`` ("token" or "jwks").
+        """Spoil the next ``n`` responses of ``endpoint`` ("token", "jwks", "introspection"
+        or "revocation").
 
         ``kind``: "error" (default; ``status`` and RFC 6749 ``error``, optional
         ``Retry-After``), "delay" (wait ``delay`` seconds, then answer normally), "drop"
