@@ -398,7 +398,8 @@ class Controls:
 
     def revoke(self, token: str) -> bool:
         """Revoke ``token`` as its own client would (RFC 7009): introspected inactive from
-        now until its ``exp``. False when it was not active (nothing changed)."""
+        now until its ``exp``. False when it was not active: unknown, expired (nothing
+        changed) or revoked already (its entry then lasts until the later of the two exps)."""
         if not isinstance(token, str) or not token:
             raise ControlError("token", "must be a non-empty string")
         claims = self.core.tokens.find(token, revoked=True)
