@@ -35,7 +35,8 @@ closed), as :class:`~m2mauth.client.JWKSError` is for keys: not the token's faul
 :func:`~m2mauth.client.flask.require_token` answers 503, not 401. A refusal of this resource
 server's own credentials (401 ``invalid_client``, 400 ``unauthorized_client``) is raised at
 once, never papered over with a stale answer. After a failure, no new request is made for
-``failure_backoff`` seconds: a down endpoint is not hammered by every request.
+``failure_backoff`` seconds: a down endpoint is not hammered by every request (not after an
+``invalid_request``: that refuses one request, its token, and not the others).
 """
 
 from __future__ import annotations
@@ -335,6 +336,12 @@ def _refused(error: OAuthError) -> bool:
     return error.status is not None and 400 <= error.status < 500 and error.status != 429
 
 
+def _this_request(error: OAuthError) -> bool:
+    """Whether the endpoint refused this one request (``invalid_request``: its token, say one
+    over the server's size limit), not every request this resource server makes."""
+    return _refused(error) and error.error == "invalid_request"
+
+
 class IntrospectionValidator:
     """Validates access tokens of ``issuer`` for this API (``audience``: its identifier, or
     several accepted ones) by asking the issuer's introspection endpoint (RFC 7662), as this
@@ -611,7 +618,8 @@ class IntrospectionValidator:
             error = self._error(exc)
             with self._lock:
                 self.failures += 1
-                self._failure = (self.clock() + self.failure_backoff, error)
+                if not _this_request(exc):  # else every other token would get its error
+                    self._failure = (self.clock() + self.failure_backoff, error)
             raise error from exc
         with self._lock:
             self.introspections += 1
@@ -621,7 +629,9 @@ class IntrospectionValidator:
     def _error(self, exc: OAuthError) -> IntrospectionError:
         where = self._endpoint or f"the introspection endpoint of {self.issuer}"
         why = f"{exc.error}: {exc.error_description}" if exc.error_description else exc.error
-        if _refused(exc):
+        if _this_request(exc):
+            text = f"{where} refused this request (its token): {why}"
+        elif _refused(exc):
             text = (f"{where} refused this resource server's client "
                     f"{shown(self.client_id, 60)}: {why}")
         else:

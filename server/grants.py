@@ -21,15 +21,17 @@ from .settings import AUTH_METHODS
 from .syntax import is_scope, safe_description
 from .tokens import IssuedToken
 
-__all__ = ["ClientCredentialsGrant"]
+__all__ = ["ClientCredentialsGrant", "check_request_parameters"]
 
 #: Parameters that may legitimately repeat (RFC 8707 §2: resource; the audience alias).
 _REPEATABLE = frozenset({"resource", "audience"})
 _ASSERTION_PARAMS = ("client_assertion", "client_assertion_type")
 
 
-def _check_parameters(request) -> None:
-    """RFC 6749 §3.2: parameters MUST NOT be repeated; §2.3: one authentication method only."""
+def check_request_parameters(request) -> None:
+    """RFC 6749 §3.2: parameters MUST NOT be repeated; §2.3: one authentication method only;
+    a client assertion that can be read. Before the client is authenticated, at every
+    endpoint that authenticates one (token, introspection, revocation)."""
     datalist = request.payload.datalist
     for name, values in datalist.items():
         if len(values) > 1 and name not in _REPEATABLE:
@@ -56,7 +58,12 @@ def _check_parameters(request) -> None:
         # Authlib and joserfc parse these with json.loads too, but let a RecursionError (JSON
         # nested too deeply) escape as a 500; unreadable is unreadable, whatever the reason.
         raise InvalidClientError(description="Invalid JWT assertion.")
-    scope = form.get("scope")
+
+
+def _check_parameters(request) -> None:
+    """The request checks of every endpoint, then a well-formed scope."""
+    check_request_parameters(request)
+    scope = request.payload.data.get("scope")
     if scope is not None and scope != "" and not is_scope(scope):
         raise InvalidScopeError(
             "Malformed scope: space-separated tokens of printable ASCII, without double"

@@ -12,6 +12,7 @@ an error instead of ``active: false``.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import warnings
 from typing import Any, ClassVar
@@ -25,11 +26,13 @@ from joserfc.errors import JoseError
 
 from .clock import Clock
 from .errors import TemporarilyUnavailableError
+from .grants import check_request_parameters
 from .keys import RETIRED, KeyStore
 from .settings import AUTH_METHODS
 from .store import StateStore
 
-__all__ = ["MAX_TOKEN_BYTES", "Introspection", "Revocation", "TokenLookup", "opaque_key"]
+__all__ = ["MAX_TOKEN_BYTES", "Introspection", "Revocation", "TokenLookup", "opaque_key",
+           "revocation_key"]
 
 #: The longest token looked at; a longer one is refused before any work (our JWTs are about
 #: 1 KiB with every claim, opaque tokens 43 characters).
@@ -43,6 +46,14 @@ def opaque_key(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def revocation_key(claims: dict[str, Any]) -> str:
+    """Where a revocation is kept: the token's client and ``jti``, so that revoking one's own
+    token never touches another client's with the same jti (the lab mints any jti; RFC 7009
+    section 2.1). Not the token string's hash: an ES256 token has a twin string, (r, n - s),
+    that verifies as well and would not be revoked."""
+    return json.dumps([claims["client_id"], claims["jti"]])
+
+
 class TokenLookup:
     """What the server knows of a presented access token: its claims when it is one this
     issuer issued and would honour now, else None."""
@@ -53,17 +64,19 @@ class TokenLookup:
         self.clock = clock
         self.store = store
 
-    def find(self, token: str) -> dict[str, Any] | None:
+    def find(self, token: str, *, revoked: bool = False) -> dict[str, Any] | None:
+        """``revoked``: a revoked token's claims too (for revocation: another token with its
+        client and jti may have been revoked with an earlier exp)."""
         now = self.clock()
         if token.count(".") == 2:
             claims = self._verified_jwt(token)
         else:
             claims = self.store.opaque_token(opaque_key(token), now)
-        if claims is None or not self._live(claims, now):
+        if claims is None or not self._live(claims, now, revoked):
             return None
         return claims
 
-    def _live(self, claims: dict[str, Any], now: float) -> bool:
+    def _live(self, claims: dict[str, Any], now: float, revoked: bool = False) -> bool:
         if claims.get("iss") != self.issuer:
             return False
         exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
@@ -76,7 +89,7 @@ class TokenLookup:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not isinstance(claims.get("client_id"), str):
             return False
-        return not self.store.is_revoked(jti, now)
+        return revoked or not self.store.is_revoked(revocation_key(claims), now)
 
     def _verified_jwt(self, token: str) -> dict[str, Any] | None:
         """The claims of a JWT signed by one of this issuer's published keys, as an access
@@ -101,8 +114,12 @@ class TokenLookup:
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int no float holds (JSON numbers have no bound): no time
+        return False
 
 
 def _presented_token(request: Any) -> str:
@@ -129,6 +146,7 @@ class Introspection(IntrospectionEndpoint):
         self.lookup = lookup
 
     def authenticate_endpoint_client(self, request):
+        check_request_parameters(request)  # as at the token endpoint: one method, no repeats
         client = super().authenticate_endpoint_client(request)
         if not client.may_introspect:
             raise UnauthorizedClientError("This client may not introspect tokens (its "
@@ -179,12 +197,16 @@ class Revocation(RevocationEndpoint):
         super().__init__()
         self.lookup = lookup
 
+    def authenticate_endpoint_client(self, request):
+        check_request_parameters(request)  # as at the token endpoint: one method, no repeats
+        return super().authenticate_endpoint_client(request)
+
     def check_params(self, request, client) -> None:
         _presented_token(request)  # RFC 7009 section 2.1: an unknown hint is ignored
 
     def authenticate_token(self, request, client):
         self.check_params(request, client)
-        claims = self.lookup.find(_presented_token(request))
+        claims = self.lookup.find(_presented_token(request), revoked=True)
         if claims is None or claims.get("client_id") != client.get_client_id():
             return None
         return IntrospectionToken(claims)
@@ -194,8 +216,11 @@ class Revocation(RevocationEndpoint):
         return IntrospectionToken(claims) if claims is not None else None
 
     def revoke_token(self, token, request) -> None:
-        request.found_token = token  # for the request's record (its jti)
-        # Until it would have expired anyway: then the entry leaves the list.
-        if not self.lookup.store.revoke(token["jti"], float(token["exp"]), self.lookup.clock()):
+        store, key, now = self.lookup.store, revocation_key(token), self.lookup.clock()
+        if not store.is_revoked(key, now):
+            request.found_token = token  # for the request's record: "revoked", its jti
+        # Until it would have expired anyway (revoked again: the later exp), then the entry
+        # leaves the list.
+        if not store.revoke(key, float(token["exp"]), now):
             raise TemporarilyUnavailableError(
                 "The revocation list is full; try again when some revoked tokens expire.")

@@ -4,6 +4,7 @@ and the lab's controls, logs and faults on both endpoints."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -15,6 +16,9 @@ from joserfc.jwk import ECKey
 
 from m2mauth.client import client_secret_jwt_assertion, private_key_jwt_assertion
 from m2mauth.server import ClientSettings
+from m2mauth.server.introspection import revocation_key
+from m2mauth.server.lab.controls import ControlError
+from m2mauth.server.store import MemoryStore
 
 GRANT = {"grant_type": "client_credentials"}
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -23,6 +27,8 @@ SVC = ("svc", "svc-secret-0123456")
 OPAQUE = ("opaque-svc", "opaque-secret-01234")
 OTHER = ("other-svc", "other-secret-01234")
 INACTIVE = {"active": False}
+#: The order n of the P-256 group (SEC 2), for the other signature (r, n - s).
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def _clients() -> list[ClientSettings]:
@@ -166,6 +172,17 @@ def test_inactive_tokens_get_active_false_and_nothing_more(server, idp_factory, 
     assert active(server, tok) == INACTIVE
 
 
+@pytest.mark.parametrize(("claim", "value"), [
+    ("exp", 10**400), ("nbf", -(10**400)), ("iat", -(10**400))], ids=["exp", "nbf", "iat"])
+def test_a_time_beyond_any_float_is_inactive_not_a_500(server, claim, value):
+    """JSON numbers have no bound: an integer no float can hold is no time (the validator
+    says "out of range"); it was an OverflowError, a 500, at both endpoints."""
+    tok = server.issue_token("svc", claims={claim: value})
+    assert active(server, tok) == INACTIVE
+    answer = revoke(server, tok)
+    assert (answer.status_code, answer.json()) == (200, {})
+
+
 # -- who may ask --------------------------------------------------------------------------
 
 
@@ -227,21 +244,57 @@ def test_bad_introspection_requests_get_rfc_errors(server):
     assert requests.get(url, timeout=5).status_code == 405
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(("path", "caller"), [("/introspect", RS), ("/revoke", SVC)])
+def test_both_endpoints_check_the_request_as_the_token_endpoint_does(server, path, caller):
+    """RFC 6749 section 2.3 (one authentication method per request) and the token
+    endpoint's other checks of the request itself, at introspection and revocation too: they
+    were accepted there, and an assertion nested too deeply was a 500."""
+    tok = token(server)
+    url = server.issuer + path
+    client_id, secret = caller
+    nested = ".".join((_b64url(b'{"alg": "HS256"}'), _b64url(b"[" * 20_000 + b"]" * 20_000),
+                       "c2ln"))
+    refused = {
+        "header and body": dict(auth=caller, data={"token": tok, "client_id": client_id,
+                                                   "client_secret": secret}),
+        "another client_id": dict(auth=caller, data={"token": tok, "client_id": "other-svc"}),
+        "secret and assertion": dict(data={
+            "token": tok, "client_id": client_id, "client_secret": secret,
+            "client_assertion_type": ASSERTION_TYPE, "client_assertion": "a.b.c"}),
+        "repeated client_id": dict(data=[("token", tok), ("client_id", client_id),
+                                         ("client_id", client_id), ("client_secret", secret)]),
+        "repeated hint": dict(auth=caller, data=[("token", tok), ("token_type_hint", "a"),
+                                                 ("token_type_hint", "b")]),
+    }
+    for case, request in refused.items():
+        answer = requests.post(url, timeout=5, **request)
+        assert (answer.status_code, answer.json()["error"]) == (400, "invalid_request"), case
+    deep = requests.post(url, timeout=5, data={
+        "token": tok, "client_id": client_id, "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": nested})
+    assert (deep.status_code, deep.json()["error"]) == (400, "invalid_client")
+    assert active(server, tok)["active"] is True
+
+
 # -- revocation ---------------------------------------------------------------------------
 
 
 def test_a_client_revokes_its_own_token_until_it_expires(server):
     tok = token(server)
-    jti = active(server, tok)["jti"]
+    key = revocation_key(active(server, tok))
     answer = revoke(server, tok, token_type_hint="access_token")
     assert (answer.status_code, answer.json()) == (200, {})
     assert active(server, tok) == INACTIVE
-    assert server.core.store.is_revoked(jti, server.clock.now())
+    assert server.core.store.is_revoked(key, server.clock.now())
     again = revoke(server, tok)  # RFC 7009 section 2.2: an invalid token is no error
     assert (again.status_code, again.json()) == (200, {})
     # The entry leaves once the token would have expired anyway.
     server.clock.advance(301)
-    assert not server.core.store.is_revoked(jti, server.clock.now())
+    assert not server.core.store.is_revoked(key, server.clock.now())
     assert active(server, tok) == INACTIVE
     other = token(server)
     assert active(server, other)["active"] is True  # only that one token
@@ -264,6 +317,55 @@ def test_revocation_needs_a_client_and_a_token(server):
     missing = requests.post(server.issuer + "/revoke", data={}, auth=SVC, timeout=5)
     assert (missing.status_code, missing.json()["error"]) == (400, "invalid_request")
     assert active(server, tok)["active"] is True
+
+
+def test_revoking_a_token_never_revokes_another_clients_with_the_same_jti(server):
+    """RFC 7009 section 2.1: a client revokes only tokens issued to it. The lab mints tokens
+    with any jti, so two clients' tokens may share one; the list was keyed by jti alone."""
+    mine = server.issue_token("svc", claims={"jti": "shared-jti"})
+    theirs = server.issue_token("other-svc", claims={"jti": "shared-jti"})
+    assert revoke(server, mine).status_code == 200
+    assert active(server, mine) == INACTIVE
+    assert active(server, theirs)["active"] is True
+    assert server.revoke(theirs) is True  # the lab's revoke keys alike
+    assert active(server, theirs) == INACTIVE
+
+
+def test_a_revocation_lasts_until_the_revoked_tokens_exp(server):
+    """Two tokens of one client with one jti (minted so): revoking the later-expiring one
+    after the other keeps it revoked until its own exp, not the first one's."""
+    short = server.issue_token("svc", claims={"jti": "reused"}, expires_in=60)
+    long = server.issue_token("svc", claims={"jti": "reused"}, expires_in=3600)
+    assert revoke(server, short).status_code == revoke(server, long).status_code == 200
+    server.clock.advance(120)
+    assert active(server, long) == INACTIVE
+
+
+def test_a_revocation_entry_is_extended_in_place():
+    """The store's list under repeated revocations of one key: the later expiry wins, and
+    the list (its heap too) holds one entry, which leaves at that expiry."""
+    store = MemoryStore(max_revocations=1)
+    for expires_at in (100.0, 50.0, 300.0, 200.0):
+        assert store.revoke("key", expires_at, now=0.0)
+    assert store.is_revoked("key", 250.0)
+    assert (len(store._revoked.entries), len(store._revoked.expiry)) == (1, 1)
+    assert store.revoke("another", 400.0, now=301.0)  # "key" left at 300: room again
+    assert not store.is_revoked("key", 301.0)
+
+
+def test_a_revoked_es256_token_stays_revoked_in_its_other_signature(server):
+    """ECDSA signatures are malleable: (r, n - s) verifies as well as (r, s), so a revoked
+    ES256 token has a twin string the server also honours. Revocation follows the token's
+    identity (client and jti), never the string's hash, so the twin is revoked too."""
+    tok = token(server)
+    head, _, signature = tok.rpartition(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    s_value = int.from_bytes(raw[32:], "big")
+    other = raw[:32] + (P256_ORDER - s_value).to_bytes(32, "big")
+    twin = head + "." + base64.urlsafe_b64encode(other).rstrip(b"=").decode()
+    assert twin != tok and active(server, twin)["active"] is True
+    assert revoke(server, tok).status_code == 200
+    assert active(server, tok) == active(server, twin) == INACTIVE
 
 
 def test_the_revocation_list_is_bounded_and_never_forgets(idp_factory):
@@ -345,6 +447,27 @@ def test_the_lab_revokes_and_introspects_without_http(server):
     server.reset()  # revocations and opaque tokens go with the reset, as every change does
     assert server.introspect(revoked)["active"] is True
     assert server.introspect(minted) == INACTIVE
+
+
+def test_the_lab_refuses_an_opaque_token_it_cannot_keep(idp_factory):
+    """An opaque token lives in the store until its exp: minting one without a usable exp, or
+    with the store full, is a control error naming the field (it was a 500 at
+    /admin/tokens, a KeyError or OverflowError from idp.issue_token)."""
+    server = idp_factory(clients=_clients(), max_opaque_tokens=1)
+    url = server.admin_url + "/tokens"
+    for exp in (None, 10**400, "soon", True):
+        with pytest.raises(ControlError) as caught:
+            server.issue_token("svc", claims={"exp": exp}, token_format="opaque")
+        assert caught.value.field == "claims"
+    refused = requests.post(url, timeout=5, json={
+        "client_id": "svc", "token_format": "opaque", "claims": {"exp": None}})
+    assert (refused.status_code, refused.json()["field"]) == (400, "claims")
+    assert server.issue_token("svc", claims={"exp": None})  # a JWT needs no exp to be minted
+    kept = server.issue_token("svc", token_format="opaque")
+    full = requests.post(url, timeout=5, json={"client_id": "svc", "token_format": "opaque"})
+    assert (full.status_code, full.json()["field"]) == (400, "token_format")
+    assert "max_opaque_tokens" in full.json()["error_description"]
+    assert active(server, kept)["active"] is True
 
 
 def test_admin_api_adds_an_introspecting_client(server):

@@ -825,6 +825,20 @@ def test_the_failure_backoff_spares_a_down_endpoint(issuer, make_validator, http
         assert len(http.paths) == 2
 
 
+def test_a_request_refused_for_its_token_does_not_stop_the_others(issuer, make_validator,
+                                                                   http):
+    """The issuer's 400 invalid_request is about that one request (here: a token over its
+    16 KiB, which a validator allowing 32 KiB sends): no failure backoff for every other
+    token, which got that token's error for failure_backoff seconds – one junk token a
+    second from anyone kept every new caller out."""
+    validator = make_validator(max_token_bytes=32 * 1024, failure_backoff=60)
+    with pytest.raises(IntrospectionError) as caught:
+        validator.validate("a" * 20_000)
+    assert (caught.value.error, caught.value.status) == ("invalid_request", 400)
+    assert validator.validate(token_of(issuer)).client_id == "caller"
+    assert http.count() == 2
+
+
 def test_a_failed_discovery_is_an_introspection_error(issuer, http):
     with closed_port() as port:
         validator = IntrospectionValidator(f"http://127.0.0.1:{port}", API,

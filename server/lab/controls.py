@@ -16,8 +16,8 @@ from joserfc.jwk import Key
 
 from ..algorithms import ALGORITHMS, one_of
 from ..clients import Client
-from ..errors import ConfigError, KeyStoreError
-from ..introspection import Introspection
+from ..errors import ConfigError, KeyStoreError, TemporarilyUnavailableError
+from ..introspection import Introspection, revocation_key
 from ..issuer import Issuer
 from ..keys import SigningKey, generate_signing_key
 from ..settings import TOKEN_FORMATS, ClientSettings, ServerSettings
@@ -251,6 +251,14 @@ class Controls:
         headers = None if headers is None else _mapping("headers", headers)
         if alg is not None and alg != "none" and alg not in ALGORITHMS:
             raise ControlError("alg", one_of(alg, ("none", *ALGORITHMS)))
+        opaque = (token_format or client.settings.token_format
+                  or self.core.token_issuer.token_format) == "opaque"
+        if opaque and claims is not None and "exp" in claims:
+            try:
+                _number("claims", claims["exp"])
+            except ControlError as exc:  # the store keeps an opaque token until its exp
+                raise ControlError("claims", f"exp {exc.why} (an opaque token is kept "
+                                   "until its exp)") from None
         alg = alg or client.settings.algorithm or self.settings.algorithm
         key: Any
         if alg == "none":
@@ -268,6 +276,9 @@ class Controls:
                 client, scope=list(scopes), audience=list(audiences), lifetime=lifetime,
                 claims=claims, headers=headers, alg=alg, key=key, token_format=token_format,
             )
+        except TemporarilyUnavailableError:
+            raise ControlError("token_format", "the opaque token store is full "
+                               "(max_opaque_tokens)") from None
         except (ValueError, TypeError, JoseError, KeyStoreError) as exc:  # joserfc refuses it
             raise ControlError("headers" if headers else "signing_key", str(exc)) from None
         return issued.access_token
@@ -288,7 +299,8 @@ class Controls:
         error_description: str | None = None, retry_after: int | None = None,
         delay: float | None = None, kind: str | None = None, endpoint: str = "token",
     ) -> Fault:
-        """Spoil the next ``n`` responses of ``endpoint`` ("token" or "jwks").
+        """Spoil the next ``n`` responses of ``endpoint`` ("token", "jwks", "introspection"
+        or "revocation").
 
         ``kind``: "error" (default; ``status`` and RFC 6749 ``error``, optional
         ``Retry-After``), "delay" (wait ``delay`` seconds, then answer normally), "drop"
@@ -386,15 +398,18 @@ class Controls:
 
     def revoke(self, token: str) -> bool:
         """Revoke ``token`` as its own client would (RFC 7009): introspected inactive from
-        now until its ``exp``. False when it was not active (nothing changed)."""
+        now until its ``exp``. False when it was not active: unknown, expired (nothing
+        changed) or revoked already (its entry then lasts until the later of the two exps)."""
         if not isinstance(token, str) or not token:
             raise ControlError("token", "must be a non-empty string")
-        claims = self.core.tokens.find(token)
+        claims = self.core.tokens.find(token, revoked=True)
         if claims is None:
             return False
-        if not self._store.revoke(claims["jti"], float(claims["exp"]), self.clock.now()):
+        key, now = revocation_key(claims), self.clock.now()
+        was_revoked = self._store.is_revoked(key, now)
+        if not self._store.revoke(key, float(claims["exp"]), now):  # again: the later exp
             raise ControlError("token", "the revocation list is full (max_revocations)")
-        return True
+        return not was_revoked
 
     # -- keys -------------------------------------------------------------------------
 

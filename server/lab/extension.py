@@ -3,11 +3,12 @@
 ``Lab(app)`` or ``lab.init_app(app)`` on an app made by
 :func:`~m2mauth.server.app.create_core_app`. It adds, without the core knowing:
 
-- fault injection, as request hooks on the token and JWKS endpoints (``before_request``
-  answers in the endpoint's place or waits; ``after_request`` strips ``expires_in`` or drops
-  the connection);
-- the request log, fed by the core's ``token_request_handled`` signal and by the same hooks
-  for JWKS fetches and requests a fault answered;
+- fault injection, as request hooks on the token, JWKS, introspection and revocation
+  endpoints (``before_request`` answers in the endpoint's place or waits; ``after_request``
+  strips ``expires_in`` or drops the connection);
+- the request log, fed by the core's ``token_request_handled`` and
+  ``endpoint_request_handled`` signals and by the same hooks for JWKS fetches and requests
+  a fault answered;
 - :class:`Controls` at ``app.extensions["m2mauth_lab"].controls``, and the ``/admin``
   blueprint over them;
 - the playground page at ``/playground``, which drives the admin API from the browser (on
