@@ -84,10 +84,16 @@ class TokenLookup:
             return False
         if nbf is not None and (not _number(nbf) or nbf > now):
             return False
-        if iat is not None and (not _number(iat) or iat > now):
+        # RFC 9068 section 2.2: iat, sub, aud, jti and client_id are REQUIRED too, as
+        # TokenValidator requires them; a lab-minted token without one is not an access token.
+        if not _number(iat) or iat > now:
             return False
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not isinstance(claims.get("client_id"), str):
+        for name in ("jti", "client_id", "sub"):
+            if not isinstance(claims.get(name), str):
+                return False
+        aud = claims.get("aud")
+        if not (isinstance(aud, str) or (isinstance(aud, list) and aud
+                                         and all(isinstance(a, str) for a in aud))):
             return False
         return revoked or not self.store.is_revoked(revocation_key(claims), now)
 
@@ -99,7 +105,10 @@ class TokenLookup:
         except (JoseError, ValueError, UnicodeError, TypeError):
             return None
         kid, alg = header.get("kid"), header.get("alg")
-        if not isinstance(kid, str) or header.get("typ") != "at+jwt":
+        typ = header.get("typ")
+        # RFC 9068 section 4, and RFC 7515 section 4.1.9's "application/" prefix, any case.
+        if not isinstance(kid, str) or not isinstance(typ, str) or \
+                typ.lower() not in ("at+jwt", "application/at+jwt"):
             return None
         key = next((k for k in self.keys.all_keys() if k.kid == kid), None)
         if key is None or key.status == RETIRED or key.alg != alg:

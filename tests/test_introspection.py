@@ -121,7 +121,8 @@ def test_a_server_default_of_opaque(idp_factory):
 @pytest.mark.parametrize("case", [
     "expired", "expired-opaque", "not-yet-valid", "issued-in-the-future", "unknown-opaque",
     "garbage", "malformed-jwt", "tampered", "unpublished-key", "alg-none", "wrong-typ",
-    "no-exp", "no-jti", "exp-as-string", "other-issuer", "retired-key", "revoked",
+    "no-exp", "no-jti", "no-iat", "no-sub", "no-aud", "aud-not-strings", "exp-as-string",
+    "other-issuer", "retired-key", "revoked",
     "revoked-opaque",
 ])
 def test_inactive_tokens_get_active_false_and_nothing_more(server, idp_factory, case):
@@ -154,6 +155,10 @@ def test_inactive_tokens_get_active_false_and_nothing_more(server, idp_factory, 
         tok = server.issue_token("svc", claims={"exp": None})
     elif case == "no-jti":
         tok = server.issue_token("svc", claims={"jti": None})
+    elif case in ("no-iat", "no-sub", "no-aud"):
+        tok = server.issue_token("svc", claims={case.removeprefix("no-"): None})
+    elif case == "aud-not-strings":
+        tok = server.issue_token("svc", claims={"aud": [1, 2]})
     elif case == "exp-as-string":
         tok = server.issue_token("svc", claims={"exp": str(int(now) + 300)})
     elif case == "other-issuer":
@@ -544,3 +549,9 @@ def test_serve_issues_opaque_tokens_on_request(cli_process):
                            timeout=5)
     assert answer.status_code == 200, answer.text
     assert "." not in answer.json()["access_token"]
+
+
+def test_the_application_prefix_of_typ_is_the_same_type(server):
+    for typ in ("application/at+jwt", "AT+JWT"):
+        tok = server.issue_token("svc", headers={"typ": typ})
+        assert active(server, tok)["active"] is True, typ
