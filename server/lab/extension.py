@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, g, request
 
+from ..errors import StoreUnavailableError
 from ..issuer import EXTENSION as CORE_EXTENSION
 from ..issuer import Issuer, current_issuer
 from ..issuers import router_of
@@ -40,6 +41,7 @@ from ..token_request import (
     log_endpoint_request,
     log_token_request,
 )
+from ..views import store_unavailable
 from . import requestlog
 from .admin import ADMIN_PREFIX, EXTENSION
 from .admin import bp as admin_bp
@@ -139,6 +141,14 @@ class LabState:
         return response_for(fault, request, current_issuer().issuer)
 
     def after_request(self, response: Response) -> Response:
+        try:
+            return self._after_request(response)
+        except StoreUnavailableError as exc:
+            # The record cannot be kept: the core's answer for an unreachable store, not
+            # a 500 (Flask sends errors of after-request hooks to its 500 handler).
+            return store_unavailable(exc)
+
+    def _after_request(self, response: Response) -> Response:
         endpoint = _fault_endpoint()
         if endpoint is None:
             return response
