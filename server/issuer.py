@@ -127,6 +127,7 @@ class Issuer:
             # Keys are generated (or loaded) only for a new store; of several processes
             # seeding at once, one wins and the others' keys are dropped unused.
             self.seeded_store = self.store.seed(settings.clients, initial_keys(settings))
+        self.store.seed_when_empty(lambda: (settings.clients, initial_keys(settings)))
         self.clock = Clock(self.store)
         self.keys = KeyStore(self.store, generate_missing=settings.ephemeral_keys)
         for alg in settings.algorithms_in_use():

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives import serialization
@@ -32,6 +33,8 @@ from .store import ClockState, StateStore, request_reads
 
 __all__ = ["KeyRecord", "Meta", "SharedStore", "Version", "client_from_json", "client_json",
            "key_record"]
+
+log = logging.getLogger("m2mauth.server")
 
 #: A version counter and the store's epoch (a Redis database flushed and made anew has
 #: another epoch, so its restarted counters are never taken for the old ones).
@@ -105,6 +108,8 @@ class SharedStore(StateStore):
         # list, for clients() (the metadata endpoint reads it on every request).
         self._clients: dict[str, tuple[Version, str, ClientSettings]] = {}
         self._all_clients: tuple[Version, tuple[ClientSettings, ...]] | None = None
+        self._seeder: Callable[[], tuple[Iterable[Any], Iterable[Any]]] | None = None
+        self._seed_lock = threading.Lock()
 
     # -- what subclasses implement ---------------------------------------------------------
 
@@ -137,8 +142,25 @@ class SharedStore(StateStore):
             if meta is not None:
                 return meta
         meta = self._read_meta()
+        if not meta.seeded and self._seeder is not None:
+            meta = self._seed_again()
         if pinned is not None:
             pinned[id(self)] = meta
+        return meta
+
+    def seed_when_empty(self, make: Callable[[], tuple[Iterable[Any], Iterable[Any]]]) -> None:
+        self._seeder = make
+
+    def _seed_again(self) -> Meta:
+        assert self._seeder is not None
+        with self._seed_lock:  # one thread of this process makes the keys
+            meta = self._read_meta()
+            if not meta.seeded:
+                clients, keys = self._seeder()
+                if self.seed(clients, keys):
+                    log.warning("%r held no issuer (restarted without its data, or "
+                                "flushed?): seeded it again from the settings", self)
+                meta = self._read_meta()
         return meta
 
     def _changed(self) -> None:

@@ -74,6 +74,14 @@ class StateStore(abc.ABC):
         and every other keeps what that one put there. True if this call seeded it."""
         return False
 
+    def seed_when_empty(self, make: Callable[[], tuple[Iterable[ClientSettings],
+                                                        Iterable[SigningKey]]]) -> None:
+        """From now on, should the store be found holding no issuer (a Redis restarted
+        without persistence, or flushed), :meth:`seed` it again with what ``make`` returns,
+        as at a first start, instead of answering with no clients and no keys. A store in
+        this process cannot lose its state: it ignores this."""
+        return None
+
     def ping(self) -> None:  # noqa: B027 - optional: a store in this process always answers
         """Raise :class:`~m2mauth.server.errors.StoreUnavailableError` unless the store
         answers now (``/readyz``): a real round trip, never a cached answer."""

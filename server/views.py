@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import StoreUnavailableError
@@ -31,7 +31,7 @@ from .settings import issuer_name_problem
 from .syntax import printable, safe_description
 from .token_request import handle_endpoint_request, handle_token_request
 
-__all__ = ["bp", "metadata", "probes", "store_unavailable"]
+__all__ = ["STORE_FAILED", "bp", "metadata", "probes", "store_unavailable"]
 
 log = logging.getLogger("m2mauth.server")
 
@@ -204,6 +204,9 @@ def _no_issuer_here() -> str | None:
 
 #: Seconds a client is asked to wait when the state store is unreachable.
 STORE_RETRY_AFTER = 1
+#: Set on flask.g once this request found the store unreachable: nothing else (the lab's
+#: request log) tries it again, and waits its timeout again, for this request.
+STORE_FAILED = "m2mauth_store_failed"
 
 
 @bp.app_errorhandler(StoreUnavailableError)
@@ -212,7 +215,9 @@ def store_unavailable(exc: StoreUnavailableError) -> Response:
     ``Retry-After``, on every endpoint (token, JWKS, introspection, revocation, admin), and
     answered again as usual once the store is back. The one place this answer is made (the
     lab's after-request hook answers with it too)."""
-    log.warning("state store unavailable on %s %s: %s", request.method, request.path, exc)
+    if not g.get(STORE_FAILED):
+        log.warning("state store unavailable on %s %s: %s", request.method, request.path, exc)
+    setattr(g, STORE_FAILED, True)
     return _error(503, "temporarily_unavailable",
                   "The server's state store is unreachable; try again shortly.",
                   {"Retry-After": str(STORE_RETRY_AFTER)})

@@ -41,7 +41,7 @@ from ..token_request import (
     log_endpoint_request,
     log_token_request,
 )
-from ..views import store_unavailable
+from ..views import STORE_FAILED, store_unavailable
 from . import requestlog
 from .admin import ADMIN_PREFIX, EXTENSION
 from .admin import bp as admin_bp
@@ -141,6 +141,9 @@ class LabState:
         return response_for(fault, request, current_issuer().issuer)
 
     def after_request(self, response: Response) -> Response:
+        if g.get(STORE_FAILED):  # answered 503 already; the log cannot be kept either
+            g.pop(_FAULT, None)
+            return response
         try:
             return self._after_request(response)
         except StoreUnavailableError as exc:
