@@ -69,7 +69,7 @@ redis.call('ZREM', P .. 'client_order', ARGV[2])
 redis.call('HINCRBY', M, 'cv', 1)
 return 1
 """,
-    # Keys are "status\\nalg\\nkid\\npem" entries of a list, oldest first.
+    # Keys are "status\nalg\nkid\npem" entries of a list, oldest first.
     "add_signing_key": """
 touch()
 local K = P .. 'keys'
@@ -112,7 +112,7 @@ if now[1] ~= ARGV[2] or now[2] ~= ARGV[3] then return {0, now[1], now[2]} end
 redis.call('HSET', M, 'off', ARGV[4], 'frz', ARGV[5])
 return {1}
 """,
-    # Faults are "remaining\\njson" entries of one list per endpoint; endpoints in the order
+    # Faults are "remaining\njson" entries of one list per endpoint; endpoints in the order
     # of their first fault since the last clear.
     "push_fault": """
 touch()
@@ -156,7 +156,7 @@ redis.call('DEL', P .. 'fault_endpoints')
 redis.call('HSET', M, 'nf', 0)
 return 1
 """,
-    # Records are "size\\njson" entries of one list per log; the bytes per log in a hash.
+    # Records are "size\njson" entries of one list per log; the bytes per log in a hash.
     "append_record": """
 local L = P .. 'log:' .. ARGV[2]
 local B = P .. 'log_bytes'
@@ -179,20 +179,21 @@ end
 redis.call('DEL', P .. 'logs', P .. 'log_bytes')
 return 1
 """,
-    # One sorted set of "client\\njti" by expiry (client ids hold no newline), and each
-    # client's count in a hash: expired entries leave by `now`, oldest first.
+    # One sorted set of "LENGTH:CLIENTjti" members by expiry, and each client's count in a
+    # hash: expired entries leave by `now`, oldest first.
     "remember_jti": """
 local Z, C = P .. 'jtis', P .. 'jti_counts'
 local bound = '(' .. ARGV[5]
 local gone = redis.call('ZRANGEBYSCORE', Z, '-inf', bound)
 if #gone > 0 then
   for _, member in ipairs(gone) do
-    local client = head(member)
+    local length = string.match(member, '^%d+')
+    local client = string.sub(member, #length + 2, #length + 1 + tonumber(length))
     if redis.call('HINCRBY', C, client, -1) <= 0 then redis.call('HDEL', C, client) end
   end
   redis.call('ZREMRANGEBYSCORE', Z, '-inf', bound)
 end
-local member = ARGV[2] .. '\\n' .. ARGV[3]
+local member = string.len(ARGV[2]) .. ':' .. ARGV[2] .. ARGV[3]
 if redis.call('ZSCORE', Z, member) then return 0 end
 if tonumber(redis.call('HGET', C, ARGV[2]) or '0') >= tonumber(ARGV[6]) then return 0 end
 redis.call('ZADD', Z, ARGV[4], member)
