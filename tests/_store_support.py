@@ -55,7 +55,9 @@ class RedisServer:
                 args += ["--appendonly", "no"]
             if self.password:
                 args += ["--requirepass", self.password]
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: S603
+            # Unbuffered: select() then sees every line that arrived, none hidden in a buffer.
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    bufsize=0)
             if _wait_for_line(proc, b"Ready to accept connections", timeout=20):
                 self.proc, self.port = proc, port
                 assert self.ping(), "redis-server said it was ready but does not answer"
@@ -184,3 +186,14 @@ def worker_change(kind: str, target: str, namespace: str) -> str:
     store.update_clock(lambda state: ClockState(frozen_at=1_700_000_123.0))
     store.close()
     return str(os.getpid())
+
+
+def in_process(queue: Any, index: int, function: Any, args: tuple[Any, ...]) -> None:
+    """A spawned process's body: ``function(*args)``, its result (or its error) on the
+    queue."""
+    import traceback
+
+    try:
+        queue.put((index, True, function(*args)))
+    except BaseException:  # reported to the parent, which fails the test with it
+        queue.put((index, False, traceback.format_exc()))

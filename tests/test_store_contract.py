@@ -267,7 +267,7 @@ def test_signing_keys_come_back_able_to_sign(stores, es_keys):
     fresh = stores.another(store).signing_keys()
     assert [(k.alg, k.kid, k.status) for k in fresh] == [
         ("RS256", rsa.kid, ACTIVE), ("ES256", e1.kid, PUBLISHED), ("EdDSA", o1.kid, ACTIVE)]
-    for original, back in zip((rsa, e1, o1), fresh):
+    for original, back in zip((rsa, e1, o1), fresh, strict=True):
         assert back.public_jwk() == original.public_jwk()
         assert back.pem() == original.pem()
         token = jwt.encode({"alg": back.alg}, {"sub": "x"}, back.key, algorithms=[back.alg])
