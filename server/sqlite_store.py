@@ -112,7 +112,9 @@ class SQLiteStore(SharedStore):
         self._local = threading.local()
         # Every connection with its thread, to close them all (and those of threads that
         # ended: a pool's threads come and go).
-        self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        self._connections: list[tuple[weakref.ref[threading.Thread], int,
+                                      sqlite3.Connection]] = []
+        self._inherited: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._closed = False
         self._prepare_file(unsafe_permissions)
@@ -160,9 +162,10 @@ class SQLiteStore(SharedStore):
                 _check_file(file, st)
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use)."""
+        """This thread's connection (opened on first use, and again in a forked child: an
+        SQLite connection must never cross a fork)."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None:
+        if db is not None and self._local.pid == os.getpid():
             return db
         if self._closed:
             raise StoreUnavailableError(f"{self.path}: the store was closed")
@@ -177,17 +180,22 @@ class SQLiteStore(SharedStore):
             db.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
             raise self._unavailable(exc) from None
-        self._local.db = db
+        pid = os.getpid()
+        self._local.db, self._local.pid = db, pid
         with self._connections_lock:
             kept = []
-            for thread, other in self._connections:
+            for thread, owner, other in self._connections:
                 alive = thread()
-                if alive is not None and alive.is_alive():
-                    kept.append((thread, other))
+                if owner != pid:
+                    # The parent's, inherited by a fork: never used nor closed here (closing
+                    # it could disturb the parent's locks); kept referenced, so never freed.
+                    self._inherited.append(other)
+                elif alive is not None and alive.is_alive():
+                    kept.append((thread, owner, other))
                 else:
                     with contextlib.suppress(sqlite3.Error):
                         other.close()
-            kept.append((weakref.ref(threading.current_thread()), db))
+            kept.append((weakref.ref(threading.current_thread()), pid, db))
             self._connections = kept
         return db
 
@@ -243,7 +251,7 @@ class SQLiteStore(SharedStore):
     def close(self) -> None:
         self._closed = True
         with self._connections_lock:
-            connections = [db for _, db in self._connections]
+            connections = [db for _, owner, db in self._connections if owner == os.getpid()]
             self._connections = []
         for db in connections:
             with contextlib.suppress(sqlite3.Error):

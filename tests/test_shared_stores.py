@@ -530,6 +530,28 @@ def test_the_sqlite_file_is_created_0600_with_its_wal_and_shm(tmp_path):
     store.close()
 
 
+def test_an_sqlite_store_used_across_a_fork_opens_its_own_connection_in_the_child(tmp_path):
+    """A pre-forking server (gunicorn --preload, serve --workers) opens the store before the
+    fork: the child never uses (nor closes) the parent's connection."""
+    store = SQLiteStore(tmp_path / "state.db")
+    store.restore([ClientSettings("a", "s")], [])
+    parent_connection = store._connection()
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit status only
+        code = 1
+        try:
+            mine = store._connection()
+            store.add_client(ClientSettings("child", "s"))
+            code = 0 if mine is not parent_connection and store.client("a") else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._connection() is parent_connection
+    assert store.client("child") is not None
+    store.close()
+
+
 def test_a_store_file_others_can_read_is_refused(tmp_path):
     path = tmp_path / "state.db"
     SQLiteStore(path).close()
