@@ -212,7 +212,11 @@ if #gone > 0 then
   end
   redis.call('ZREMRANGEBYSCORE', Z, '-inf', bound)
 end
-if redis.call('ZSCORE', Z, ARGV[3]) then return 1 end
+local held = redis.call('ZSCORE', Z, ARGV[3])
+if held then  -- put again (another token with this revocation key): the later expiry wins
+  if tonumber(ARGV[4]) > tonumber(held) then redis.call('ZADD', Z, ARGV[4], ARGV[3]) end
+  return 1
+end
 if redis.call('ZCARD', Z) >= tonumber(ARGV[6]) then return 0 end
 redis.call('ZADD', Z, ARGV[4], ARGV[3])
 if ARGV[7] then redis.call('HSET', V, ARGV[3], ARGV[7]) end
@@ -464,12 +468,12 @@ class RedisStore(SharedStore):
 
     # -- revoked and opaque tokens ------------------------------------------------------
 
-    def revoke(self, jti: str, expires_at: float, now: float) -> bool:
-        return self._run("put_expiring", "revoked", jti, repr(float(expires_at)),
+    def revoke(self, key: str, expires_at: float, now: float) -> bool:
+        return self._run("put_expiring", "revoked", key, repr(float(expires_at)),
                          repr(float(now)), self._max_revocations) == 1
 
-    def is_revoked(self, jti: str, now: float) -> bool:
-        return self._run("get_expiring", "revoked", jti, repr(float(now)), "0") is not None
+    def is_revoked(self, key: str, now: float) -> bool:
+        return self._run("get_expiring", "revoked", key, repr(float(now)), "0") is not None
 
     def add_opaque_token(self, key: str, claims: Mapping[str, Any], expires_at: float,
                          now: float) -> bool:

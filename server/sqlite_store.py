@@ -490,6 +490,9 @@ class SQLiteStore(SharedStore):
                            (gone, ns))
             if db.execute("SELECT 1 FROM expiring WHERE ns = ? AND kind = ? AND key = ?",
                           (ns, kind, key)).fetchone():
+                # Put again (another token with this revocation key): the later expiry wins.
+                db.execute("UPDATE expiring SET expires_at = MAX(expires_at, ?) WHERE ns = ? "
+                           "AND kind = ? AND key = ?", (float(expires_at), ns, kind, key))
                 return True
             (count,) = db.execute(f"SELECT {kind} FROM meta WHERE ns = ?",  # noqa: S608
                                   (ns,)).fetchone()
@@ -506,11 +509,11 @@ class SQLiteStore(SharedStore):
                           "AND expires_at >= ?", (self.namespace, kind, key, now))
         return rows[0] if rows else None
 
-    def revoke(self, jti: str, expires_at: float, now: float) -> bool:
-        return self._put(_REVOKED, jti, None, expires_at, now, self._max_revocations)
+    def revoke(self, key: str, expires_at: float, now: float) -> bool:
+        return self._put(_REVOKED, key, None, expires_at, now, self._max_revocations)
 
-    def is_revoked(self, jti: str, now: float) -> bool:
-        return self._get(_REVOKED, jti, now) is not None
+    def is_revoked(self, key: str, now: float) -> bool:
+        return self._get(_REVOKED, key, now) is not None
 
     def add_opaque_token(self, key: str, claims: Mapping[str, Any], expires_at: float,
                          now: float) -> bool:

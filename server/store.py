@@ -185,13 +185,15 @@ class StateStore(abc.ABC):
     # -- revoked tokens (RFC 7009) and opaque tokens -------------------------------------
 
     @abc.abstractmethod
-    def revoke(self, jti: str, expires_at: float, now: float) -> bool:
-        """Record the token ``jti`` as revoked until ``expires_at`` (when it would have
-        expired anyway, and its entry leaves); False when the list is full of live entries:
-        a revocation is refused rather than another one forgotten."""
+    def revoke(self, key: str, expires_at: float, now: float) -> bool:
+        """Record the token ``key`` (its client and jti,
+        :func:`~m2mauth.server.introspection.revocation_key`) as revoked until ``expires_at``
+        (when it would have expired anyway, and its entry leaves; revoked again, the later
+        expiry wins); False when the list is full of live entries: a revocation is refused
+        rather than another one forgotten."""
 
     @abc.abstractmethod
-    def is_revoked(self, jti: str, now: float) -> bool: ...
+    def is_revoked(self, key: str, now: float) -> bool: ...
 
     @abc.abstractmethod
     def add_opaque_token(self, key: str, claims: Mapping[str, Any], expires_at: float,
@@ -377,15 +379,15 @@ class MemoryStore(StateStore):
 
     # -- revoked and opaque tokens ------------------------------------------------------
 
-    def revoke(self, jti: str, expires_at: float, now: float) -> bool:
+    def revoke(self, key: str, expires_at: float, now: float) -> bool:
         with self._lock:
-            return self._revoked.put(jti, True, expires_at, now)
+            return self._revoked.put(key, True, expires_at, now)
 
-    def is_revoked(self, jti: str, now: float) -> bool:
+    def is_revoked(self, key: str, now: float) -> bool:
         if not self._revoked.entries:  # the usual case: nothing revoked, no lock taken
             return False
         with self._lock:
-            return self._revoked.get(jti, now) is not None
+            return self._revoked.get(key, now) is not None
 
     def add_opaque_token(self, key: str, claims: Mapping[str, Any], expires_at: float,
                          now: float) -> bool:
@@ -513,8 +515,9 @@ def redact_url(url: str) -> str:
 
 
 class _Expiring:
-    """Entries that leave at their expiry: a dict, and a heap by expiry so that expired
-    entries are dropped oldest first at O(log n) each. Bounded; the caller holds a lock."""
+    """Entries that leave at their expiry: a dict, and a heap by expiry (one entry per key)
+    so that expired entries are dropped oldest first at O(log n) each. Bounded; the caller
+    holds a lock."""
 
     __slots__ = ("entries", "expiry", "limit")
 
@@ -525,7 +528,12 @@ class _Expiring:
 
     def put(self, key: str, value: Any, expires_at: float, now: float) -> bool:
         self._forget(now)
-        if key in self.entries:
+        found = self.entries.get(key)
+        if found is not None:
+            # Put again (a revocation of another token with this key): the later expiry
+            # wins, in place; its heap entry moves on when it comes up in _forget.
+            if expires_at > found[0]:
+                self.entries[key] = (expires_at, found[1])
             return True
         if len(self.entries) >= self.limit:
             return False
@@ -543,8 +551,12 @@ class _Expiring:
         while self.expiry and self.expiry[0][0] < now:
             _, key = heapq.heappop(self.expiry)
             found = self.entries.get(key)
-            if found is not None and found[0] < now:
+            if found is None:
+                continue
+            if found[0] < now:
                 del self.entries[key]
+            else:  # extended by a later put: one heap entry per key, at its expiry
+                heapq.heappush(self.expiry, (found[0], key))
 
     def clear(self) -> None:
         self.entries.clear()

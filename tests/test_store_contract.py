@@ -579,6 +579,22 @@ def test_revocations_expire_by_now_and_are_bounded(stores):
     assert stores.another(store).is_revoked("b", T0 + 62)
 
 
+def test_a_revocation_made_again_keeps_the_later_expiry(stores):
+    """Another token with the same revocation key revoked again: its entry stays until the
+    later ``exp``; an earlier one changes nothing. The entry still leaves once that passes."""
+    store = stores.make()
+    assert store.revoke("k", T0 + 60, T0)
+    assert store.revoke("k", T0 + 600, T0 + 1)
+    assert store.revoke("k", T0 + 30, T0 + 2)  # earlier: the later stays
+    assert store.is_revoked("k", T0 + 61) and store.is_revoked("k", T0 + 600)
+    assert store.is_revoked("k", T0 + 601) is False
+    # Expired entries are dropped by time, the extended one at its new expiry.
+    small = stores.make(max_revocations=1)
+    assert small.revoke("k", T0 + 60, T0) and small.revoke("k", T0 + 600, T0)
+    assert small.revoke("other", T0 + 700, T0 + 61) is False  # "k" is live until T0 + 600
+    assert small.revoke("other", T0 + 700, T0 + 601) is True
+
+
 def test_opaque_tokens_expire_by_now_and_are_bounded(stores):
     store = stores.make(max_opaque_tokens=2)
     claims = {"sub": "c", "scope": "read", "exp": int(T0) + 60, "aud": ["x", "y"]}
