@@ -184,3 +184,19 @@ def openid_client(tmp_path_factory):
     if installed.returncode != 0:
         pytest.skip(f"npm install openid-client failed: {installed.stderr.strip()[-300:]}")
     return directory
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real ``redis-server`` for the session (per xdist worker) on a free loopback port, in
+    memory only; stopped by its PID at the end. Tests keep apart by namespace (or database).
+    Skipped, saying why, when ``redis-server`` is not installed."""
+    import shutil
+
+    from _store_support import REDIS_MISSING, RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip(REDIS_MISSING)
+    server = RedisServer().start()
+    yield server
+    server.stop()

@@ -10,7 +10,7 @@ from .errors import KeyStoreError
 from .issuer import EXTENSION, METADATA_PATHS, Issuer
 from .issuers import ROUTER, IssuerRouter
 from .settings import ServerSettings, load_settings
-from .store import StateStore
+from .store import StateStore, begin_request_reads, end_request_reads
 from .views import bp, metadata, probes
 
 __all__ = ["create_core_app", "create_issuer_app"]
@@ -23,8 +23,9 @@ def create_core_app(settings: ServerSettings | None = None, *,
     ``settings.issuers`` under its own path.
 
     Without ``settings`` they are loaded as `m2mauth serve` loads them (``M2MAUTH_CONFIG``,
-    then ``M2MAUTH_*``). ``store`` holds the root issuer's state (default: in memory; each
-    further issuer has its own). The issuer is at ``app.extensions["m2mauth"]``, the further
+    then ``M2MAUTH_*``). ``store`` holds the root issuer's state (default: the one
+    ``settings.store`` names); each further issuer has its own (in a shared store, under its
+    name). The issuer is at ``app.extensions["m2mauth"]``, the further
     issuers' apps at ``app.extensions["m2mauth_issuers"]`` (an :class:`IssuerRouter`).
     :func:`m2mauth.server.create_app` is this plus the lab, when the settings ask for it.
     """
@@ -35,7 +36,7 @@ def create_core_app(settings: ServerSettings | None = None, *,
     app.wsgi_app = router  # type: ignore[method-assign]
     for name in settings.issuers:
         try:
-            issuer_app = create_issuer_app(settings.issuer_settings(name))
+            issuer_app = create_issuer_app(settings.issuer_settings(name), namespace=name)
         except KeyStoreError as exc:
             # "no active RS256 signing key" alone does not say which of several issuers.
             raise KeyStoreError(f"issuers.{name}: {exc}") from None
@@ -43,10 +44,12 @@ def create_core_app(settings: ServerSettings | None = None, *,
     return app
 
 
-def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = None) -> Flask:
+def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = None,
+                      namespace: str = "") -> Flask:
     """The app of one issuer, its endpoints under its URL's path (``/token`` for
     ``http://host:port``, ``/a/token`` for ``http://host:port/a``), without probes or
-    further issuers: what the root app routes ``/NAME/...`` to."""
+    further issuers: what the root app routes ``/NAME/...`` to. Without ``store``, the one
+    the settings name, under ``namespace`` (see :class:`Issuer`)."""
     settings = settings.validate()
     # instance_path given: Flask cannot locate it for a package inside a namespace (m2mauth).
     app = Flask("m2mauth.server", instance_path=str(Path(__file__).parent / "instance"))
@@ -55,7 +58,11 @@ def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = No
     # werkzeug answers "//token" with a 308 redirect and an HTML body; a client that POSTs
     # to a URL with a doubled slash gets the JSON 404 instead.
     app.url_map.merge_slashes = False
-    issuer = app.extensions[EXTENSION] = Issuer(settings, store=store)
+    issuer = app.extensions[EXTENSION] = Issuer(settings, store=store, namespace=namespace)
+    # One version check of a shared store per request, not one per read (store.py); first,
+    # so that the lab's hooks read through it too.
+    app.before_request(begin_request_reads)
+    app.teardown_request(end_request_reads)
     app.register_blueprint(bp, url_prefix=issuer.mount or None)
     if issuer.mount:
         # RFC 8414 section 3.1: for an issuer with a path, the well-known segment goes

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from .algorithms import ALGORITHMS
-from .errors import ConfigError, KeyStoreError
+from .errors import ConfigError, KeyStoreError, StoreUnavailableError
 from .settings import (
     AUTH_METHODS,
     DEMO_CLIENT_ID,
@@ -34,7 +34,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (ConfigError, KeyStoreError) as exc:
+        except (ConfigError, KeyStoreError, StoreUnavailableError) as exc:
             raise click.UsageError(str(exc)) from None
 
 
@@ -186,12 +186,16 @@ def _banner(app, tls=None) -> None:
         echo(f"  playground {issuer.issuer}/playground  (the flow and its failures, step by "
              "step, in your browser)")
     algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in issuer.clients}))
-    echo(f"  signing   {algs} ({_keys_source(settings)})")
+    echo(f"  signing   {algs} ({_keys_source(issuer)})")
+    if issuer.store.kind != "memory":
+        held = "new: seeded with these settings' clients and keys" if issuer.seeded_store \
+            else "kept: the clients and keys it holds from an earlier start"
+        echo(f"  store     {issuer.store.kind} {issuer.store.location}  ({held})")
     router = router_of(app)
     for name in router.names() if router is not None else ():
         other = router.get(name).extensions["m2mauth"]
         other_algs = ", ".join(other.settings.algorithms_in_use())
-        echo(f"  + issuer  {other.issuer}  ({other_algs}, {_keys_source(other.settings)}; "
+        echo(f"  + issuer  {other.issuer}  ({other_algs}, {_keys_source(other)}; "
              f"clients {', '.join(c.client_id for c in other.clients)})")
     demo = issuer.clients.get(DEMO_CLIENT_ID)
     if demo is not None and demo.secret == DEMO_CLIENT_SECRET.encode():
@@ -264,7 +268,10 @@ def _tls_banner(tls) -> None:
         echo(f"    export {variable}={_quote(tls.ca_bundle)}  # {who}")
 
 
-def _keys_source(settings: ServerSettings) -> str:
+def _keys_source(issuer) -> str:
+    settings: ServerSettings = issuer.settings
+    if issuer.store.kind != "memory" and not issuer.seeded_store:
+        return f"the keys the {issuer.store.kind} store holds"
     if settings.ephemeral_keys:
         return "ephemeral in-memory keys"
     if settings.keys_dir is not None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from authlib.oauth2.rfc6749 import OAuth2Error
 
-__all__ = ["ConfigError", "InvalidTargetError", "KeyStoreError", "TemporarilyUnavailableError"]
+__all__ = ["ConfigError", "InvalidTargetError", "KeyStoreError", "StoreUnavailableError",
+           "TemporarilyUnavailableError"]
 
 
 class ConfigError(Exception):
@@ -33,3 +34,11 @@ class TemporarilyUnavailableError(OAuth2Error):
 
     error = "temporarily_unavailable"
     status_code = 503
+
+
+class StoreUnavailableError(Exception):
+    """The state store cannot be reached or cannot take a change now: Redis down or refusing
+    writes, an SQLite file locked beyond its busy timeout or unreadable. The endpoints answer
+    503 ``temporarily_unavailable`` with ``Retry-After`` (views.py, in one place) and recover
+    by themselves when the store answers again. The message names the store, never its
+    password."""

@@ -37,6 +37,7 @@ __all__ = [
     "Issuer",
     "current_issuer",
     "initial_keys",
+    "open_store",
 ]
 
 TOKEN_PATH = "/token"
@@ -65,6 +66,29 @@ def initial_keys(settings: ServerSettings) -> list[SigningKey]:
     return load_signing_keys(shipped_keys_dir(), trusted=True, check_permissions=False)
 
 
+def open_store(settings: ServerSettings, *, namespace: str = "") -> StateStore:
+    """The state store ``settings.store`` names, with the settings' bounds: a
+    :class:`MemoryStore` holding the settings' clients and keys, or a shared store (SQLite,
+    Redis) as it is – :class:`Issuer` seeds it if it is new. ``namespace`` keeps a further
+    issuer's state apart from the root issuer's in a shared store (its name)."""
+    from .store import parse_store_url
+
+    kind, target = parse_store_url(settings.store)
+    bounds: dict[str, Any] = dict(
+        max_jtis_per_client=settings.assertion_jtis_per_client,
+        max_revocations=settings.max_revocations, max_opaque_tokens=settings.max_opaque_tokens)
+    if kind == "sqlite":
+        from .sqlite_store import SQLiteStore
+
+        return SQLiteStore(target, namespace=namespace,
+                           unsafe_permissions=settings.unsafe_key_permissions, **bounds)
+    if kind == "redis":
+        from .redis_store import RedisStore
+
+        return RedisStore(target, namespace=namespace, **bounds)
+    return MemoryStore(settings.clients, initial_keys(settings), **bounds)
+
+
 def current_issuer() -> Issuer:
     """The issuer of the Flask app handling the current request; with ``trust_proxy``, as
     the proxy in front names it (see :meth:`Issuer.seen_as`)."""
@@ -80,18 +104,30 @@ def current_issuer() -> Issuer:
 
 class Issuer:
     """Everything one issuer needs to answer requests. ``store`` holds its state; without
-    one, a :class:`MemoryStore` with the settings' clients and keys."""
+    one, the store the settings name (:func:`open_store`; ``namespace``, a further issuer's
+    name, keeps its state apart in a shared one).
 
-    def __init__(self, settings: ServerSettings, *, store: StateStore | None = None) -> None:
+    A shared store that holds no issuer yet is seeded with the settings' clients and keys
+    (generated now, for ephemeral keys) – once: a store that holds an issuer keeps it, so
+    every process that opens it signs with the same keys and sees the same clients, and a
+    restarted process loses nothing."""
+
+    def __init__(self, settings: ServerSettings, *, store: StateStore | None = None,
+                 namespace: str = "") -> None:
         self.settings = settings
         self.issuer = settings.issuer_url
         #: The path its endpoints live under: "" at the root, "/a" for an issuer ".../a".
         self.mount = settings.mount
-        self.store = store if store is not None else MemoryStore(
-            settings.clients, initial_keys(settings),
-            max_jtis_per_client=settings.assertion_jtis_per_client,
-            max_revocations=settings.max_revocations,
-            max_opaque_tokens=settings.max_opaque_tokens)
+        #: Whether this issuer opened its store (and closes it, see :meth:`close`).
+        self.owns_store = store is None
+        self.store = store if store is not None else open_store(settings, namespace=namespace)
+        #: Whether this start seeded a new shared store (False: it kept what it held).
+        self.seeded_store = False
+        if not self.store.seeded():
+            # Keys are generated (or loaded) only for a new store; of several processes
+            # seeding at once, one wins and the others' keys are dropped unused.
+            self.seeded_store = self.store.seed(settings.clients, initial_keys(settings))
+        self.store.seed_when_empty(lambda: (settings.clients, initial_keys(settings)))
         self.clock = Clock(self.store)
         self.keys = KeyStore(self.store, generate_missing=settings.ephemeral_keys)
         for alg in settings.algorithms_in_use():
@@ -206,6 +242,11 @@ class Issuer:
         if scopes:
             metadata["scopes_supported"] = scopes
         return metadata
+
+    def close(self) -> None:
+        """Close the store if this issuer opened it."""
+        if self.owns_store:
+            self.store.close()
 
     def __repr__(self) -> str:
         return f"<Issuer {self.issuer} {self.store!r}>"

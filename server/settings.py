@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from .algorithms import ALGORITHMS, ASSERTION_ALGORITHMS, KEY_TYPES, fits, key_type, one_of
 from .errors import ConfigError
+from .store import parse_store_url
 from .syntax import is_client_id, is_scope_token, printable, strings
 
 if sys.version_info >= (3, 11):
@@ -129,6 +130,14 @@ def _non_empty(value: str) -> str | None:
 
 def _admin_token(value: str) -> str | None:
     return None if len(value) >= 16 else "must be at least 16 characters"
+
+
+def _store(url: str) -> str | None:
+    try:
+        parse_store_url(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _issuer(issuer: str) -> str | None:
@@ -390,6 +399,14 @@ class ServerSettings:
     ephemeral_keys: bool = _setting(
         False, kind=bool, flag=True,
         help="Generate fresh in-memory signing keys instead of loading any.")
+    store: str = _setting(
+        "memory", kind=str, check=_store, flag=True, secret=True, repr=False,
+        help="Where the issuer's state lives (clients, keys, clock, faults, request log, "
+             "replay cache, revocations, opaque tokens): memory (this process), "
+             "sqlite:PATH (a file every process on this host shares; sqlite:///ABS/PATH; "
+             "relative to a config file's directory) or redis://[:PASSWORD@]HOST:PORT/DB "
+             "(several hosts). A new SQLite or Redis store is seeded from these settings' "
+             "clients and keys once; later starts keep what it holds.")
     jwks_max_age: int = _setting(300, kind=int, check=_positive,
                                  help="Cache-Control max-age of the JWKS, in seconds.")
     max_body_bytes: int = _setting(64 * 1024, kind=int, check=_positive,
@@ -888,12 +905,26 @@ def _checked(source: str, table: Mapping[str, Any], base: Path,
     for setting in declared.values():  # keys_dir, tls_cert, ...: relative to the file
         if setting.kind is Path and setting.name in values:
             values[setting.name] = base / values[setting.name]
+    if isinstance(values.get("store"), str):
+        values["store"] = _store_relative_to(values["store"], base)
     if "issuers" in values:
         values["issuers"] = {
             issuer: issuer_values(source, issuer, t, base, where=f"{name('issuers')}.{issuer}")
             for issuer, t in values["issuers"].items()
         }
     return values
+
+
+def _store_relative_to(url: str, base: Path) -> str:
+    """An ``sqlite:`` store with a relative path, made absolute against ``base`` (a config
+    file's directory, as keys_dir is); any other value as it is (checked later)."""
+    try:
+        kind, target = parse_store_url(url)
+    except ValueError:
+        return url
+    if kind != "sqlite" or Path(target).is_absolute():
+        return url
+    return f"sqlite:{base / target}"
 
 
 def issuer_values(source: str, name: str, table: object, base: Path, *,

@@ -12,8 +12,15 @@ Values crossing the interface are immutable (frozen dataclasses, tuples) or plai
 dicts (faults, request records), so that a shared implementation can serialise them. Every
 operation that reads and then writes is atomic in the store, not in its caller.
 
-:class:`MemoryStore` is the one implementation today: one process, a lock for writes, and
-lock-free reads of immutable snapshots on the token path.
+Three implementations, chosen by the ``store`` setting (:func:`parse_store_url`):
+:class:`MemoryStore` (the default: one process, a lock for writes, lock-free reads of
+immutable snapshots on the token path), :class:`~m2mauth.server.sqlite_store.SQLiteStore`
+(one file in WAL mode, for the processes of one host) and
+:class:`~m2mauth.server.redis_store.RedisStore` (for several hosts). The shared two keep a
+per-process cache of what the token path reads (keys, clients, the clock), checked against
+the store's version counters once per call – or once per request, between
+:func:`begin_request_reads` and :func:`end_request_reads`, which every issuer app calls
+around each request.
 """
 
 from __future__ import annotations
@@ -24,14 +31,20 @@ import json
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from .keys import SigningKey
     from .settings import ClientSettings
 
-__all__ = ["ClockState", "MemoryStore", "StateStore"]
+__all__ = ["STORE_KINDS", "ClockState", "MemoryStore", "StateStore", "begin_request_reads",
+           "end_request_reads", "parse_store_url", "redact_url"]
+
+#: The kinds of store the ``store`` setting names.
+STORE_KINDS = ("memory", "sqlite", "redis")
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,43 @@ class ClockState:
 
 class StateStore(abc.ABC):
     """The state of one issuer. Implementations must be safe to call from many threads."""
+
+    #: What kind of store this is, as ``/readyz`` reports it ("memory", "sqlite", "redis").
+    kind = "custom"
+
+    # -- the store itself -------------------------------------------------------------
+
+    def seeded(self) -> bool:
+        """Whether the store holds an issuer already (it was seeded or restored); a new
+        shared store does not. A :class:`MemoryStore` is seeded by its constructor."""
+        return True
+
+    def seed(self, clients: Iterable[ClientSettings], keys: Iterable[SigningKey]) -> bool:
+        """:meth:`restore` to these clients and keys unless the store holds an issuer
+        already, in one step: of several processes starting on one new store, one seeds it
+        and every other keeps what that one put there. True if this call seeded it."""
+        return False
+
+    def seed_when_empty(self, make: Callable[[], tuple[Iterable[ClientSettings],
+                                                        Iterable[SigningKey]]]) -> None:
+        """From now on, should the store be found holding no issuer (a Redis restarted
+        without persistence, or flushed), :meth:`seed` it again with what ``make`` returns,
+        as at a first start, instead of answering with no clients and no keys. A store in
+        this process cannot lose its state: it ignores this."""
+        return None
+
+    def ping(self) -> None:  # noqa: B027 - optional: a store in this process always answers
+        """Raise :class:`~m2mauth.server.errors.StoreUnavailableError` unless the store
+        answers now (``/readyz``): a real round trip, never a cached answer."""
+
+    @property
+    def location(self) -> str:
+        """Where the state is, for the start-up banner (a file, a URL without its
+        password); empty for a store in this process."""
+        return ""
+
+    def close(self) -> None:  # noqa: B027 - optional: only stores with connections close
+        """Let go of connections and files; the store is not used afterwards."""
 
     # -- clients ----------------------------------------------------------------------
 
@@ -169,6 +219,8 @@ class MemoryStore(StateStore):
     ``max_record_bytes`` (the records' strings counted), the replay cache at most
     ``max_jtis_per_client`` live entries per client, the revocation list ``max_revocations``
     and the opaque tokens ``max_opaque_tokens`` live entries."""
+
+    kind = "memory"
 
     def __init__(self, clients: Iterable[ClientSettings] = (), keys: Iterable[SigningKey] = (),
                  *, max_records: int = 10_000, max_record_bytes: int = 8 * 1024 * 1024,
@@ -363,6 +415,103 @@ class MemoryStore(StateStore):
 
     def __repr__(self) -> str:
         return f"<MemoryStore clients={len(self._clients)} keys={len(self._keys)}>"
+
+
+# -- one version check per request --------------------------------------------------------
+
+#: Per context (a request's thread): store id -> what that store's first read in this request
+#: found (its version counters), or None outside a request. Not shared between threads.
+_REQUEST_READS: ContextVar[dict[int, Any] | None] = ContextVar("m2mauth_request_reads",
+                                                                default=None)
+
+
+def begin_request_reads() -> None:
+    """From now on in this context, each shared store checks its versions once (at its
+    first read) and answers later reads from what it cached, its own writes included:
+    one cheap check per request instead of one per read. A request's first read still
+    sees every change committed before it, by any process (read-your-writes)."""
+    _REQUEST_READS.set({})
+
+
+def end_request_reads(_exc: BaseException | None = None) -> None:
+    """Back to one version check per read (a Flask ``teardown_request`` function)."""
+    _REQUEST_READS.set(None)
+
+
+def request_reads() -> dict[int, Any] | None:
+    """The current request's checked versions by store id, or None outside a request."""
+    return _REQUEST_READS.get()
+
+
+# -- store URLs ------------------------------------------------------------------------
+
+
+def parse_store_url(url: str) -> tuple[str, str]:
+    """``(kind, target)`` of a ``store`` setting: ``("memory", "")``, ``("sqlite", PATH)``
+    for ``sqlite:PATH`` or ``sqlite:///ABSOLUTE/PATH`` (PATH as given: relative to the
+    current directory), ``("redis", URL)`` for ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``.
+    ValueError says what is wrong, without the URL's password."""
+    if not isinstance(url, str):
+        raise ValueError("must be a string")
+    if url == "memory":
+        return "memory", ""
+    scheme, colon, rest = url.partition(":")
+    if not colon or scheme not in ("sqlite", "redis"):
+        raise ValueError(f"{redact_url(url)!r} is not a store: use memory, sqlite:PATH "
+                         "(sqlite:///ABSOLUTE/PATH) or redis://HOST:PORT/DB")
+    if scheme == "sqlite":
+        if rest.startswith("//"):
+            if not rest.startswith("///"):
+                raise ValueError(f"{url!r} names a host; an SQLite store is a local file: "
+                                 "sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH")
+            rest = rest[2:]
+        if not rest:
+            raise ValueError("sqlite: needs a file path (sqlite:///ABSOLUTE/PATH or "
+                             "sqlite:RELATIVE/PATH)")
+        if "?" in rest or "#" in rest or "\x00" in rest:
+            raise ValueError(f"{url!r}: an SQLite store URL takes a path only (no '?', '#')")
+        if rest.endswith("/"):
+            raise ValueError(f"{url!r} names a directory; name the store's file")
+        return "sqlite", rest
+    return "redis", _checked_redis_url(url)
+
+
+def _checked_redis_url(url: str) -> str:
+    shown = repr(redact_url(url))
+    parts = urlsplit(url)
+    if not url.startswith("redis://"):
+        raise ValueError(f"{shown}: write redis://HOST:PORT/DB")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{shown}: a Redis store URL takes no query or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{shown} has a port that is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ValueError(f"{shown} names no host")
+    if port == 0:
+        raise ValueError(f"{shown}: port 0 is not a Redis server's port")
+    db = parts.path.lstrip("/")
+    if parts.path not in ("", "/") and not (db.isdigit() and db.isascii()
+                                            and parts.path.count("/") == 1):
+        raise ValueError(f"{shown}: the path is the database number (redis://HOST:PORT/0)")
+    return url
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***``, for messages and
+    logs."""
+    if not isinstance(url, str):
+        return repr(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{slash}{path}"
 
 
 class _Expiring:

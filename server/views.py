@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .errors import StoreUnavailableError
 from .issuer import (
     EXTENSION,
     HEALTH_PATH,
@@ -30,7 +31,7 @@ from .settings import issuer_name_problem
 from .syntax import printable, safe_description
 from .token_request import handle_endpoint_request, handle_token_request
 
-__all__ = ["bp", "metadata", "probes"]
+__all__ = ["STORE_FAILED", "bp", "metadata", "probes", "store_unavailable"]
 
 log = logging.getLogger("m2mauth.server")
 
@@ -136,24 +137,28 @@ def healthz() -> Response:
 @probes.get(READY_PATH)
 def readyz() -> Response:
     """Ready: every issuer on the server has its signing keys and its state store answers
-    (a readiness probe)."""
+    (a readiness probe); the answer names the kind of store, never where it is."""
     router = router_of(current_app)
-    issuers = [current_app.extensions[EXTENSION], *(app.extensions[EXTENSION] for app in
-                                   (router.apps() if router is not None else ()))]
+    root = current_app.extensions[EXTENSION]
+    issuers = [root, *(app.extensions[EXTENSION] for app in
+                       (router.apps() if router is not None else ()))]
     for issuer in issuers:
         try:
-            issuer.store.clock_state()
+            issuer.store.ping()  # a round trip, whatever this request read before
             ready = bool(issuer.keys.jwks()["keys"])
+        except StoreUnavailableError as exc:
+            log.warning("not ready: %s", exc)
+            ready = False
         except Exception:  # a store that cannot be reached, whatever its kind, is "not ready"
             log.exception("readiness check failed for %s", issuer.issuer)
             ready = False
         if not ready:
-            return _health(503, "not ready")
-    return _health(200, "ready")
+            return _health(503, "not ready", store=root.store.kind)
+    return _health(200, "ready", store=root.store.kind)
 
 
-def _health(status: int, state: str) -> Response:
-    response = jsonify(status=state)
+def _health(status: int, state: str, **extra: str) -> Response:
+    response = jsonify(status=state, **extra)
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -195,6 +200,27 @@ def _no_issuer_here() -> str | None:
     known = ", ".join(f"/{n}" for n in (router.names() if router is not None else [])) or "none"
     return (f"No issuer {printable(name, 64)} on this server (further issuers: {known}). "
             "Declare it in the config ([issuers.NAME]) or add it with POST /admin/issuers.")
+
+
+#: Seconds a client is asked to wait when the state store is unreachable.
+STORE_RETRY_AFTER = 1
+#: Set on flask.g once this request found the store unreachable: nothing else (the lab's
+#: request log) tries it again, and waits its timeout again, for this request.
+STORE_FAILED = "m2mauth_store_failed"
+
+
+@bp.app_errorhandler(StoreUnavailableError)
+def store_unavailable(exc: StoreUnavailableError) -> Response:
+    """The state store cannot be reached: RFC 6749 ``temporarily_unavailable`` as a 503 with
+    ``Retry-After``, on every endpoint (token, JWKS, introspection, revocation, admin), and
+    answered again as usual once the store is back. The one place this answer is made (the
+    lab's after-request hook answers with it too)."""
+    if not g.get(STORE_FAILED):
+        log.warning("state store unavailable on %s %s: %s", request.method, request.path, exc)
+    setattr(g, STORE_FAILED, True)
+    return _error(503, "temporarily_unavailable",
+                  "The server's state store is unreachable; try again shortly.",
+                  {"Retry-After": str(STORE_RETRY_AFTER)})
 
 
 @bp.app_errorhandler(Exception)

@@ -16,9 +16,10 @@ GRANT = {"grant_type": "client_credentials"}
 
 
 def test_health_and_readiness(idp):
-    for path, state in (("/healthz", "alive"), ("/readyz", "ready")):
+    for path, body in (("/healthz", {"status": "alive"}),
+                       ("/readyz", {"status": "ready", "store": "memory"})):
         response = requests.get(idp.url + path, timeout=5)
-        assert (response.status_code, response.json()) == (200, {"status": state})
+        assert (response.status_code, response.json()) == (200, body)
         assert response.headers["Cache-Control"] == "no-store"
 
 

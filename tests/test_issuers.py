@@ -206,7 +206,8 @@ def test_unknown_names_are_not_created_on_first_use(two):
 
 
 def test_readyz_answers_for_every_issuer(two):
-    assert requests.get(two.url + "/readyz", timeout=5).json() == {"status": "ready"}
+    assert requests.get(two.url + "/readyz", timeout=5).json() == {"status": "ready",
+                                                                   "store": "memory"}
     # The probes are the server's, outside any issuer's path.
     assert requests.get(two.issuer + "/a/readyz", timeout=5).status_code == 404
 

@@ -559,6 +559,7 @@ _SAMPLES = {
     "admin_token": ("an-admin-token-from-env", "an-admin-token-from-env"),
     "clients": ('[{"client_id": "env-client", "client_secret": "s"}]', None),
     "issuers": ('{"orders": {"algorithm": "ES256"}}', {"orders": {"algorithm": "ES256"}}),
+    "store": ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
 }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, g, request
 
+from ..errors import StoreUnavailableError
 from ..issuer import EXTENSION as CORE_EXTENSION
 from ..issuer import Issuer, current_issuer
 from ..issuers import router_of
@@ -41,6 +42,7 @@ from ..token_request import (
     log_endpoint_request,
     log_token_request,
 )
+from ..views import STORE_FAILED, store_unavailable
 from . import requestlog
 from .admin import ADMIN_PREFIX, EXTENSION
 from .admin import bp as admin_bp
@@ -140,6 +142,17 @@ class LabState:
         return response_for(fault, request, current_issuer().issuer)
 
     def after_request(self, response: Response) -> Response:
+        if g.get(STORE_FAILED):  # answered 503 already; the log cannot be kept either
+            g.pop(_FAULT, None)
+            return response
+        try:
+            return self._after_request(response)
+        except StoreUnavailableError as exc:
+            # The record cannot be kept: the core's answer for an unreachable store, not
+            # a 500 (Flask sends errors of after-request hooks to its 500 handler).
+            return store_unavailable(exc)
+
+    def _after_request(self, response: Response) -> Response:
         endpoint = _fault_endpoint()
         if endpoint is None:
             return response

@@ -111,8 +111,15 @@ class IdentityProvider(Controls):
         return verifying_session(self.ca_bundle)
 
     def stop(self) -> None:
-        """Stop the server, with every issuer on it."""
+        """Stop the server, with every issuer on it (and close the stores they opened; a
+        store given to :meth:`start` stays open)."""
+        from ..issuer import EXTENSION as CORE_EXTENSION
+        from ..issuers import router_of
+
         self.server.stop()
+        router = router_of(self.app)
+        for app in (self.app, *(router.apps() if router is not None else ())):
+            app.extensions[CORE_EXTENSION].close()
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,7 +118,10 @@ class IssuerControls:
                                           "the server); give jwks")
                     values["clients"] = issuer_values(
                         source, name, {"clients": clients}, Path.cwd())["clients"]
-            settings = self.settings.issuer_settings(name, values)
+            # In memory, whatever the server's store: the list of issuers added at run time
+            # is this process's (the router's), so their state is too; a name added again
+            # starts afresh.
+            settings = replace(self.settings.issuer_settings(name, values), store="memory")
             settings.validate(source)
         except ConfigError as exc:
             raise ControlError(exc.key.removeprefix(f"issuers.{name}."), exc.why) from None
