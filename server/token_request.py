@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
 from flask import Request, Response, current_app
@@ -17,7 +19,7 @@ from .oauth import AuthorizationServer, TokenEndpointRequest
 from .signals import endpoint_request_handled, token_request_handled
 from .syntax import printable as _printable
 
-__all__ = ["EndpointRequest", "TokenRequest", "describe", "describe_endpoint_request",
+__all__ = ["Checked", "EndpointRequest", "TokenRequest", "describe", "describe_endpoint_request",
            "handle_endpoint_request", "handle_token_request", "log_endpoint_request",
            "log_token_request"]
 
@@ -66,36 +68,73 @@ class EndpointRequest:
     jti: str | None = None
 
 
-def precheck(request: Request, *, grant: bool = True) -> None:
+class Checked(NamedTuple):
+    """What :func:`precheck` read, once per request: the form body (werkzeug's own
+    ``request.form`` object), and the Basic credentials, None without an Authorization
+    header."""
+
+    form: ImmutableMultiDict[str, str]
+    basic: tuple[str, str] | None
+
+
+def precheck(request: Request, *, grant: bool = True) -> Checked:
     """What Authlib does not check, or answers with a misleading error or a 500 (``grant``:
-    at the token endpoint, which needs one grant_type)."""
-    if request.query_string:
+    at the token endpoint, which needs one grant_type). Returns the form and the Basic
+    credentials it read, for everything after it to use instead of reading them again."""
+    environ = request.environ
+    if environ.get("QUERY_STRING"):
         raise InvalidRequestError("Send token request parameters in the body, not the URL.")
-    body = request.get_data(cache=True)
-    limit = request.max_content_length
-    if request.content_length is None and limit is not None and len(body) >= limit:
-        # Without Content-Length (chunked), werkzeug stops reading at the limit and returns
-        # what it read, as if that were the whole body.
-        raise RequestEntityTooLarge()
-    if body and request.mimetype != FORM:
+    body = request.get_data(cache=True)  # werkzeug's limits: 413 beyond max_content_length
+    if request.content_length is None:
+        limit = request.max_content_length
+        if limit is not None and len(body) >= limit:
+            # Without Content-Length (chunked), werkzeug stops reading at the limit and
+            # returns what it read, as if that were the whole body.
+            raise RequestEntityTooLarge()
+    # The usual Content-Type exactly, else werkzeug's parse of it (parameters, case).
+    is_form = environ.get("CONTENT_TYPE") == FORM or request.mimetype == FORM
+    if body and not is_form:
         raise InvalidRequestError(f"The request body must be {FORM} (RFC 6749 section 4.4.2).")
     try:
-        body.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequestError("The request body is not valid UTF-8.") from None
-    if grant and "grant_type" not in request.form:
-        raise InvalidRequestError("Missing 'grant_type' parameter.")
-    if grant and len(request.form.getlist("grant_type")) > 1:
-        # Checked before Authlib picks a grant by the first value (RFC 6749 section 3.2).
-        raise InvalidRequestError("Parameter 'grant_type' is repeated.")
-    header = request.headers.get("Authorization")
-    if header is not None and basic_credentials(header) is None:
+    form = _parsed_form(request, text) if is_form else request.form
+    if grant:
+        grant_types = form.getlist("grant_type")
+        if not grant_types:
+            raise InvalidRequestError("Missing 'grant_type' parameter.")
+        if len(grant_types) > 1:
+            # Checked before Authlib picks a grant by the first value (RFC 6749 section 3.2).
+            raise InvalidRequestError("Parameter 'grant_type' is repeated.")
+    header = environ.get("HTTP_AUTHORIZATION")
+    basic = basic_credentials(header) if header is not None else None
+    if header is not None and basic is None:
         # A failed attempt to authenticate with the header (unsupported scheme, or Basic
         # credentials that do not decode): RFC 6749 section 5.2 invalid_client, 401.
         raise InvalidClientError(
             description="Malformed Authorization header: expected Basic credentials,"
             " base64 of UTF-8 client_id:client_secret (RFC 6749 section 2.3.1)."
         )
+    return Checked(form, basic)
+
+
+_NO_FILES: ImmutableMultiDict[str, Any] = ImmutableMultiDict()
+
+
+def _parsed_form(request: Request, text: str) -> ImmutableMultiDict[str, str]:
+    """``request.form`` of a form body already read and decoded: what werkzeug's parser does
+    for this content type (formparser's ``_parse_urlencoded``: ``parse_qsl`` keeping blank
+    values, undecodable escapes kept as werkzeug keeps them), without building a parser
+    and a stream for it per request. Set as the request's ``form``, so that every later
+    reader sees this one object."""
+    if "form" in request.__dict__:  # parsed already (someone read request.form)
+        return request.form
+    form: ImmutableMultiDict[str, str] = ImmutableMultiDict(
+        parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"))
+    request.form = form  # werkzeug's cached_property: setting it sets the cached value
+    request.files = _NO_FILES  # as werkzeug's form parser leaves a urlencoded body
+    return form
 
 
 def handle_token_request(server: AuthorizationServer, request: Request, token_endpoint: str,
@@ -104,17 +143,18 @@ def handle_token_request(server: AuthorizationServer, request: Request, token_en
     :data:`~m2mauth.server.signals.token_request_handled` with its record."""
     oauth_request: TokenEndpointRequest | None = None
     try:
-        precheck(request)
+        checked = precheck(request)
     except OAuth2Error as error:
         response = server.handle_error_response(None, error)
     except RequestEntityTooLarge as error:  # answered, and recorded, like any other error
         response = current_app.handle_http_exception(error)
     else:
-        oauth_request = TokenEndpointRequest(request, token_endpoint)
+        oauth_request = TokenEndpointRequest(request, token_endpoint, checked=checked)
         response = server.create_token_response(oauth_request)
     record = describe(request, response, oauth_request, now)
     log_token_request(record)
-    token_request_handled.send(current_app._get_current_object(), record=record)
+    if token_request_handled.receivers:  # the lab's request log listens; the core alone not
+        token_request_handled.send(current_app._get_current_object(), record=record)
     return response
 
 
@@ -125,13 +165,13 @@ def handle_endpoint_request(server: AuthorizationServer, name: str, request: Req
     :data:`~m2mauth.server.signals.endpoint_request_handled` with its record."""
     oauth_request: TokenEndpointRequest | None = None
     try:
-        precheck(request, grant=False)
+        checked = precheck(request, grant=False)
     except OAuth2Error as error:
         response = server.handle_error_response(None, error)
     except RequestEntityTooLarge as error:
         response = current_app.handle_http_exception(error)
     else:
-        oauth_request = TokenEndpointRequest(request, url)
+        oauth_request = TokenEndpointRequest(request, url, checked=checked)
         response = server.create_endpoint_response(name, oauth_request)
     record = describe_endpoint_request(name, request, response, oauth_request, now)
     log_endpoint_request(record)
@@ -175,7 +215,7 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
              now: float, *, outcome: str | None = None) -> TokenRequest:
     """The record of one token request: what the grant verified, else what the caller
     claimed; ``outcome`` when something other than the endpoint answered."""
-    form = _form(request)
+    form = oauth_request.body_form if oauth_request is not None else _form(request)
     issued = oauth_request.issued if oauth_request is not None else None
     if outcome is None:
         outcome = "issued" if response.status_code == 200 and issued is not None else \

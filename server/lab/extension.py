@@ -157,6 +157,8 @@ class LabState:
         if endpoint is None:
             return response
         fault: Fault | None = g.pop(_FAULT, None)
+        if fault is None and endpoint != "jwks":
+            return response  # the usual request: the endpoint itself sent its record
         kind = fault.kind if fault is not None else None
         if kind == "no_expires_in":
             strip_expires_in(response)
@@ -183,8 +185,8 @@ class LabState:
 
     def on_token_request(self, app: Flask, record: TokenRequest) -> None:
         fault: Fault | None = g.get(_FAULT)
-        requestlog.append(self.store, requestlog.logged(record, fault.kind if fault else None))
+        requestlog.append_logged(self.store, record, fault.kind if fault else None)
 
     def on_endpoint_request(self, app: Flask, record: EndpointRequest) -> None:
         fault: Fault | None = g.get(_FAULT)
-        requestlog.append(self.store, requestlog.logged(record, fault.kind if fault else None))
+        requestlog.append_logged(self.store, record, fault.kind if fault else None)
