@@ -75,9 +75,10 @@ class TokenEndpointRequest(FlaskOAuth2Request):
         uri = uri or request.base_url
         # Authlib refuses plain-HTTP URLs off loopback; m2mauth is a lab server that is often
         # reached as http://idp:8000 on a container network, so the scheme is not checked.
-        OAuth2Request.__init__(
-            self, method=request.method, uri=_as_https(uri), headers=request.headers
-        )
+        OAuth2Request.__init__(self, method=request.method, uri=_as_https(uri))
+        # Set here, not passed: Authlib's ``headers or {}`` would count werkzeug's environ
+        # headers (a walk over the whole WSGI environ) only to see that there are some.
+        self.headers = request.headers
         self.uri = uri
         self._request = request
         #: The form body as werkzeug's MultiDict (``form`` is Authlib's dict of first values).

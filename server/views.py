@@ -93,11 +93,20 @@ _PUBLIC_ENDPOINTS = frozenset({"m2mauth.jwks", "m2mauth.oauth-authorization-serv
 
 
 @bp.after_app_request
+def _after_request(response: Response) -> Response:
+    """Every answer of the app: one hook for both, as Flask's per-hook cost is paid per
+    request."""
+    _vary_on_the_proxy(response)
+    if request.method == "OPTIONS":
+        return _options(response)
+    return response
+
+
 def _options(response: Response) -> Response:
     """Flask answers OPTIONS itself with an empty text/html 200; make it a 204 with the
     Allow header, and a CORS preflight answer on the public documents only (a page from
     another origin may read the JWKS and metadata, never call /token or /admin)."""
-    if request.method != "OPTIONS" or response.status_code != 200 or response.get_data():
+    if response.status_code != 200 or response.get_data():
         return response
     response.status_code = 204
     response.headers.pop("Content-Type", None)
@@ -117,15 +126,13 @@ _FORWARDING_HEADERS = ("Host", "Forwarded", "X-Forwarded-Proto", "X-Forwarded-Ho
                        "X-Forwarded-Port", "X-Forwarded-Prefix")
 
 
-@bp.after_app_request
-def _vary_on_the_proxy(response: Response) -> Response:
+def _vary_on_the_proxy(response: Response) -> None:
     """With ``trust_proxy`` an answer names the issuer the forwarding headers make (metadata,
     the playground's paths, a 401's realm), and the metadata is ``public, max-age=300``: a
     cache in front that keyed on the URL alone would serve one caller's forged
     ``X-Forwarded-Host`` (its token endpoint) to every other client (RFC 9110 section 12.5.5)."""
     if current_app.extensions[EXTENSION].settings.trust_proxy:
         response.vary.update(_FORWARDING_HEADERS)
-    return response
 
 
 @probes.get(HEALTH_PATH)
