@@ -45,6 +45,16 @@ class CachedTimeFormatter(logging.Formatter):
         super().__init__(fmt)
         self._second: int | None = None
         self._text = ""
+        self._serve_format = fmt == SERVE_FORMAT
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._serve_format and not (record.exc_info or record.exc_text or
+                                       record.stack_info):
+            # SERVE_FORMAT without %-formatting the record's whole __dict__: the same text.
+            record.message = record.getMessage()
+            record.asctime = self.formatTime(record)
+            return f"{record.asctime} {record.name} {record.message}"
+        return super().format(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:

@@ -5,6 +5,7 @@ and the one log line per request."""
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -258,13 +259,19 @@ def log_token_request(record: TokenRequest) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     issued = record.outcome == "issued"
-    log.info(
-        "token request client_id=%s auth_method=%s scope=%s audience=%s outcome=%s jti=%s",
+    args = (
         _printable(record.client_id), record.auth_method,
         _printable(" ".join(record.granted_scope) if issued else record.scope),
         _printable(" ".join(record.audience) if issued else " ".join(record.resource)),
         record.outcome, record.jti,
     )
+    # log.info() without its search of the stack for the caller (about a tenth of what a
+    # line costs the request): the caller is known, this line of this function.
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, sys._getframe().f_lineno,
+                              _TOKEN_LINE, args, None, "log_token_request"))
+
+
+_TOKEN_LINE = "token request client_id=%s auth_method=%s scope=%s audience=%s outcome=%s jti=%s"
 
 
 def _form(request: Request) -> ImmutableMultiDict[str, str] | None:
