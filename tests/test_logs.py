@@ -16,6 +16,7 @@ from m2mauth.server.logs import (
     BackgroundStreamHandler,
     CachedTimeFormatter,
     configure_logging,
+    only_destination,
 )
 
 
@@ -122,3 +123,55 @@ def test_a_forked_child_writes_its_own_lines_once_and_none_of_the_parents():
     """)
     messages = [line.split(" m2mauth.server ", 1)[1] for line in result.stderr.splitlines()]
     assert sorted(messages) == ["child line", "parent after fork", "parent before fork"]
+
+
+def test_the_token_line_made_on_the_writer_thread_is_the_line_made_by_the_caller():
+    """Where the background handler is the only destination the writer makes the record
+    (logs.only_destination); the line is the one logging would write from the caller."""
+    result = _run("""
+        import logging, sys
+        from m2mauth.server.logs import configure_logging, only_destination
+        from m2mauth.server.token_request import TokenRequest, log_token_request
+        record = TokenRequest(time=0.0, client_id="c\\nid", auth_method="client_secret_basic",
+                              grant_type="client_credentials", scope=None, resource=(),
+                              status=200, outcome="issued", jti="j1",
+                              granted_scope=("read", "write"), audience=("api://x",))
+        handler = configure_logging()
+        log = logging.getLogger("m2mauth.server")
+        assert only_destination(log, logging.INFO) is handler
+        log_token_request(record)           # deferred: made on the writer thread
+        handler.flush()
+        extra = logging.StreamHandler(sys.stderr)
+        extra.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        log.addHandler(extra)               # another destination: made by the caller
+        assert only_destination(log, logging.INFO) is None
+        log.propagate = False
+        log_token_request(record)
+    """)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    expected = ("m2mauth.server token request client_id='c\\nid' auth_method="
+                "client_secret_basic scope='read write' audience='api://x' outcome=issued "
+                "jti=j1")
+    assert [line.split(" ", 2)[2] for line in lines] == [expected, expected]
+
+
+def test_only_destination_refuses_any_other_handler_or_filter():
+    root = logging.getLogger()
+    log = logging.getLogger("m2mauth.test.only")
+    saved = root.handlers[:]
+    handler = BackgroundStreamHandler(io.StringIO())
+    try:
+        root.handlers[:] = [handler]
+        assert only_destination(log, logging.INFO) is handler
+        handler.setLevel(logging.WARNING)
+        assert only_destination(log, logging.INFO) is None
+        handler.setLevel(logging.NOTSET)
+        log.addFilter(lambda record: True)
+        assert only_destination(log, logging.INFO) is None
+        log.filters.clear()
+        root.handlers.append(logging.NullHandler())  # e.g. pytest's caplog
+        assert only_destination(log, logging.INFO) is None
+    finally:
+        root.handlers[:] = saved
+        handler.close()
