@@ -65,11 +65,24 @@ class CachedTimeFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._asctime(record.created, record.msecs)
+
+    def _asctime(self, created: float, msecs: float) -> str:
+        second = int(created)
         if second != self._second:  # a race only makes the same text twice
             self._text = time.strftime(self.default_time_format, self.converter(second))
             self._second = second
-        return self.default_msec_format % (self._text, record.msecs)
+        return self.default_msec_format % (self._text, msecs)
+
+    def serve_line(self, created: float, name: str, message: str) -> str | None:
+        """The SERVE_FORMAT line of a record made at ``created`` by logger ``name``, without
+        the record (None unless this formatter writes SERVE_FORMAT): what :meth:`format`
+        would return for it."""
+        if not self._serve_format:
+            return None
+        # LogRecord's msecs, from the same instant (see LogRecord.__init__).
+        msecs = int((created - int(created)) * 1000) + 0.0
+        return f"{self._asctime(created, msecs)} {name} {message}"
 
 
 class BackgroundStreamHandler(logging.StreamHandler):
@@ -149,10 +162,13 @@ class BackgroundStreamHandler(logging.StreamHandler):
                 except queue.Empty:
                     break
                 try:
-                    record = item.record() if type(item) is _Deferred else item
-                    line = self.format(record) + self.terminator
+                    line = (self._deferred_line(item) if type(item) is _Deferred
+                            else self.format(item)) + self.terminator
                 except Exception:
-                    self.handleError(record)
+                    if type(item) is _Deferred:
+                        _report("could not format a log line")
+                    else:
+                        self.handleError(item)
                     continue
                 if chunk and size + len(line) > _CHUNK_BYTES:
                     self._write(chunk)
@@ -161,6 +177,16 @@ class BackgroundStreamHandler(logging.StreamHandler):
                 size += len(line)
             if chunk:
                 self._write(chunk)
+
+    def _deferred_line(self, item: _Deferred) -> str:
+        formatter = self.formatter
+        if type(formatter) is CachedTimeFormatter:
+            # The line straight from the deferred parts: no LogRecord to make only to read.
+            line = formatter.serve_line(item.created, item.logger.name,
+                                        item.msg % item.make_args())
+            if line is not None:
+                return line
+        return self.format(item.record())
 
     def _write(self, lines: list[str]) -> None:
         try:

@@ -35,6 +35,15 @@ def test_the_cached_timestamp_is_the_one_logging_writes(created):
         assert ours.format(_record(t)) == theirs.format(_record(t))
 
 
+@pytest.mark.parametrize("created", [1_700_000_000.0, 1_700_000_000.9995, 1_750_000_123.456])
+def test_a_line_made_without_a_record_is_the_line_made_from_one(created):
+    ours = CachedTimeFormatter(SERVE_FORMAT)
+    record = _record(created)
+    assert ours.serve_line(created, record.name, record.getMessage()) == \
+        logging.Formatter(SERVE_FORMAT).format(record)
+    assert CachedTimeFormatter("%(message)s").serve_line(created, "x", "y") is None
+
+
 def _handler() -> tuple[BackgroundStreamHandler, io.StringIO]:
     out = io.StringIO()
     handler = BackgroundStreamHandler(out)
