@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -186,7 +187,7 @@ def describe_endpoint_request(name: str, request: Request, response: Response,
                               outcome: str | None = None) -> EndpointRequest:
     """The record of one introspection or revocation request; ``outcome`` when something
     other than the endpoint answered (a lab fault)."""
-    form = _form(request)
+    data, _ = _parameters(request, oauth_request)
     found = getattr(oauth_request, "found_token", None)
     client = getattr(oauth_request, "client", None)
     if outcome is None:
@@ -201,7 +202,7 @@ def describe_endpoint_request(name: str, request: Request, response: Response,
         time=now, endpoint=name,
         client_id=client.client_id if client is not None else _kept(_claimed_client_id(request)),
         auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(request),
-        token_type_hint=_kept(form.get("token_type_hint")) if form else None,
+        token_type_hint=_kept(data.get("token_type_hint")),
         status=response.status_code, outcome=outcome,
         jti=found.get("jti") if found is not None else None,
     )
@@ -217,7 +218,7 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
              now: float, *, outcome: str | None = None) -> TokenRequest:
     """The record of one token request: what the grant verified, else what the caller
     claimed; ``outcome`` when something other than the endpoint answered."""
-    form = oauth_request.body_form if oauth_request is not None else _form(request)
+    data, lists = _parameters(request, oauth_request)
     issued = oauth_request.issued if oauth_request is not None else None
     if outcome is None:
         outcome = "issued" if response.status_code == 200 and issued is not None else \
@@ -228,16 +229,28 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
         client_id=verified_id or _kept(_claimed_client_id(request)),
         # Authlib sets auth_method once the client authenticated, whatever came next.
         auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(request),
-        grant_type=_kept(form.get("grant_type")) if form else None,
-        scope=_kept(form.get("scope")) if form else None,
-        resource=_kept_values(form.getlist("resource") + form.getlist("audience"))
-        if form else (),
+        grant_type=_kept(data.get("grant_type")),
+        scope=_kept(data.get("scope")),
+        resource=_kept_values([*lists.get("resource", ()), *lists.get("audience", ())]),
         status=response.status_code,
         outcome=outcome,
         jti=issued.jti if issued else None,
         granted_scope=tuple(issued.scope) if issued else (),
         audience=tuple(issued.audience) if issued else (),
     )
+
+
+def _parameters(request: Request, oauth_request: TokenEndpointRequest | None,
+                ) -> tuple[Mapping[str, str], Mapping[str, list[str]]]:
+    """The form's first values and all values, as plain dicts (a werkzeug MultiDict raises
+    and catches an exception for every absent name asked for); empty without a form."""
+    if oauth_request is not None:
+        return oauth_request.payload.data, oauth_request.payload.datalist
+    form = _form(request)
+    if not form:
+        return {}, {}
+    lists = dict(form.lists())
+    return {key: values[0] for key, values in lists.items()}, lists
 
 
 def _kept(value: str | None) -> str | None:
