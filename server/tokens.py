@@ -155,6 +155,9 @@ class _Overrides:
     headers: Mapping[str, Any] = field(default_factory=dict)
 
 
+_NO_OVERRIDES = _Overrides()
+
+
 def _overlay(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     merged = {**base, **changes}
     return {k: v for k, v in merged.items() if v is not None}
@@ -225,7 +228,8 @@ class TokenIssuer:
             key = self.keys.active(alg).key
         elif key is None:
             alg = "none"
-        overrides = _Overrides(dict(claims or {}), dict(headers or {}))
+        overrides = (_Overrides(dict(claims or {}), dict(headers or {}))
+                     if claims or headers else _NO_OVERRIDES)  # the endpoint: none to build
         jti = secrets.token_urlsafe(16)
         generator = _Generator(
             self.issuer, alg, key, self.clock(), lifetime, audience, jti, overrides,
