@@ -143,21 +143,21 @@ class LabState:
         return response_for(fault, request, current_issuer().issuer)
 
     def after_request(self, response: Response) -> Response:
-        if g.get(STORE_FAILED):  # answered 503 already; the log cannot be kept either
-            g.pop(_FAULT, None)
+        request_g = g._get_current_object()  # type: ignore[attr-defined]  # one lookup
+        if request_g.get(STORE_FAILED):  # answered 503 already; the log cannot be kept either
+            request_g.pop(_FAULT, None)
             return response
         try:
-            return self._after_request(response)
+            return self._after_request(response, request_g.pop(_FAULT, None))
         except StoreUnavailableError as exc:
             # The record cannot be kept: the core's answer for an unreachable store, not
             # a 500 (Flask sends errors of after-request hooks to its 500 handler).
             return store_unavailable(exc)
 
-    def _after_request(self, response: Response) -> Response:
+    def _after_request(self, response: Response, fault: Fault | None) -> Response:
         endpoint = _fault_endpoint()
         if endpoint is None:
             return response
-        fault: Fault | None = g.pop(_FAULT, None)
         if fault is None and endpoint != "jwks":
             return response  # the usual request: the endpoint itself sent its record
         kind = fault.kind if fault is not None else None
