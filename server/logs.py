@@ -95,9 +95,11 @@ class BackgroundStreamHandler(logging.StreamHandler):
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self._reset()
-        # A weak reference: the fork hook must not keep a closed handler alive.
+        # Weak references: the fork hooks must not keep a closed handler alive.
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
+        os.register_at_fork(before=lambda: _before_fork(ref),
+                            after_in_parent=lambda: _after_fork_in_parent(ref),
+                            after_in_child=lambda: _reset_in_child(ref))
 
     def _reset(self) -> None:
         self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
@@ -105,6 +107,7 @@ class BackgroundStreamHandler(logging.StreamHandler):
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._write_lock = threading.Lock()  # one writer at a time: the thread or flush()
+        self._held_for_fork = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -272,10 +275,29 @@ def _report(what: str) -> None:
             sys.stderr.write(f"--- m2mauth: {what} ---\n")
 
 
+#: How long a fork waits for a batch being written (a stalled log pipe must not stop it).
+_FORK_WAIT = 5.0
+
+
+def _before_fork(ref: weakref.ReferenceType[BackgroundStreamHandler]) -> None:
+    # No batch half-written at the fork: the child would inherit the stream's own lock held
+    # by a thread it does not have, and hang on its first line.
+    handler = ref()
+    if handler is not None:
+        handler._held_for_fork = handler._write_lock.acquire(timeout=_FORK_WAIT)
+
+
+def _after_fork_in_parent(ref: weakref.ReferenceType[BackgroundStreamHandler]) -> None:
+    handler = ref()
+    if handler is not None and handler._held_for_fork:
+        handler._held_for_fork = False
+        handler._write_lock.release()
+
+
 def _reset_in_child(ref: weakref.ReferenceType[BackgroundStreamHandler]) -> None:
     handler = ref()
     if handler is not None:
-        handler._reset()
+        handler._reset()  # a new queue, lock and thread of its own
 
 
 def configure_logging(*, stream: TextIO | None = None) -> logging.Handler | None:
