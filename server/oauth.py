@@ -3,6 +3,7 @@ form-body parameters only, and RFC 6749 §5.2 status codes for ``invalid_client`
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from authlib.oauth2.rfc6749 import (
     UnsupportedGrantTypeError,
 )
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
+from flask import Response
+from flask import json as flask_json
 from flask import request as flask_request
 
 from .client_auth import basic_credentials, claimed_client_id
@@ -128,6 +131,18 @@ class AuthorizationServer(_FlaskAuthorizationServer):
         if isinstance(request, TokenEndpointRequest):
             return request
         return TokenEndpointRequest(flask_request)
+
+    def handle_response(self, status_code, payload, headers):
+        # Authlib's Flask version serialises through flask.json, the app's provider found
+        # through two context lookups per response; the bodies here (token responses, RFC
+        # 6749 errors, introspection answers of decoded JSON) are plain JSON values, which
+        # the standard encoder writes the same way (no sorting, ASCII: the app's settings).
+        if isinstance(payload, dict):
+            try:
+                payload = json.dumps(payload)
+            except TypeError:  # a value only Flask's provider can write
+                payload = flask_json.dumps(payload)
+        return Response(payload, status=status_code, headers=headers)
 
     def handle_error_response(self, request, error):
         if not error.description:
