@@ -23,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple, TextIO
+from typing import Any, TextIO
 
 __all__ = ["SERVE_FORMAT", "BackgroundStreamHandler", "CachedTimeFormatter",
            "configure_logging", "only_destination"]
@@ -102,7 +102,8 @@ class BackgroundStreamHandler(logging.StreamHandler):
                             after_in_child=lambda: _reset_in_child(ref))
 
     def _reset(self) -> None:
-        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        # Appended by any thread, taken by the writer (deque appends and pops are atomic).
+        self._queue: deque[logging.LogRecord | _Deferred] = deque()
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -118,22 +119,22 @@ class BackgroundStreamHandler(logging.StreamHandler):
             if record.exc_info:
                 record.exc_text = self.format_exception(record)
                 record.exc_info = None
-            self._queue.put(record)
-            if self._thread is None or self._pid != os.getpid():
+            self._queue.append(record)
+            if self._thread is None:  # none yet in this process (a fork resets it: _reset)
                 self._start()
         except Exception:
             self.handleError(record)
 
     def defer(self, logger: logging.Logger, level: int, msg: str,
-              make_args: Callable[[], tuple[Any, ...]], func: str) -> None:
-        """Queue a line whose record the writer thread makes: ``make_args`` is called there
-        and must read only immutable values. Only for a logger whose one destination this
+              make_args: Callable[[Any], tuple[Any, ...]], value: Any, func: str) -> None:
+        """Queue a line whose record the writer thread makes: ``make_args(value)`` is called
+        there, so ``value`` must be immutable. Only for a logger whose one destination this
         handler is (:func:`only_destination`): nothing else would have seen the record
         earlier. The record keeps the caller's time and thread."""
         try:
-            self._queue.put(_Deferred(logger, level, msg, make_args, func, time.time(),
-                                      threading.current_thread()))
-            if self._thread is None or self._pid != os.getpid():
+            self._queue.append(_Deferred((time.time(), threading.current_thread(), logger,
+                                          level, msg, make_args, value, func)))
+            if self._thread is None:
                 self._start()
         except Exception:  # as logging does: a log line never breaks the request
             _report("could not queue a log line")
@@ -161,8 +162,8 @@ class BackgroundStreamHandler(logging.StreamHandler):
             size = 0
             while True:
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+                    item = self._queue.popleft()
+                except IndexError:
                     break
                 try:
                     line = (self._deferred_line(item) if type(item) is _Deferred
@@ -185,8 +186,7 @@ class BackgroundStreamHandler(logging.StreamHandler):
         formatter = self.formatter
         if type(formatter) is CachedTimeFormatter:
             # The line straight from the deferred parts: no LogRecord to make only to read.
-            line = formatter.serve_line(item.created, item.logger.name,
-                                        item.msg % item.make_args())
+            line = formatter.serve_line(item.created, item.logger.name, item.message())
             if line is not None:
                 return line
         return self.format(item.record())
@@ -215,20 +215,24 @@ class BackgroundStreamHandler(logging.StreamHandler):
         super().close()
 
 
-class _Deferred(NamedTuple):
-    """A line queued before its record was made (see BackgroundStreamHandler.defer)."""
+class _Deferred(tuple):
+    """A line queued before its record was made (see BackgroundStreamHandler.defer): a
+    plain tuple underneath (created, thread, logger, level, msg, make_args, value, func),
+    the cheapest thing a request can make."""
 
-    logger: logging.Logger
-    level: int
-    msg: str
-    make_args: Callable[[], tuple[Any, ...]]
-    func: str
-    created: float
-    thread: threading.Thread
+    __slots__ = ()
+
+    created = property(lambda self: self[0])
+    thread = property(lambda self: self[1])
+    logger = property(lambda self: self[2])
+
+    def message(self) -> str:
+        return self[4] % self[5](self[6])
 
     def record(self) -> logging.LogRecord:
-        record = self.logger.makeRecord(self.logger.name, self.level, __file__, 0, self.msg,
-                                        self.make_args(), None, self.func)
+        logger, level, msg, make_args, value, func = self[2:]
+        record = logger.makeRecord(logger.name, level, __file__, 0, msg, make_args(value),
+                                   None, func)
         # The caller's instant and thread, as LogRecord.__init__ would have taken them.
         record.created = self.created
         record.msecs = int((self.created - int(self.created)) * 1000) + 0.0

@@ -276,7 +276,7 @@ def log_token_request(record: TokenRequest) -> None:
     if writer is not None:
         # `m2mauth serve`: the record (frozen, its values immutable) becomes a log record and
         # a line on the writer thread, all in one batch (logs.py).
-        writer.defer(log, logging.INFO, _TOKEN_LINE, lambda: _token_line_args(record),
+        writer.defer(log, logging.INFO, _TOKEN_LINE, _token_line_args, record,
                      "log_token_request")
         return
     # log.info() without its search of the stack for the caller (about a tenth of what a
