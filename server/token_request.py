@@ -231,7 +231,8 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
         auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(request),
         grant_type=_kept(data.get("grant_type")),
         scope=_kept(data.get("scope")),
-        resource=_kept_values([*lists.get("resource", ()), *lists.get("audience", ())]),
+        resource=_kept_values([*lists.get("resource", ()), *lists.get("audience", ())])
+        if "resource" in lists or "audience" in lists else (),
         status=response.status_code,
         outcome=outcome,
         jti=issued.jti if issued else None,
