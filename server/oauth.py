@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _FlaskAuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
+from authlib.integrations.flask_oauth2.signals import client_authenticated, token_revoked
 from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     OAuth2Error,
@@ -110,6 +111,11 @@ def _as_https(url: str) -> str:
     return "https" + url[4:] if url.startswith("http:") else url
 
 
+#: The signals Authlib's Flask server sends, by the name it sends them under.
+_AUTHLIB_SIGNALS = {"after_authenticate_client": client_authenticated,
+                    "after_revoke_token": token_revoked}
+
+
 class AuthorizationServer(_FlaskAuthorizationServer):
     """One issuer's token endpoint logic; no Flask app is bound (several may share a process)."""
 
@@ -131,6 +137,13 @@ class AuthorizationServer(_FlaskAuthorizationServer):
         if isinstance(request, TokenEndpointRequest):
             return request
         return TokenEndpointRequest(flask_request)
+
+    def send_signal(self, name, *args, **kwargs):
+        # Authlib's Flask signals (client_authenticated, token_revoked), sent only when
+        # something listens: blinker's send walks its receivers even when there are none.
+        signal = _AUTHLIB_SIGNALS.get(name)
+        if signal is None or signal.receivers:
+            super().send_signal(name, *args, **kwargs)
 
     def handle_response(self, status_code, payload, headers):
         # Authlib's Flask version serialises through flask.json, the app's provider found
