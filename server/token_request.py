@@ -4,6 +4,7 @@ and the one log line per request."""
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from urllib.parse import parse_qsl
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
 from flask import Request, Response, current_app
 from werkzeug.datastructures import ImmutableMultiDict
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .client_auth import basic_credentials, claimed_client_id, is_hmac
 from .logs import only_destination
@@ -87,7 +88,7 @@ def precheck(request: Request, *, grant: bool = True) -> Checked:
     environ = request.environ
     if environ.get("QUERY_STRING"):
         raise InvalidRequestError("Send token request parameters in the body, not the URL.")
-    body = request.get_data(cache=True)  # werkzeug's limits: 413 beyond max_content_length
+    body = _read_body(request, environ)
     if request.content_length is None:
         limit = request.max_content_length
         if limit is not None and len(body) >= limit:
@@ -123,6 +124,35 @@ def precheck(request: Request, *, grant: bool = True) -> Checked:
 
 
 _NO_FILES: ImmutableMultiDict[str, Any] = ImmutableMultiDict()
+
+
+def _read_body(request: Request, environ: dict[str, Any]) -> bytes:
+    """The request body, as ``request.get_data()`` returns it. The usual request – a
+    Content-Length within ``max_content_length``, no Transfer-Encoding – is read straight
+    from the WSGI input: werkzeug would wrap it in a stream guarding exactly those limits,
+    which costs more than the read itself. The bytes become the request's ``stream``, so a
+    later reader of the body gets them too. Anything else goes through werkzeug (413s,
+    chunked bodies, a stream the server terminates without a length)."""
+    length = environ.get("CONTENT_LENGTH")
+    limit = request.max_content_length
+    if not length or not length.isdigit() or not length.isascii() or \
+            "HTTP_TRANSFER_ENCODING" in environ or (limit is not None and int(length) > limit):
+        return request.get_data(cache=True)  # werkzeug's limits: 413, chunked, no length
+    wanted = int(length)
+    stream = environ["wsgi.input"]
+    body = b""
+    try:
+        while len(body) < wanted:  # a server may hand over the body in pieces
+            more = stream.read(wanted - len(body))
+            if not more:
+                if "wsgi.input_terminated" in environ:
+                    break  # the server ended the input: what werkzeug's stream returns
+                raise ClientDisconnected()  # what werkzeug's stream raises for a short body
+            body += more
+    except (OSError, ValueError):  # the connection failed under the read, as werkzeug says
+        raise ClientDisconnected() from None
+    request.stream = io.BytesIO(body)  # werkzeug's cached_property: sets the cached value
+    return body
 
 
 def _parsed_form(request: Request, text: str) -> ImmutableMultiDict[str, str]:
