@@ -88,8 +88,8 @@ def precheck(request: Request, *, grant: bool = True) -> Checked:
     environ = request.environ
     if environ.get("QUERY_STRING"):
         raise InvalidRequestError("Send token request parameters in the body, not the URL.")
-    body = _read_body(request, environ)
-    if request.content_length is None:
+    body, declared = _read_body(request, environ)
+    if not declared and request.content_length is None:
         limit = request.max_content_length
         if limit is not None and len(body) >= limit:
             # Without Content-Length (chunked), werkzeug stops reading at the limit and
@@ -126,8 +126,9 @@ def precheck(request: Request, *, grant: bool = True) -> Checked:
 _NO_FILES: ImmutableMultiDict[str, Any] = ImmutableMultiDict()
 
 
-def _read_body(request: Request, environ: dict[str, Any]) -> bytes:
-    """The request body, as ``request.get_data()`` returns it. The usual request – a
+def _read_body(request: Request, environ: dict[str, Any]) -> tuple[bytes, bool]:
+    """The request body, as ``request.get_data()`` returns it, and whether it was read by
+    its Content-Length here. The usual request – a
     Content-Length within ``max_content_length``, no Transfer-Encoding – is read straight
     from the WSGI input: werkzeug would wrap it in a stream guarding exactly those limits,
     which costs more than the read itself. The bytes become the request's ``stream``, so a
@@ -137,7 +138,7 @@ def _read_body(request: Request, environ: dict[str, Any]) -> bytes:
     limit = request.max_content_length
     if not length or not length.isdigit() or not length.isascii() or \
             "HTTP_TRANSFER_ENCODING" in environ or (limit is not None and int(length) > limit):
-        return request.get_data(cache=True)  # werkzeug's limits: 413, chunked, no length
+        return request.get_data(cache=True), False  # werkzeug's limits: 413, chunked
     wanted = int(length)
     stream = environ["wsgi.input"]
     body = b""
@@ -152,7 +153,7 @@ def _read_body(request: Request, environ: dict[str, Any]) -> bytes:
     except (OSError, ValueError):  # the connection failed under the read, as werkzeug says
         raise ClientDisconnected() from None
     request.stream = io.BytesIO(body)  # werkzeug's cached_property: sets the cached value
-    return body
+    return body, True
 
 
 def _parsed_form(request: Request, text: str) -> ImmutableMultiDict[str, str]:
