@@ -103,3 +103,39 @@ def test_the_request_log_and_the_replay_cache_stay_at_their_bounds():
         _jwt(jwt_client)
     # Entries leave at their expiry, oldest first from a heap: no per-request scan.
     assert len(jwt_store._jti_expiry) == 2_003
+
+
+def _vm_steps(store, action) -> int:
+    """SQLite virtual-machine instructions (in hundreds) that ``action`` runs on this
+    thread's connection: work done, counted, never timed."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    db = store._connection()
+    db.set_progress_handler(count, 100)
+    try:
+        action()
+    finally:
+        db.set_progress_handler(None, 100)
+    return steps[0]
+
+
+def test_the_sqlite_replay_check_does_not_walk_the_remembered_jtis(tmp_path):
+    """remember_jti finds the expired entries by the expiry index: its work is the same
+    with 10 and with 20,000 live jtis in the store (it once walked every one)."""
+    from m2mauth.server.sqlite_store import SQLiteStore
+
+    now = time.time()
+    stores = {}
+    for name, live in (("small", 10), ("big", 20_000)):
+        store = stores[name] = SQLiteStore(tmp_path / f"{name}.db")
+        store.restore([], [])
+        for n in range(live):
+            assert store.remember_jti(f"other-{n % 100}", f"j{n}", now + 600, now)
+    work = {name: _vm_steps(store, lambda store=store: [
+        store.remember_jti("client", f"new-{i}", now + 60, now + 1) for i in range(20)])
+        for name, store in stores.items()}
+    assert work["big"] <= work["small"] * 2 + 10, work
