@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .settings import ServerSettings
 
 __all__ = ["SOCKET_KEY", "BackgroundServer", "HTTPServer", "PortInUseError", "ServingLimits",
-           "bind_app"]
+           "bind_app", "listen_app"]
 
 #: The WSGI environ key of the connection's socket (as werkzeug's "werkzeug.socket" and
 #: gunicorn's "gunicorn.socket"): the lab's ``drop`` fault closes it under the response.
@@ -592,15 +592,19 @@ class HTTPServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, tick: Callable[[], None] | None = None) -> None:
         """Answer requests until :meth:`shutdown` (from another thread) or KeyboardInterrupt;
-        then close every connection and stop the threads."""
+        then close every connection and stop the threads. ``tick`` is called after every
+        poll of the event loop, at least once a second (a ``--workers`` worker's heartbeat
+        to its master, see workers.py)."""
         # waitress's own run() cannot be stopped from another thread: loop one poll at a time.
         server = self._server
         self._serving = True
         try:
             while not self._stopping.is_set():
                 wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
+                if tick is not None:
+                    tick()
             if self._drain:
                 self._answer_what_was_received()
         finally:
@@ -659,10 +663,22 @@ def bind_app(host: str, port: int, make_app: Callable[[int], App],
     """Listen on ``host:port`` (0 picks a free port; a taken one raises
     :class:`PortInUseError`), build the app knowing the port actually bound, and wrap it in
     an :class:`HTTPServer` (speaking TLS with the server context ``tls``)."""
+    sock, app = listen_app(host, port, make_app)
+    try:
+        return HTTPServer(sock, app, limits or ServingLimits(), tls), app
+    except BaseException:
+        sock.close()
+        raise
+
+
+def listen_app(host: str, port: int, make_app: Callable[[int], App]
+               ) -> tuple[socket.socket, App]:
+    """Listen on ``host:port`` (as :func:`bind_app`) and build the app knowing the port
+    bound; the listening socket and the app, for a server made elsewhere (``--workers``:
+    one in each worker process)."""
     sock = _listen(host, port)
     try:
-        app = make_app(sock.getsockname()[1])
-        return HTTPServer(sock, app, limits or ServingLimits(), tls), app
+        return sock, make_app(sock.getsockname()[1])
     except BaseException:
         sock.close()
         raise
