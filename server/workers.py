@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import ssl
 import time
@@ -94,9 +95,20 @@ class _Worker(Worker):
     server: HTTPServer | None = None
     _beat = 0.0
 
+    def init_signals(self) -> None:
+        super().init_signals()
+        # Ctrl+C reaches every process of the terminal's group: SIGINT stops a worker as
+        # SIGTERM does, gracefully, as it stops the one-process server. SIGQUIT (the
+        # master's quick stop, after a second Ctrl+C) still exits at once.
+        signal.signal(signal.SIGINT, self.handle_exit)
+        signal.siginterrupt(signal.SIGINT, False)
+
     def handle_exit(self, sig: int, frame: Any) -> None:
-        """SIGTERM: stop accepting, answer what was received, exit (safe in a signal
-        handler: stop_gracefully sets a flag and wakes the loop)."""
+        """SIGTERM or SIGINT: stop accepting, answer what was received, exit (safe in a
+        signal handler: stop_gracefully sets a flag and wakes the loop). A second SIGINT
+        exits at once."""
+        if sig == signal.SIGINT and not self.alive:
+            self.handle_quit(sig, frame)
         self.alive = False
         if self.server is not None:
             self.server.stop_gracefully()
@@ -126,6 +138,15 @@ class _Worker(Worker):
                 self.alive = False
         if not self.alive and self.server is not None and not self.server.stopping:
             self.server.stop_gracefully()
+
+
+class _Arbiter(Arbiter):
+    """gunicorn's arbiter, with Ctrl+C (SIGINT) a graceful stop as SIGTERM is – gunicorn's
+    own stops the workers at once – so ``serve --workers`` stops as ``serve`` does; a second
+    Ctrl+C during the stop is gunicorn's quick one."""
+
+    def handle_int(self) -> None:
+        self.handle_term()
 
 
 class _Application(BaseApplication):
@@ -167,7 +188,7 @@ class _Application(BaseApplication):
         return self.options.app
 
     def run(self) -> None:
-        arbiter = Arbiter(self)
+        arbiter = _Arbiter(self)
         # Our socket as the arbiter's listener, as gunicorn adopts an inherited one
         # (GUNICORN_FD, systemd's LISTEN_FDS): it is not bound again.
         fd = self.options.sock.detach()

@@ -97,7 +97,8 @@ def start_workers(start, *args: str, stderr_file: Path, ca: bool = False) -> Ser
     verify = process.field("ca") if ca else True
     # The banner is printed before the fork: wait (bounded) until both workers answer.
     across_workers(lambda: fresh("GET", url + "/healthz", verify=verify), each=1)
-    return Served(process, url, "redis" if "--store" in args else "sqlite")
+    return Served(process, url, "redis" if any(a.startswith("redis://") for a in args)
+                  else "sqlite")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -347,6 +348,31 @@ def test_admin_reset_through_one_worker_resets_the_store_for_all(server):
         assert response.status_code == 200  # no fault left
 
 
+def test_reset_puts_back_the_seed_not_what_the_store_held_at_this_start(cli_process,
+                                                                         tmp_path):
+    """A store kept from an earlier start (a client added then): reset through any worker
+    goes back to what the store was seeded with, not to what it held when these workers
+    started."""
+    store = f"sqlite:{tmp_path / 'state.db'}"
+    first = cli_process("serve", "--port", "0", "--ephemeral-keys", "--store", store,
+                        stderr_file=tmp_path / "first.log")
+    seeded = admin(first.field("issuer"), "GET", "/clients")["clients"]
+    seeded_keys = admin(first.field("issuer"), "GET", "/keys")["keys"]
+    admin(first.field("issuer"), "POST", "/clients", client_id="earlier",
+          client_secret="earlier-secret")
+    first.stop()
+    served = start_workers(cli_process, "--ephemeral-keys", "--store", store,
+                           stderr_file=tmp_path / "stderr.log")
+    assert "kept: the clients and keys it holds" in served.process.text
+    assert "earlier" in {c["client_id"] for c in admin(served.url, "GET", "/clients")[
+        "clients"]}
+    admin(served.url, "POST", "/reset")
+    for response in across_workers(lambda: fresh("GET", served.url + "/admin/clients")):
+        assert response.json()["clients"] == seeded
+    for response in across_workers(lambda: fresh("GET", served.url + "/admin/keys")):
+        assert response.json()["keys"] == seeded_keys
+
+
 def test_issuers_cannot_be_added_at_run_time_under_workers(server):
     response = fresh("POST", server.url + "/admin/issuers", json={"name": "later"})
     assert response.status_code == 400
@@ -423,7 +449,10 @@ def test_redis_unreachable_gives_503s_with_an_rfc_body_and_the_workers_recover(
         redis.stop()
 
 
-def test_sigterm_answers_the_request_in_flight_then_exits_0(cli_process, tmp_path):
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl+C"])
+def test_a_stop_answers_the_request_in_flight_then_exits_0(how, cli_process, tmp_path):
+    """SIGTERM to the master, or Ctrl+C (SIGINT to the master and, as a terminal sends it to
+    the process group, to every worker): graceful either way."""
     served = start_workers(cli_process, stderr_file=tmp_path / "stderr.log")
     store_dir = Path(next(li for li in served.process.banner
                           if li.startswith("  store")).split()[2]).parent
@@ -438,7 +467,11 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(cli_process, tmp_pat
             break
     else:
         raise AssertionError("the delayed request never reached a worker")
-    served.process.proc.send_signal(signal.SIGTERM)
+    if how == "SIGTERM":
+        served.process.proc.send_signal(signal.SIGTERM)
+    else:
+        for pid in (served.master, *workers):
+            os.kill(pid, signal.SIGINT)
     assert served.process.proc.wait(timeout=30) == 0
     slow.join(timeout=30)
     assert [r.status_code for r in answer] == [200]
