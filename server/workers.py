@@ -148,6 +148,12 @@ class _Arbiter(Arbiter):
     def handle_int(self) -> None:
         self.handle_term()
 
+    def handle_usr2(self) -> None:
+        # gunicorn's re-exec runs the command line again to adopt the socket; `m2mauth
+        # serve` would bind it again instead.
+        self.log.warning("USR2 (re-exec) is not supported by m2mauth serve --workers: "
+                         "ignored; restart the server instead")
+
 
 class _Application(BaseApplication):
     """gunicorn's application interface around an app already built: no config file, no
@@ -155,10 +161,13 @@ class _Application(BaseApplication):
 
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
+        # Read now: the socket is handed to the arbiter (detached) before a reload (SIGHUP)
+        # loads this configuration again.
+        self._address = options.sock.getsockname()[:2]
         super().__init__()
 
     def load_config(self) -> None:
-        host, port = self.options.sock.getsockname()[:2]
+        host, port = self._address
         limits = self.options.limits
         config: dict[str, Any] = {
             "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],

@@ -449,6 +449,24 @@ def test_redis_unreachable_gives_503s_with_an_rfc_body_and_the_workers_recover(
         redis.stop()
 
 
+def test_sighup_replaces_every_worker_with_the_same_app_and_state(server):
+    admin(server.url, "POST", "/clients", client_id="kept", client_secret="kept-secret")
+    _, kids, _ = jwks_keys(server.url)
+    old = server.workers()
+    os.kill(server.master, signal.SIGHUP)
+    for _ in range(MAX_REQUESTS):
+        now = server.workers()
+        if len(now) == WORKERS and not now & old:
+            break
+        fresh("GET", server.url + "/healthz")
+    else:
+        raise AssertionError(f"the workers were not replaced: {old} -> {server.workers()}")
+    for response in across_workers(lambda: token(server.url, auth=("kept", "kept-secret"))):
+        assert response.status_code == 200
+        assert worker_of(response) not in old
+    assert jwks_keys(server.url)[1] == kids  # the keys made once, at start
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl+C"])
 def test_a_stop_answers_the_request_in_flight_then_exits_0(how, cli_process, tmp_path):
     """SIGTERM to the master, or Ctrl+C (SIGINT to the master and, as a terminal sends it to
