@@ -115,7 +115,13 @@ def _serve_workers(settings: ServerSettings, tls) -> None:
 
     temporary = None
     if parse_store_url(settings.store)[0] == "memory":
-        temporary = Path(tempfile.mkdtemp(prefix="m2mauth-workers-"))  # mode 0700
+        try:
+            temporary = Path(tempfile.mkdtemp(prefix="m2mauth-workers-"))  # mode 0700
+        except OSError as exc:
+            raise click.UsageError(
+                f"--workers {settings.workers}: cannot make a directory for the temporary "
+                f"store in {tempfile.gettempdir()}: {exc.strerror} (name a store with "
+                "--store sqlite:PATH)") from None
         settings = dataclasses.replace(settings, store=f"sqlite:{temporary / 'state.db'}")
     master = os.getpid()
     try:

@@ -113,8 +113,11 @@ def served(request, module_cli_process, tmp_path_factory) -> Served:
         with redis.Redis.from_url(url) as client:
             client.flushdb()
         args += ["--store", url]
-    err = tmp_path_factory.mktemp(f"workers-{request.param}") / "stderr.log"
-    return start_workers(module_cli_process, *args, stderr_file=err)
+    directory = tmp_path_factory.mktemp(f"workers-{request.param}")
+    config = directory / "m2mauth.toml"
+    config.write_text("[issuers.orders]\nalgorithm = \"ES256\"\n")  # a declared issuer too
+    return start_workers(module_cli_process, *args, "--config", str(config),
+                         stderr_file=directory / "stderr.log")
 
 
 @pytest.fixture
@@ -223,6 +226,19 @@ def test_a_key_rotated_through_one_worker_is_in_every_jwks_and_signs_every_token
         if len(seen) == WORKERS and min(seen.values()) >= 2:
             break
     assert len(seen) == WORKERS, seen
+
+
+def test_a_declared_issuers_state_is_shared_and_reset_with_the_root(server):
+    """An [issuers.NAME] issuer keeps its state in the same store under its name: its key
+    rotated through one worker is in every worker's JWKS; the root's reset resets it."""
+    orders = server.url + "/orders"
+    _, seeded, _ = jwks_keys(orders)
+    kid = admin(orders, "POST", "/keys/rotate", alg="ES256")["kid"]
+    for response in across_workers(lambda: fresh("GET", orders + "/jwks.json")):
+        assert kid in {k["kid"] for k in response.json()["keys"]}
+    admin(server.url, "POST", "/reset")
+    for response in across_workers(lambda: fresh("GET", orders + "/jwks.json")):
+        assert {k["kid"] for k in response.json()["keys"]} == seeded
 
 
 def test_a_client_added_or_removed_through_one_worker_is_known_to_all(server):
@@ -379,7 +395,7 @@ def test_issuers_cannot_be_added_at_run_time_under_workers(server):
     body = response.json()
     assert body["error"] == "invalid_request"
     assert "--workers 2" in body["error_description"]
-    assert admin(server.url, "GET", "/issuers")["issuers"] == []
+    assert [i["name"] for i in admin(server.url, "GET", "/issuers")["issuers"]] == ["orders"]
 
 
 # -- a worker killed, the store gone, the server stopped -------------------------------------
