@@ -79,6 +79,17 @@ def across_workers(send: Callable[[], requests.Response], *, each: int = 2,
     raise AssertionError(f"not every worker answered in {limit} requests: {dict(seen)}")
 
 
+def until(condition: Callable[[], bool], url: str, attempts: int = 1000) -> bool:
+    """Whether ``condition()`` came true, checked between requests to the server's
+    ``/healthz`` (at most ``attempts``, each bounded by its timeout): the pace of a server's
+    own work, not a sleep."""
+    for _ in range(attempts):
+        if condition():
+            return True
+        fresh("GET", url + "/healthz")
+    return condition()
+
+
 def admin(url: str, method: str, path: str, **body) -> dict:
     response = fresh(method, f"{url}/admin{path}", json=body or None)
     assert response.status_code < 300, response.text
@@ -162,8 +173,12 @@ def test_the_banner_names_the_workers_and_the_temporary_store(served):
 def test_every_worker_answers_and_a_kept_alive_connection_stays_with_one(server):
     workers = server.workers()
     assert len(workers) == WORKERS
-    answered = {worker_of(r) for r in across_workers(lambda: token(server.url))}
-    assert answered == workers
+    responses = across_workers(lambda: token(server.url))
+    assert {worker_of(r) for r in responses} == workers
+    # The ephemeral keys were made once, before the fork: every worker signs with the same.
+    assert len({jwt.get_unverified_header(r.json()["access_token"])["kid"]
+                for r in responses}) == 1
+    assert len({frozenset(jwks_keys(server.url)[1]) for _ in range(10)}) == 1
     with requests.Session() as session:  # keep-alive: one connection, so one worker
         pids = {worker_of(session.post(server.url + "/token", data=GRANT, auth=DEMO,
                                        timeout=10)) for _ in range(10)}
@@ -192,6 +207,15 @@ def test_a_bad_workers_key_in_the_config_file_and_flag_exit_2(cli_process, tmp_p
     process = cli_process("serve", "--port", "0", "--workers", "-1")
     err = process.stop()
     assert process.proc.returncode == 2 and "workers" in err
+
+
+def test_a_configuration_error_exits_2_before_any_worker_starts(cli_process, tmp_path):
+    config = tmp_path / "m2mauth.toml"
+    config.write_text('[[clients]]\nclient_id = "no-credentials"\n')
+    process = cli_process("serve", "--workers", "2", "--port", "0", "--config", str(config))
+    err = process.stop()
+    assert process.proc.returncode == 2
+    assert "clients[0]" in err and "answering on" not in err and "Traceback" not in err
 
 
 def test_a_taken_port_exits_2_with_one_line_before_any_worker(cli_process):
@@ -413,14 +437,8 @@ def test_a_worker_killed_with_sigkill_is_restarted_and_nothing_is_lost(server):
     victim = worker_of(before)
     os.kill(victim, signal.SIGKILL)
     # The arbiter forks a new worker; until then the survivor answers everything.
-    replaced = False
-    for _ in range(MAX_REQUESTS):
-        workers = server.workers()
-        if victim not in workers and len(workers) == WORKERS:
-            replaced = True
-            break
-        fresh("GET", server.url + "/healthz")
-    assert replaced, server.workers()
+    assert until(lambda: victim not in (now := server.workers()) and len(now) == WORKERS,
+                 server.url), server.workers()
     responses = across_workers(lambda: token(server.url, auth=("kept", "kept-secret")))
     assert victim not in {worker_of(r) for r in responses}
     for response in responses:
@@ -470,13 +488,8 @@ def test_sighup_replaces_every_worker_with_the_same_app_and_state(server):
     _, kids, _ = jwks_keys(server.url)
     old = server.workers()
     os.kill(server.master, signal.SIGHUP)
-    for _ in range(MAX_REQUESTS):
-        now = server.workers()
-        if len(now) == WORKERS and not now & old:
-            break
-        fresh("GET", server.url + "/healthz")
-    else:
-        raise AssertionError(f"the workers were not replaced: {old} -> {server.workers()}")
+    assert until(lambda: len(now := server.workers()) == WORKERS and not now & old,
+                 server.url), f"the workers were not replaced: {old} -> {server.workers()}"
     for response in across_workers(lambda: token(server.url, auth=("kept", "kept-secret"))):
         assert response.status_code == 200
         assert worker_of(response) not in old
