@@ -320,6 +320,8 @@ def _keys_source(issuer) -> str:
     if issuer.store.kind != "memory" and not issuer.seeded_store:
         return f"the keys the {issuer.store.kind} store holds"
     if settings.ephemeral_keys:
+        if issuer.store.kind != "memory":
+            return f"ephemeral keys made at this start, kept in the {issuer.store.kind} store"
         return "ephemeral in-memory keys"
     if settings.keys_dir is not None:
         return f"keys from {settings.keys_dir}"
