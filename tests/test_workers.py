@@ -11,6 +11,7 @@ bounded; nothing sleeps; the issuer's clock is moved through the admin API, neve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -62,7 +63,7 @@ def worker_of(response: requests.Response) -> int:
 def fresh(method: str, url: str, **kwargs) -> requests.Response:
     """One request on a connection of its own (so the kernel gives it to any worker)."""
     headers = {"Connection": "close", **kwargs.pop("headers", {})}
-    return requests.request(method, url, headers=headers, timeout=10, **kwargs)
+    return requests.request(method, url, headers=headers, **{"timeout": 10, **kwargs})
 
 
 def across_workers(send: Callable[[], requests.Response], *, each: int = 2,
@@ -537,3 +538,37 @@ def test_tls_works_with_workers(cli_process, tmp_path):
     for response in across_workers(lambda: fresh("POST", served.url + "/token", data=GRANT,
                                                  auth=DEMO, verify=ca)):
         assert response.status_code == 200
+
+
+def test_workers_stop_by_themselves_when_the_master_is_killed(cli_process, tmp_path):
+    """SIGKILL to the master (nothing can clean up): each worker sees its parent gone at its
+    next heartbeat and stops, rather than serving on with nobody to restart or stop it."""
+    import shutil
+
+    served = start_workers(cli_process, stderr_file=tmp_path / "stderr.log")
+    store_dir = Path(next(li for li in served.process.banner
+                          if li.startswith("  store")).split()[2]).parent
+    workers = served.workers()
+    served.process.proc.kill()
+    served.process.proc.wait(timeout=30)
+
+    def gone(pid: int) -> bool:
+        try:
+            return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    for _ in range(3000):  # bounded: each check reads /proc once; a heartbeat is a second
+        if all(gone(pid) for pid in workers):
+            break
+        # Their parent is gone, so nobody else will answer; the port answers or refuses.
+        with contextlib.suppress(requests.RequestException):
+            fresh("GET", served.url + "/healthz", timeout=1)
+    try:
+        assert all(gone(pid) for pid in workers), workers
+        assert "the master is gone; stopping" in served.process.stderr()
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)  # documented: left behind by a kill -9
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
