@@ -115,16 +115,24 @@ class CliProcess:
     that starts with ``until``."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, until: str = "curl ",
-                 max_lines: int = 30) -> None:
+                 max_lines: int = 30, stderr_file=None) -> None:
         import os
         import subprocess
         import sys
 
         clean = {k: v for k, v in os.environ.items() if not k.startswith("M2MAUTH_")}
         clean.update(env or {}, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the test
-            [sys.executable, "-m", "m2mauth.server.cli", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean)
+        # A server that answers many requests logs a line for each: into a file then, not a
+        # pipe nobody reads until the end (a full pipe would stop the server).
+        self.stderr_file = stderr_file
+        err = subprocess.PIPE if stderr_file is None else open(stderr_file, "w")  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the test
+                [sys.executable, "-m", "m2mauth.server.cli", *args],
+                stdout=subprocess.PIPE, stderr=err, text=True, env=clean)
+        finally:
+            if stderr_file is not None:
+                err.close()
         self.banner: list[str] = []
         for _ in range(max_lines):
             line = self.proc.stdout.readline()
@@ -139,18 +147,21 @@ class CliProcess:
         """The last word of the banner line that starts with ``name``."""
         return next(li.split()[-1] for li in self.banner if li.strip().startswith(name))
 
+    def stderr(self) -> str:
+        """What it wrote to stderr so far (``stderr_file`` only)."""
+        from pathlib import Path
+
+        return Path(self.stderr_file).read_text()
+
     def stop(self) -> str:
         """Terminate; what it wrote to stderr."""
         if self.proc.poll() is None:
             self.proc.terminate()
-        _, err = self.proc.communicate(timeout=10)
-        return err
+        _, err = self.proc.communicate(timeout=30)
+        return err if self.stderr_file is None else self.stderr()
 
 
-@pytest.fixture
-def cli_process():
-    """``cli_process(*args, env=None, until="curl ")``: a :class:`CliProcess`, stopped when
-    the test ends."""
+def _cli_processes():
     started: list[CliProcess] = []
 
     def start(*args: str, **options) -> CliProcess:
@@ -160,6 +171,19 @@ def cli_process():
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def cli_process():
+    """``cli_process(*args, env=None, until="curl ", stderr_file=None)``: a
+    :class:`CliProcess`, stopped when the test ends."""
+    yield from _cli_processes()
+
+
+@pytest.fixture(scope="module")
+def module_cli_process():
+    """``cli_process`` for a server the tests of one module share, stopped after them."""
+    yield from _cli_processes()
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def main() -> None:
             proc.wait(timeout=10)
         rows.append((alg, token_rate, jwks_rate))
     print(f"sequential loop, {args.requests} requests x {args.repeat} runs (median), "
-          "werkzeug threaded server (it closes each connection)")
+          "one keep-alive connection to `m2mauth serve` (waitress)")
     print(f"{'alg':<7} {'tokens/s':>10} {'JWKS GET/s':>11} {'ratio':>7}")
     for alg, token_rate, jwks_rate in rows:
         print(f"{alg:<7} {token_rate:>10.0f} {jwks_rate:>11.0f} {token_rate / jwks_rate:>7.2f}")

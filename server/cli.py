@@ -90,12 +90,53 @@ def serve(config_file: Path | None, verbose: bool, **overrides: Any) -> None:
         from .tls import load_server_tls
 
         tls = load_server_tls(settings)
+    if settings.workers > 1:
+        return _serve_workers(settings, tls)
     server, app = _bind_or_exit(settings.host, settings.port, lambda port: create_app(
         dataclasses.replace(settings, port=port)), functools.partial(
             bind_app, limits=ServingLimits.of(settings), tls=tls and tls.context))
     _warn_issuer_mismatch(settings, server.port)
     _banner(app, tls)
     _serve_until_interrupted(server)
+
+
+def _serve_workers(settings: ServerSettings, tls) -> None:
+    """``serve --workers N``: bind and build the app here, once, then fork the workers
+    (workers.py). With the memory store, the workers share a temporary SQLite file instead,
+    in a private directory removed when the server exits."""
+    import os
+    import shutil
+    import tempfile
+
+    from . import create_app
+    from .serving import ServingLimits, listen_app
+    from .store import parse_store_url
+    from .workers import WorkerOptions, serve_workers
+
+    temporary = None
+    if parse_store_url(settings.store)[0] == "memory":
+        try:
+            temporary = Path(tempfile.mkdtemp(prefix="m2mauth-workers-"))  # mode 0700
+        except OSError as exc:
+            raise click.UsageError(
+                f"--workers {settings.workers}: cannot make a directory for the temporary "
+                f"store in {tempfile.gettempdir()}: {exc.strerror} (name a store with "
+                "--store sqlite:PATH)") from None
+        settings = dataclasses.replace(settings, store=f"sqlite:{temporary / 'state.db'}")
+    master = os.getpid()
+    try:
+        sock, app = _bind_or_exit(settings.host, settings.port, lambda port: create_app(
+            dataclasses.replace(settings, port=port)), listen_app)
+        port = sock.getsockname()[1]
+        _warn_issuer_mismatch(settings, port)
+        _banner(app, tls, workers=settings.workers, temporary_store=temporary is not None)
+        serve_workers(WorkerOptions(app, sock, settings.workers, ServingLimits.of(settings),
+                                    tls and tls.context, worker_header=settings.lab))
+    finally:
+        # A worker leaves through here too (its SystemExit unwinds the stack it was forked
+        # with): only the master removes the directory.
+        if temporary is not None and os.getpid() == master:
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def _warn_issuer_mismatch(settings: ServerSettings, bound_port: int) -> None:
@@ -161,13 +202,16 @@ def _serve_until_interrupted(server) -> None:
             signal.signal(sig, handler)
 
 
-def _banner(app, tls=None) -> None:
+def _banner(app, tls=None, *, workers: int = 1, temporary_store: bool = False) -> None:
     from .issuers import router_of
 
     issuer = app.extensions["m2mauth"]
     settings: ServerSettings = issuer.settings
     echo = click.echo
     echo(f"m2mauth authorization server listening on {settings.host}:{settings.port}")
+    if workers > 1:
+        echo(f"  workers   {workers} processes, one issuer: every piece of state in the "
+             f"{issuer.store.kind} store")
     echo(f"  issuer    {issuer.issuer}")
     echo(f"  token     {issuer.token_endpoint}")
     echo(f"  jwks      {issuer.jwks_uri}")
@@ -189,7 +233,10 @@ def _banner(app, tls=None) -> None:
              "step, in your browser)")
     algs = ", ".join(sorted({c.settings.algorithm or settings.algorithm for c in issuer.clients}))
     echo(f"  signing   {algs} ({_keys_source(issuer)})")
-    if issuer.store.kind != "memory":
+    if temporary_store:
+        echo(f"  store     {issuer.store.kind} {issuer.store.location}  (temporary for "
+             f"--workers {workers}, removed at exit; --store to keep it)")
+    elif issuer.store.kind != "memory":
         held = "new: seeded with these settings' clients and keys" if issuer.seeded_store \
             else "kept: the clients and keys it holds from an earlier start"
         echo(f"  store     {issuer.store.kind} {issuer.store.location}  ({held})")
@@ -275,6 +322,8 @@ def _keys_source(issuer) -> str:
     if issuer.store.kind != "memory" and not issuer.seeded_store:
         return f"the keys the {issuer.store.kind} store holds"
     if settings.ephemeral_keys:
+        if issuer.store.kind != "memory":
+            return f"ephemeral keys made at this start, kept in the {issuer.store.kind} store"
         return "ephemeral in-memory keys"
     if settings.keys_dir is not None:
         return f"keys from {settings.keys_dir}"

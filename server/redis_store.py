@@ -229,9 +229,15 @@ if ARGV[5] == '1' then return redis.call('HGET', P .. ARGV[2] .. ':values', ARGV
 return '1'
 """,
     # Everything of this namespace goes, then the clients and keys given come in; with
-    # ARGV[2] == 'seed' only into a namespace never seeded.
+    # ARGV[2] == 'seed' only into a namespace never seeded, and they are kept (a list of
+    # the same arguments) for ARGV[2] == 'reset', which puts them back (-1: none kept).
     "restore": """
+local A, base = ARGV, 3
 if ARGV[2] == 'seed' and redis.call('HGET', M, 'seeded') == '1' then return 0 end
+if ARGV[2] == 'reset' then
+  A, base = redis.call('LRANGE', P .. 'seed', 0, -1), 1
+  if #A == 0 then return -1 end
+end
 for _, endpoint in ipairs(redis.call('ZRANGE', P .. 'fault_endpoints', 0, -1)) do
   redis.call('DEL', P .. 'faults:' .. endpoint)
 end
@@ -242,13 +248,17 @@ redis.call('DEL', P .. 'fault_endpoints', P .. 'logs', P .. 'log_bytes', P .. 'c
            P .. 'client_order', P .. 'keys', P .. 'jtis', P .. 'jti_counts', P .. 'revoked',
            P .. 'revoked:values', P .. 'opaque', P .. 'opaque:values')
 touch()
-local clients = tonumber(ARGV[3])
+local clients = tonumber(A[base])
 for i = 0, clients - 1 do
-  local id, data = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local id, data = A[base + 1 + 2 * i], A[base + 2 + 2 * i]
   redis.call('HSET', P .. 'clients', id, data)
   redis.call('ZADD', P .. 'client_order', i + 1, id)
 end
-for i = 4 + 2 * clients, #ARGV do redis.call('RPUSH', P .. 'keys', ARGV[i]) end
+for i = base + 1 + 2 * clients, #A do redis.call('RPUSH', P .. 'keys', A[i]) end
+if ARGV[2] == 'seed' then
+  redis.call('DEL', P .. 'seed')
+  for i = 3, #ARGV do redis.call('RPUSH', P .. 'seed', ARGV[i]) end
+end
 redis.call('HSET', M, 'seeded', 1, 'off', '0.0', 'frz', '', 'nf', 0, 'fseq', 0,
            'cseq', clients)
 redis.call('HINCRBY', M, 'cv', 1)
@@ -492,6 +502,12 @@ class RedisStore(SharedStore):
 
     def seed(self, clients: Iterable[ClientSettings], keys: Iterable[SigningKey]) -> bool:
         return self._restore("seed", clients, keys)
+
+    def restore_seed(self) -> bool:
+        done = self._run("restore", "reset") == 1
+        if done:
+            self._changed()
+        return done
 
     def _restore(self, mode: str, clients: Iterable[ClientSettings],
                  keys: Iterable[SigningKey]) -> bool:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .settings import ServerSettings
 
 __all__ = ["SOCKET_KEY", "BackgroundServer", "HTTPServer", "PortInUseError", "ServingLimits",
-           "bind_app"]
+           "bind_app", "listen_app"]
 
 #: The WSGI environ key of the connection's socket (as werkzeug's "werkzeug.socket" and
 #: gunicorn's "gunicorn.socket"): the lab's ``drop`` fault closes it under the response.
@@ -55,6 +55,11 @@ App = TypeVar("App", bound=Callable[..., Any])
 # EMFILE would leave the listening socket readable and the event loop spinning.
 _RESERVED_FILES = 64
 _access = logging.getLogger("m2mauth.access")
+# A graceful stop still answers a request arriving as it begins – on a connection accepted
+# just before (its first request not yet whole), or half received – if it is whole within
+# this many seconds. (With --workers the listening socket stays open in the other workers,
+# so a connection one worker accepted as it stopped would otherwise be lost, not refused.)
+_ARRIVING_SECONDS = 1.0
 # A lingering close reads and discards at most this long and this much.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1024 * 1024
@@ -241,6 +246,8 @@ class _Channel(HTTPChannel):
     parser_class = _Parser
     request_started: float | None = None
 
+    #: Whether a request has been received whole on this connection.
+    requested = False
     #: Set by an answer given before the request was read to its end (413, 431, 400).
     linger = False
     linger_until: float | None = None
@@ -251,6 +258,11 @@ class _Channel(HTTPChannel):
     def sending(self) -> bool:
         """Whether bytes of an answer are still waiting to be sent."""
         return bool(self.total_outbufs_len)
+
+    def arriving(self) -> bool:
+        """Whether a request is on its way: the connection's first (nothing received whole
+        yet; a TLS handshake perhaps), or one begun and not yet whole."""
+        return not self.requested or self.request_started is not None
 
     def handle_close(self) -> None:
         # Closing with unread input makes the kernel reset the connection, and the reset can
@@ -292,6 +304,8 @@ class _Channel(HTTPChannel):
         finally:
             # Every request in the data is complete – unless it was only blank lines, which
             # waitress drops as empty requests: those do not restart the deadline.
+            if len(self.requests) > queued:
+                self.requested = True
             if self.request is None and (len(self.requests) > queued or data.strip()):
                 self.request_started = None
 
@@ -592,15 +606,19 @@ class HTTPServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, tick: Callable[[], None] | None = None) -> None:
         """Answer requests until :meth:`shutdown` (from another thread) or KeyboardInterrupt;
-        then close every connection and stop the threads."""
+        then close every connection and stop the threads. ``tick`` is called after every
+        poll of the event loop, at least once a second (a ``--workers`` worker's heartbeat
+        to its master, see workers.py)."""
         # waitress's own run() cannot be stopped from another thread: loop one poll at a time.
         server = self._server
         self._serving = True
         try:
             while not self._stopping.is_set():
                 wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
+                if tick is not None:
+                    tick()
             if self._drain:
                 self._answer_what_was_received()
         finally:
@@ -622,14 +640,18 @@ class HTTPServer:
         # The listening socket alone: TcpWSGIServer.close() would close the wake-up pipe too,
         # which the threads still answering need.
         wasyncore.dispatcher.close(server)
-        end = time.monotonic() + self.limits.drain_timeout
-        while time.monotonic() < end:
+        start = time.monotonic()
+        end = start + self.limits.drain_timeout
+        arriving_until = start + min(_ARRIVING_SECONDS, self.limits.drain_timeout)
+        while (now := time.monotonic()) < end:
             busy = False
             for channel in list(server.active_channels.values()):
                 if channel.requests or channel.sending():
                     busy = True  # being answered, waiting for a thread, or still sending
+                elif now < arriving_until and channel.arriving():
+                    busy = True  # its request is on its way: answered if it comes now
                 else:
-                    channel.will_close = True  # idle, or a request not yet received whole
+                    channel.will_close = True  # idle, or a request that did not come whole
             if not busy:
                 break
             wasyncore.loop(timeout=0.1, map=server._map, use_poll=True, count=1)
@@ -659,10 +681,22 @@ def bind_app(host: str, port: int, make_app: Callable[[int], App],
     """Listen on ``host:port`` (0 picks a free port; a taken one raises
     :class:`PortInUseError`), build the app knowing the port actually bound, and wrap it in
     an :class:`HTTPServer` (speaking TLS with the server context ``tls``)."""
+    sock, app = listen_app(host, port, make_app)
+    try:
+        return HTTPServer(sock, app, limits or ServingLimits(), tls), app
+    except BaseException:
+        sock.close()
+        raise
+
+
+def listen_app(host: str, port: int, make_app: Callable[[int], App]
+               ) -> tuple[socket.socket, App]:
+    """Listen on ``host:port`` (as :func:`bind_app`) and build the app knowing the port
+    bound; the listening socket and the app, for a server made elsewhere (``--workers``:
+    one in each worker process)."""
     sock = _listen(host, port)
     try:
-        app = make_app(sock.getsockname()[1])
-        return HTTPServer(sock, app, limits or ServingLimits(), tls), app
+        return sock, make_app(sock.getsockname()[1])
     except BaseException:
         sock.close()
         raise

@@ -114,6 +114,15 @@ def _non_negative(value: int) -> str | None:
     return None if value >= 0 else "must be a non-negative integer"
 
 
+#: Most worker processes ``serve --workers`` starts (each holds a thread pool and
+#: connections to the store).
+MAX_WORKERS = 64
+
+
+def _workers(value: int) -> str | None:
+    return None if 1 <= value <= MAX_WORKERS else f"must be between 1 and {MAX_WORKERS}"
+
+
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be between 0 and 65535"
 
@@ -411,6 +420,11 @@ class ServerSettings:
                                  help="Cache-Control max-age of the JWKS, in seconds.")
     max_body_bytes: int = _setting(64 * 1024, kind=int, check=_positive,
                                    help="Largest accepted request body; larger ones get 413.")
+    workers: int = _setting(
+        1, kind=int, check=_workers, flag=True,
+        help="Processes that answer requests, sharing one issuer through the store (gunicorn's "
+             "arbiter restarts one that dies). With the memory store, 2 or more use a "
+             "temporary SQLite file instead, removed at exit.")
     threads: int = _setting(8, kind=int, check=_positive, flag=True,
                             help="Threads that answer requests (requests are read in full "
                                  "first, so slow clients hold no thread).")

@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS expiring (
     ns TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, expires_at REAL NOT NULL,
     value TEXT, PRIMARY KEY (ns, kind, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS expiring_expiry ON expiring (ns, kind, expires_at);
+CREATE TABLE IF NOT EXISTS seeds (
+    ns TEXT PRIMARY KEY, clients TEXT NOT NULL, keys TEXT NOT NULL);
 """
 
 #: Tables holding one namespace's state (meta aside), emptied by restore().
@@ -536,27 +538,48 @@ class SQLiteStore(SharedStore):
     def seed(self, clients: Iterable[ClientSettings], keys: Iterable[SigningKey]) -> bool:
         return self._restore(list(clients), list(keys), only_if_new=True)
 
+    def restore_seed(self) -> bool:
+        with self._write() as db:
+            row = db.execute("SELECT clients, keys FROM seeds WHERE ns = ?",
+                             (self.namespace,)).fetchone()
+            if row is None:
+                return False
+            self._replace_all(db, [tuple(c) for c in json.loads(row[0])],
+                              [tuple(k) for k in json.loads(row[1])])
+        self._changed()
+        return True
+
     def _restore(self, clients: list[ClientSettings], keys: list[SigningKey], *,
                  only_if_new: bool) -> bool:
         ns = self.namespace
-        client_rows = [(ns, c.client_id, client_json(c)) for c in clients]
-        key_rows = [(ns, *key_record(k)) for k in keys]
+        client_rows = [(c.client_id, client_json(c)) for c in clients]
+        key_rows = [tuple(key_record(k)) for k in keys]
         with self._write() as db:
             if only_if_new and db.execute("SELECT seeded FROM meta WHERE ns = ?",
                                           (ns,)).fetchone()[0]:
                 return False
-            for table in _TABLES:
-                db.execute(f"DELETE FROM {table} WHERE ns = ?", (ns,))  # noqa: S608
-            # OR REPLACE: a repeated id keeps the last, as MemoryStore's dict does.
-            db.executemany("INSERT OR REPLACE INTO clients (ns, client_id, data) VALUES "
-                           "(?, ?, ?)", client_rows)
-            db.executemany("INSERT INTO signing_keys (ns, kid, alg, status, pem) VALUES "
-                           "(?, ?, ?, ?, ?)", key_rows)
-            db.execute("UPDATE meta SET seeded = 1, clients_v = clients_v + 1, "
-                       "keys_v = keys_v + 1, clock_offset = 0.0, clock_frozen = NULL, "
-                       "faults = 0, fault_seq = 0, revoked = 0, opaque = 0 WHERE ns = ?", (ns,))
+            self._replace_all(db, client_rows, key_rows)
+            if only_if_new:  # what restore_seed() puts back
+                db.execute("INSERT OR REPLACE INTO seeds (ns, clients, keys) VALUES (?, ?, ?)",
+                           (ns, json.dumps(client_rows), json.dumps(key_rows)))
         self._changed()
         return True
+
+    def _replace_all(self, db: _Transaction, client_rows: list[tuple[str, ...]],
+                     key_rows: list[tuple[str, ...]]) -> None:
+        """Empty the namespace and put these clients ((id, JSON)) and keys (KeyRecord
+        fields) in, within the caller's transaction."""
+        ns = self.namespace
+        for table in _TABLES:
+            db.execute(f"DELETE FROM {table} WHERE ns = ?", (ns,))  # noqa: S608
+        # OR REPLACE: a repeated id keeps the last, as MemoryStore's dict does.
+        db.executemany("INSERT OR REPLACE INTO clients (ns, client_id, data) VALUES "
+                       "(?, ?, ?)", [(ns, *row) for row in client_rows])
+        db.executemany("INSERT INTO signing_keys (ns, kid, alg, status, pem) VALUES "
+                       "(?, ?, ?, ?, ?)", [(ns, *row) for row in key_rows])
+        db.execute("UPDATE meta SET seeded = 1, clients_v = clients_v + 1, "
+                   "keys_v = keys_v + 1, clock_offset = 0.0, clock_frozen = NULL, "
+                   "faults = 0, fault_seq = 0, revoked = 0, opaque = 0 WHERE ns = ?", (ns,))
 
 
 class _Transaction:

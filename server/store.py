@@ -212,6 +212,14 @@ class StateStore(abc.ABC):
         """Back to a start: exactly these clients and keys, real time, no faults, empty logs,
         no remembered jtis, revocations or opaque tokens – in one step."""
 
+    def restore_seed(self) -> bool:
+        """:meth:`restore` to the clients and keys the store was seeded with (by
+        :meth:`seed`, at its first start or when found empty), in one step, whichever
+        process asks: what the lab's reset puts back on a shared store. False, changing
+        nothing, when the store keeps no seed (a store in this process, where what the
+        process started with is the seed, or a store seeded by an earlier m2mauth)."""
+        return False
+
 
 class MemoryStore(StateStore):
     """The state of one issuer in this process's memory: the default, and the pytest

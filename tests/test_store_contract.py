@@ -728,6 +728,44 @@ def test_seeding_is_one_winner_under_concurrency(shared, es_keys):
         assert [c.client_id for c in handle.clients()] == [f"c{winner}"]
 
 
+def test_restore_seed_puts_back_what_the_store_was_seeded_with_from_any_handle(shared,
+                                                                                 es_keys):
+    """The lab's reset on a shared store: whichever process asks (another handle, opened
+    after changes, holding other clients and keys at its start), the store goes back to its
+    seed – clients, keys and their status – with everything else emptied, in one step."""
+    (e1, e2, _, _), _ = es_keys
+    from _store_support import open_shared
+
+    first = shared._track(open_shared(shared.kind, shared.target, "seeded"))
+    assert first.restore_seed() is False  # nothing seeded yet: nothing kept
+    assert first.seed([client("a"), client("b")], [e1]) is True
+    first.add_client(client("added"))
+    first.remove_client("b")
+    first.add_signing_key(e2)
+    first.push_fault("token", {"remaining": 2, "kind": "error"})
+    first.append_record("token", {"n": 1})
+    first.update_clock(lambda _: ClockState(offset=30.0))
+    later = shared._track(open_shared(shared.kind, shared.target, "seeded"))  # a later start
+    assert [c.client_id for c in later.clients()] == ["a", "added"]
+    assert later.restore_seed() is True
+    for handle in (first, later):
+        assert [c.client_id for c in handle.clients()] == ["a", "b"]
+        assert [(k.kid, k.status) for k in handle.signing_keys()] == [(e1.kid, e1.status)]
+        assert handle.faults() == [] and handle.records("token") == []
+        assert handle.clock_state() == ClockState()
+    # A restore to something else leaves the seed as it was.
+    later.restore([client("r")], [e2])
+    assert first.restore_seed() is True
+    assert [c.client_id for c in later.clients()] == ["a", "b"]
+
+
+def test_a_store_that_keeps_no_seed_says_so():
+    store = MemoryStore([client("a")])
+    store.add_client(client("b"))
+    assert store.restore_seed() is False
+    assert [c.client_id for c in store.clients()] == ["a", "b"]  # unchanged
+
+
 def test_memory_stores_are_seeded_by_their_constructor():
     store = MemoryStore([client("a")])
     assert store.seeded() is True

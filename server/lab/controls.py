@@ -107,7 +107,8 @@ def _mapping(name: str, value: object) -> dict[str, Any]:
 
 class Controls:
     """Drive one server's state from a test. Everything done here is undone by :meth:`reset`,
-    which restores the clients and keys the server started with."""
+    which restores the clients and keys the server started with (on a shared store, those
+    it was seeded with)."""
 
     def __init__(self, core: Issuer) -> None:
         #: The core issuer these controls drive.
@@ -441,5 +442,8 @@ class Controls:
     # -- all of it ----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Undo everything a test changed: clients, keys, clock, faults, logs, seen jtis."""
-        self._store.restore(self._clients_at_start, self._keys_at_start)
+        """Undo everything a test changed: clients, keys, clock, faults, logs, seen jtis.
+        A shared store goes back to what it was seeded with, whichever process resets it;
+        a store in this process to what this server started with."""
+        if not self._store.restore_seed():
+            self._store.restore(self._clients_at_start, self._keys_at_start)

@@ -78,6 +78,13 @@ class IssuerControls:
         (clients as tables or :class:`ClientSettings`); its app, lab attached."""
         from .extension import Lab  # the extension imports this module
 
+        if self.settings.workers > 1:
+            # The list of issuers added at run time is a process's (its router's): under
+            # --workers each worker would have its own, and a request would find the issuer
+            # or not by the worker it reached.
+            raise ControlError("name", f"issuers cannot be added at run time with --workers "
+                               f"{self.settings.workers} (each worker process would have "
+                               "its own); declare it in the configuration ([issuers.NAME])")
         problem = issuer_name_problem(name)
         if problem is None and self.settings.mount.split("/")[1:2] == [name]:
             problem = f"is the first segment of the root issuer's path {self.settings.mount!r}"
