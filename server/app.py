@@ -13,7 +13,7 @@ from .issuer import EXTENSION, METADATA_PATHS, Issuer
 from .issuers import ROUTER, IssuerRouter
 from .settings import ServerSettings, load_settings
 from .store import StateStore, begin_request_reads, end_request_reads
-from .views import bp, metadata, probes
+from .views import after_request_hook, bp, metadata, probes
 
 __all__ = ["create_core_app", "create_issuer_app"]
 
@@ -89,6 +89,7 @@ def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = No
         app.before_request(begin_request_reads)
         app.teardown_request(end_request_reads)
     app.register_blueprint(bp, url_prefix=issuer.mount or None)
+    app.after_request(after_request_hook(settings.trust_proxy))
     if issuer.mount:
         # RFC 8414 section 3.1: for an issuer with a path, the well-known segment goes
         # between the host and the path. The OIDC location (path appended) is in bp.

@@ -9,6 +9,7 @@ never an HTML page or a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -31,7 +32,8 @@ from .settings import issuer_name_problem
 from .syntax import printable, safe_description
 from .token_request import handle_endpoint_request, handle_token_request
 
-__all__ = ["STORE_FAILED", "bp", "metadata", "probes", "store_unavailable"]
+__all__ = ["STORE_FAILED", "after_request_hook", "bp", "metadata", "probes",
+           "store_unavailable"]
 
 log = logging.getLogger("m2mauth.server")
 
@@ -92,14 +94,24 @@ _PUBLIC_ENDPOINTS = frozenset({"m2mauth.jwks", "m2mauth.oauth-authorization-serv
                                "m2mauth.openid-configuration", "m2mauth_metadata"})
 
 
-@bp.after_app_request
-def _after_request(response: Response) -> Response:
-    """Every answer of the app: one hook for both, as Flask's per-hook cost is paid per
-    request."""
-    _vary_on_the_proxy(response)
-    if request.method == "OPTIONS":
-        return _options(response)
-    return response
+def after_request_hook(trust_proxy: bool) -> Callable[[Response], Response]:
+    """The after-request hook of an issuer's app (app.py registers it): OPTIONS answers, and
+    with ``trust_proxy`` the Vary of every answer. One hook, made per app, as Flask's cost
+    per hook (and a context lookup for the setting) is paid on every request.
+
+    Why Vary: with ``trust_proxy`` an answer names the issuer the forwarding headers make
+    (metadata, the playground's paths, a 401's realm), and the metadata is ``public,
+    max-age=300``: a cache in front that keyed on the URL alone would serve one caller's
+    forged ``X-Forwarded-Host`` (its token endpoint) to every other client (RFC 9110
+    section 12.5.5)."""
+    if trust_proxy:
+        def after_request(response: Response) -> Response:
+            response.vary.update(_FORWARDING_HEADERS)
+            return _options(response) if request.method == "OPTIONS" else response
+    else:
+        def after_request(response: Response) -> Response:
+            return _options(response) if request.method == "OPTIONS" else response
+    return after_request
 
 
 def _options(response: Response) -> Response:
@@ -126,13 +138,6 @@ _FORWARDING_HEADERS = ("Host", "Forwarded", "X-Forwarded-Proto", "X-Forwarded-Ho
                        "X-Forwarded-Port", "X-Forwarded-Prefix")
 
 
-def _vary_on_the_proxy(response: Response) -> None:
-    """With ``trust_proxy`` an answer names the issuer the forwarding headers make (metadata,
-    the playground's paths, a 401's realm), and the metadata is ``public, max-age=300``: a
-    cache in front that keyed on the URL alone would serve one caller's forged
-    ``X-Forwarded-Host`` (its token endpoint) to every other client (RFC 9110 section 12.5.5)."""
-    if current_app.extensions[EXTENSION].settings.trust_proxy:
-        response.vary.update(_FORWARDING_HEADERS)
 
 
 @probes.get(HEALTH_PATH)
