@@ -3,8 +3,8 @@ header segment (``base64url(JSON{alg, typ: at+jwt, kid})``) encoded once, the pa
 with the ``cryptography`` key object directly.
 
 Why not joserfc on every token: ``jwt.encode`` builds a registry, checks the header's names and
-types, finds the key by use and re-encodes the same header, per token – about 100 µs of an
-ES256 token request whose signature itself takes 50 µs.
+types, finds the key by use and re-encodes the same header, per token – measured in the
+token endpoint, about 50 µs on top of an ES256 signature that itself takes 40 µs.
 
 Why this is safe: a signer writes byte for byte what joserfc's
 ``jwt.encode(header, claims, key, algorithms=[alg], default_type=None)`` writes for the same
