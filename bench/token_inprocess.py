@@ -15,8 +15,10 @@ a new BytesIO body: POST /token, HTTP Basic, grant_type=client_credentials), ``a
 start_response)``, the body joined; every answer must be a 200 with an access_token.
 
 Two logging modes, one row each: "quiet" (logging not configured, as in a library or under
-pytest) and "serve-like" (logging.basicConfig(level=INFO) with `m2mauth serve`'s format, to
-a stream on os.devnull): m2mauth writes one INFO line per token request, the baseline none.
+pytest) and "serve-like" (the root logger set up by the function `m2mauth serve` calls,
+m2mauth.server.logs.configure_logging, writing to os.devnull: INFO, the per-request line
+queued and written in batches by a background thread whose time counts in the run too):
+m2mauth writes one INFO line per token request, the baseline none.
 
 Method: a warm-up, then R rounds of N requests per app (the order alternating per round);
 reported: the median microseconds per request of each app over the rounds and the median
@@ -47,12 +49,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from flask import Flask, Response, request
 
 from m2mauth.server import ServerSettings, create_app
+from m2mauth.server.logs import configure_logging
 
 ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
 CLIENT_ID, CLIENT_SECRET = "demo-client", "demo-secret"  # m2mauth's default demo client
 ISSUER, AUDIENCE, SCOPE, LIFETIME = "http://127.0.0.1:8000", "api://default", "read write", 300
 BODY = b"grant_type=client_credentials"
-SERVE_FORMAT = "%(asctime)s %(name)s %(message)s"  # what `m2mauth serve` configures
 
 WsgiApp = Callable[..., object]
 
@@ -244,12 +246,13 @@ def main() -> None:
 
     rows = [("quiet", measure(ours, base, args.requests, args.rounds))]
     with open(os.devnull, "w") as devnull:
-        logging.basicConfig(level=logging.INFO, format=SERVE_FORMAT, stream=devnull)
+        handler = configure_logging(stream=devnull)  # exactly what `m2mauth serve` sets up
         try:
             rows.append(("serve-like", measure(ours, base, args.requests, args.rounds)))
         finally:
-            for handler in logging.getLogger().handlers[:]:
+            if handler is not None:
                 logging.getLogger().removeHandler(handler)
+                handler.close()
 
     which = " (the core alone, --no-lab)" if args.no_lab else ""
     print(f"{args.alg}{which}, one token request through the WSGI app (no sockets), {args.requests}"

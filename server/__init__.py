@@ -10,7 +10,7 @@ runs that never use it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._lazy import lazy_exports
 
@@ -101,8 +101,6 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     It fetches the JWKS over HTTP from this very server, as a separate service would, and
     judges tokens by the server's clock, so the lab's clock moves reach it (a token expires
     at the API when the server's clock passes its ``exp``)."""
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
-
     from m2mauth.client import JWKSCache
     from m2mauth.client.demo_api import create_demo_api
 
@@ -124,7 +122,25 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
                      + JWKS_PATH, cooldown=0, negative_ttl=0, session=session)
     demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=DEMO_LEEWAY,
                            jwks_cache=keys, clock=issuer.clock.now)
-    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {DEMO_API_PREFIX: demo})  # type: ignore[method-assign]
+    app.wsgi_app = _Mount(app.wsgi_app, DEMO_API_PREFIX, demo)  # type: ignore[method-assign]
+
+
+class _Mount:
+    """``app`` with ``mounted`` under ``prefix``: werkzeug's ``DispatcherMiddleware`` for one
+    prefix (the same ``SCRIPT_NAME`` and ``PATH_INFO``), without its walk over every
+    ``/`` of every request's path – a token request is never the demo API's."""
+
+    def __init__(self, app: Any, prefix: str, mounted: Any) -> None:
+        self.app, self.prefix, self.mounted = app, prefix, mounted
+        self._under = prefix + "/"
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path: str = environ.get("PATH_INFO", "")
+        if path == self.prefix or path.startswith(self._under):
+            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.prefix
+            environ["PATH_INFO"] = path[len(self.prefix):]
+            return self.mounted(environ, start_response)
+        return self.app(environ, start_response)
 
 
 __getattr__, _ = lazy_exports(__name__, _EXPORTS)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 
@@ -11,7 +13,7 @@ from .issuer import EXTENSION, METADATA_PATHS, Issuer
 from .issuers import ROUTER, IssuerRouter
 from .settings import ServerSettings, load_settings
 from .store import StateStore, begin_request_reads, end_request_reads
-from .views import bp, metadata, probes
+from .views import after_request_hook, bp, metadata, probes
 
 __all__ = ["create_core_app", "create_issuer_app"]
 
@@ -44,6 +46,28 @@ def create_core_app(settings: ServerSettings | None = None, *,
     return app
 
 
+class _IssuerFlask(Flask):
+    """Flask, with :meth:`ensure_sync`'s answer kept per function: Flask asks ``inspect`` on
+    every request, for every hook and the view, whether it is a coroutine function (about
+    seven times a token request), and the answer for a registered function never changes."""
+
+    #: Functions remembered at most; beyond, asked each time (after_this_request closures
+    #: are new per request).
+    MAX_REMEMBERED = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        found = self._sync.get(func)
+        if found is None:
+            found = super().ensure_sync(func)
+            if len(self._sync) < self.MAX_REMEMBERED:
+                self._sync[func] = found
+        return found
+
+
 def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = None,
                       namespace: str = "") -> Flask:
     """The app of one issuer, its endpoints under its URL's path (``/token`` for
@@ -52,7 +76,7 @@ def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = No
     the settings name, under ``namespace`` (see :class:`Issuer`)."""
     settings = settings.validate()
     # instance_path given: Flask cannot locate it for a package inside a namespace (m2mauth).
-    app = Flask("m2mauth.server", instance_path=str(Path(__file__).parent / "instance"))
+    app = _IssuerFlask("m2mauth.server", instance_path=str(Path(__file__).parent / "instance"))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # werkzeug answers "//token" with a 308 redirect and an HTML body; a client that POSTs
@@ -61,9 +85,11 @@ def create_issuer_app(settings: ServerSettings, *, store: StateStore | None = No
     issuer = app.extensions[EXTENSION] = Issuer(settings, store=store, namespace=namespace)
     # One version check of a shared store per request, not one per read (store.py); first,
     # so that the lab's hooks read through it too.
-    app.before_request(begin_request_reads)
-    app.teardown_request(end_request_reads)
+    if issuer.store.kind != "memory":  # a MemoryStore has no versions to check
+        app.before_request(begin_request_reads)
+        app.teardown_request(end_request_reads)
     app.register_blueprint(bp, url_prefix=issuer.mount or None)
+    app.after_request(after_request_hook(settings.trust_proxy))
     if issuer.mount:
         # RFC 8414 section 3.1: for an issuer with a path, the well-known segment goes
         # between the host and the path. The OIDC location (path appended) is in bp.

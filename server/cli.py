@@ -153,7 +153,9 @@ def _warn_issuer_mismatch(settings: ServerSettings, bound_port: int) -> None:
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from .logs import configure_logging
+
+    configure_logging()  # INFO lines written off the request thread (logs.py)
     # joserfc prefers RFC 9864's "Ed25519" and warns on each "EdDSA" signature; m2mauth signs
     # "EdDSA" on purpose (what PyJWT and today's validators know), so the notice is noise here.
     warnings.filterwarnings("ignore", message="EdDSA is deprecated via RFC 9864")

@@ -47,7 +47,10 @@ def basic_credentials(header: str) -> tuple[str, str] | None:
 def client_secret_basic(query_client, request):
     """Authlib's ``client_secret_basic`` method, registered in its place: Authlib decodes the
     credentials with ``unquote``, which keeps a form-encoded space as '+'."""
-    client_id, secret = basic_credentials(request.headers.get("Authorization") or "") or ("", "")
+    # Decoded once per request, by the precheck (TokenEndpointRequest.basic).
+    basic = request.basic if hasattr(request, "basic") else \
+        basic_credentials(request.headers.get("Authorization") or "")
+    client_id, secret = basic or ("", "")
     return _check_secret(query_client, request, "client_secret_basic", client_id, secret)
 
 

@@ -45,7 +45,9 @@ def check_request_parameters(request) -> None:
             "Client credentials sent in both the Authorization header and the body."
         )
     if has_header and "client_id" in form:
-        basic_id, _ = basic_credentials(request.headers["Authorization"]) or (None, None)
+        basic = request.basic if hasattr(request, "basic") else \
+            basic_credentials(request.headers["Authorization"])
+        basic_id, _ = basic or (None, None)
         if basic_id != form["client_id"]:
             raise InvalidRequestError(
                 "The client_id in the body does not match the Authorization header."

@@ -184,6 +184,10 @@ class KeyStore:
         # (the keys, the JWKS made of them): one pair, replaced whole, so that a reader never
         # pairs a new key tuple with an old JWKS.
         self._jwks: tuple[tuple[SigningKey, ...], dict[str, Any]] | None = None
+        # (the keys, the active key per algorithm and every key per kid): the token path's
+        # lookups cost a dict read however many keys rotations have left in the store.
+        self._index: tuple[tuple[SigningKey, ...], dict[str, SigningKey],
+                           dict[str, SigningKey]] | None = None
 
     # -- construction -----------------------------------------------------------------
 
@@ -209,11 +213,24 @@ class KeyStore:
 
     # -- queries ----------------------------------------------------------------------
 
+    def _indexed(self) -> tuple[dict[str, SigningKey], dict[str, SigningKey]]:
+        keys = self.store.signing_keys()
+        index = self._index
+        if index is None or index[0] is not keys:  # a new tuple on every change
+            active: dict[str, SigningKey] = {}
+            by_kid: dict[str, SigningKey] = {}
+            for key in keys:
+                if key.status == ACTIVE:
+                    active.setdefault(key.alg, key)  # the first, as the scan found it
+                by_kid.setdefault(key.kid, key)
+            index = self._index = (keys, active, by_kid)
+        return index[1], index[2]
+
     def active(self, alg: str) -> SigningKey:
         """The key that signs new ``alg`` tokens."""
-        for key in self.store.signing_keys():
-            if key.alg == alg and key.status == ACTIVE:
-                return key
+        found = self._indexed()[0].get(alg)
+        if found is not None:
+            return found
         if self._generate_missing and alg in ALGORITHMS:
             with self._lock:
                 for key in self.store.signing_keys():
@@ -223,10 +240,10 @@ class KeyStore:
         raise KeyStoreError(f"no active {alg} signing key (the key directory has no {alg} key)")
 
     def get(self, kid: str) -> SigningKey:
-        for key in self.store.signing_keys():
-            if key.kid == kid:
-                return key
-        raise KeyStoreError(f"no key with kid {kid!r}")
+        found = self._indexed()[1].get(kid)
+        if found is None:
+            raise KeyStoreError(f"no key with kid {kid!r}")
+        return found
 
     def all_keys(self) -> list[SigningKey]:
         return list(self.store.signing_keys())

@@ -3,24 +3,32 @@ form-body parameters only, and RFC 6749 §5.2 status codes for ``invalid_client`
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import TYPE_CHECKING
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _FlaskAuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
+from authlib.integrations.flask_oauth2.signals import client_authenticated, token_revoked
 from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     OAuth2Error,
     OAuth2Request,
     UnsupportedGrantTypeError,
 )
-from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc6749.requests import OAuth2Payload
+from flask import Response
+from flask import json as flask_json
 from flask import request as flask_request
 
-from .client_auth import claimed_client_id
+from .client_auth import basic_credentials, claimed_client_id
 from .clients import ClientRegistry
 from .responses import basic_challenge
 from .syntax import printable, safe_description
 from .tokens import TokenIssuer
+
+if TYPE_CHECKING:
+    from .token_request import Checked
 
 __all__ = ["AUTHENTICATION_FAILED", "AuthorizationServer", "TokenEndpointRequest",
            "describe_error"]
@@ -39,33 +47,50 @@ AUTHENTICATION_FAILED = (
 )
 
 
-class _FormPayload(BasicOAuth2Payload):
+class _FormPayload(OAuth2Payload):
     """The token request's parameters, from the body only: RFC 6749 §3.2 requires POST,
     and Flask's ``request.values`` would also take credentials from the query string.
     ``data`` is a plain dict of first values (the grant refuses repeats, from ``datalist``):
-    a MultiDict raises and catches a KeyError for every parameter that is absent."""
+    a MultiDict raises and catches a KeyError for every parameter that is absent. Both are
+    built in one pass over the form."""
 
     def __init__(self, form) -> None:
-        super().__init__(form.to_dict())
-        self._datalist = {key: form.getlist(key) for key in form}
+        self._datalist: dict[str, list[str]] = dict(form.lists())
+        self._data = {key: values[0] for key, values in self._datalist.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> dict[str, list[str]]:  # type: ignore[override]
+        return self._datalist
 
 
 class TokenEndpointRequest(FlaskOAuth2Request):
     """Authlib's request object for one token request. The grant records on it what it
     decided (``client``, ``auth_method``, and m2mauth's ``issued`` token), so whoever made it
     can read the outcome afterwards. ``uri`` is the configured token endpoint, not one
-    rebuilt from the request's Host header."""
+    rebuilt from the request's Host header. ``checked``: what the precheck read (the form,
+    the Basic credentials), used instead of reading them again."""
 
-    def __init__(self, request, uri: str | None = None) -> None:
+    def __init__(self, request, uri: str | None = None, *,
+                 checked: Checked | None = None) -> None:
         uri = uri or request.base_url
         # Authlib refuses plain-HTTP URLs off loopback; m2mauth is a lab server that is often
         # reached as http://idp:8000 on a container network, so the scheme is not checked.
-        OAuth2Request.__init__(
-            self, method=request.method, uri=_as_https(uri), headers=request.headers
-        )
+        OAuth2Request.__init__(self, method=request.method, uri=_as_https(uri))
+        # Set here, not passed: Authlib's ``headers or {}`` would count werkzeug's environ
+        # headers (a walk over the whole WSGI environ) only to see that there are some.
+        self.headers = request.headers
         self.uri = uri
         self._request = request
-        self.payload = _FormPayload(request.form)
+        #: The form body as werkzeug's MultiDict (``form`` is Authlib's dict of first values).
+        self.body_form = checked.form if checked is not None else request.form
+        self.payload = _FormPayload(self.body_form)
+        #: The Basic credentials (client_id, secret), None without an Authorization header.
+        self.basic = checked.basic if checked is not None else \
+            _basic_of(request.headers.get("Authorization"))
         self.issued = None
         #: The token an introspection or revocation request found (its claims).
         self.found_token = None
@@ -78,8 +103,17 @@ class TokenEndpointRequest(FlaskOAuth2Request):
         return self.payload.data
 
 
+def _basic_of(header: str | None) -> tuple[str, str] | None:
+    return basic_credentials(header) if header is not None else None
+
+
 def _as_https(url: str) -> str:
     return "https" + url[4:] if url.startswith("http:") else url
+
+
+#: The signals Authlib's Flask server sends, by the name it sends them under.
+_AUTHLIB_SIGNALS = {"after_authenticate_client": client_authenticated,
+                    "after_revoke_token": token_revoked}
 
 
 class AuthorizationServer(_FlaskAuthorizationServer):
@@ -103,6 +137,25 @@ class AuthorizationServer(_FlaskAuthorizationServer):
         if isinstance(request, TokenEndpointRequest):
             return request
         return TokenEndpointRequest(flask_request)
+
+    def send_signal(self, name, *args, **kwargs):
+        # Authlib's Flask signals (client_authenticated, token_revoked), sent only when
+        # something listens: blinker's send walks its receivers even when there are none.
+        signal = _AUTHLIB_SIGNALS.get(name)
+        if signal is None or signal.receivers:
+            super().send_signal(name, *args, **kwargs)
+
+    def handle_response(self, status_code, payload, headers):
+        # Authlib's Flask version serialises through flask.json, the app's provider found
+        # through two context lookups per response; the bodies here (token responses, RFC
+        # 6749 errors, introspection answers of decoded JSON) are plain JSON values, which
+        # the standard encoder writes the same way (no sorting, ASCII: the app's settings).
+        if isinstance(payload, dict):
+            try:
+                payload = json.dumps(payload)
+            except TypeError:  # a value only Flask's provider can write
+                payload = flask_json.dumps(payload)
+        return Response(payload, status=status_code, headers=headers)
 
     def handle_error_response(self, request, error):
         if not error.description:

@@ -456,8 +456,12 @@ class SQLiteStore(SharedStore):
     def remember_jti(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
         ns = self.namespace
         with self._write() as db:
-            expired = db.execute("SELECT client_id, COUNT(*) FROM jtis WHERE ns = ? AND "
-                                 "expires_at < ? GROUP BY client_id", (ns, now)).fetchall()
+            # INDEXED BY: for the GROUP BY, SQLite's planner otherwise walks the primary key,
+            # every remembered jti of the namespace on every assertion (10x the request's
+            # cost at 100,000 of them); the expiry index finds only the expired ones.
+            expired = db.execute("SELECT client_id, COUNT(*) FROM jtis INDEXED BY jtis_expiry "
+                                 "WHERE ns = ? AND expires_at < ? GROUP BY client_id",
+                                 (ns, now)).fetchall()
             if expired:
                 db.execute("DELETE FROM jtis WHERE ns = ? AND expires_at < ?", (ns, now))
                 db.executemany("UPDATE jti_counts SET count = count - ? WHERE ns = ? AND "

@@ -601,7 +601,9 @@ def _size(record: dict[str, Any]) -> int:
         if kind is str:
             size += len(value) + 8
         elif kind is tuple or kind is list:
-            size += 8 + sum(len(v) + 8 if type(v) is str else len(json.dumps(v)) for v in value)
+            size += 8
+            for item in value:  # a loop, not sum() over a generator: three per record
+                size += len(item) + 8 if type(item) is str else len(json.dumps(item))
         elif kind is dict:
             size += len(json.dumps(value))
         else:

@@ -4,20 +4,26 @@ and the one log line per request."""
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
 from flask import Request, Response, current_app
 from werkzeug.datastructures import ImmutableMultiDict
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .client_auth import basic_credentials, claimed_client_id, is_hmac
+from .logs import only_destination
 from .oauth import AuthorizationServer, TokenEndpointRequest
 from .signals import endpoint_request_handled, token_request_handled
 from .syntax import printable as _printable
 
-__all__ = ["EndpointRequest", "TokenRequest", "describe", "describe_endpoint_request",
+__all__ = ["Checked", "EndpointRequest", "TokenRequest", "describe", "describe_endpoint_request",
            "handle_endpoint_request", "handle_token_request", "log_endpoint_request",
            "log_token_request"]
 
@@ -66,36 +72,103 @@ class EndpointRequest:
     jti: str | None = None
 
 
-def precheck(request: Request, *, grant: bool = True) -> None:
+class Checked(NamedTuple):
+    """What :func:`precheck` read, once per request: the form body (werkzeug's own
+    ``request.form`` object), and the Basic credentials, None without an Authorization
+    header."""
+
+    form: ImmutableMultiDict[str, str]
+    basic: tuple[str, str] | None
+
+
+def precheck(request: Request, *, grant: bool = True) -> Checked:
     """What Authlib does not check, or answers with a misleading error or a 500 (``grant``:
-    at the token endpoint, which needs one grant_type)."""
-    if request.query_string:
+    at the token endpoint, which needs one grant_type). Returns the form and the Basic
+    credentials it read, for everything after it to use instead of reading them again."""
+    environ = request.environ
+    if environ.get("QUERY_STRING"):
         raise InvalidRequestError("Send token request parameters in the body, not the URL.")
-    body = request.get_data(cache=True)
-    limit = request.max_content_length
-    if request.content_length is None and limit is not None and len(body) >= limit:
-        # Without Content-Length (chunked), werkzeug stops reading at the limit and returns
-        # what it read, as if that were the whole body.
-        raise RequestEntityTooLarge()
-    if body and request.mimetype != FORM:
+    body, declared = _read_body(request, environ)
+    if not declared and request.content_length is None:
+        limit = request.max_content_length
+        if limit is not None and len(body) >= limit:
+            # Without Content-Length (chunked), werkzeug stops reading at the limit and
+            # returns what it read, as if that were the whole body.
+            raise RequestEntityTooLarge()
+    # The usual Content-Type exactly, else werkzeug's parse of it (parameters, case).
+    is_form = environ.get("CONTENT_TYPE") == FORM or request.mimetype == FORM
+    if body and not is_form:
         raise InvalidRequestError(f"The request body must be {FORM} (RFC 6749 section 4.4.2).")
     try:
-        body.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequestError("The request body is not valid UTF-8.") from None
-    if grant and "grant_type" not in request.form:
-        raise InvalidRequestError("Missing 'grant_type' parameter.")
-    if grant and len(request.form.getlist("grant_type")) > 1:
-        # Checked before Authlib picks a grant by the first value (RFC 6749 section 3.2).
-        raise InvalidRequestError("Parameter 'grant_type' is repeated.")
-    header = request.headers.get("Authorization")
-    if header is not None and basic_credentials(header) is None:
+    form = _parsed_form(request, text) if is_form else request.form
+    if grant:
+        grant_types = form.getlist("grant_type")
+        if not grant_types:
+            raise InvalidRequestError("Missing 'grant_type' parameter.")
+        if len(grant_types) > 1:
+            # Checked before Authlib picks a grant by the first value (RFC 6749 section 3.2).
+            raise InvalidRequestError("Parameter 'grant_type' is repeated.")
+    header = environ.get("HTTP_AUTHORIZATION")
+    basic = basic_credentials(header) if header is not None else None
+    if header is not None and basic is None:
         # A failed attempt to authenticate with the header (unsupported scheme, or Basic
         # credentials that do not decode): RFC 6749 section 5.2 invalid_client, 401.
         raise InvalidClientError(
             description="Malformed Authorization header: expected Basic credentials,"
             " base64 of UTF-8 client_id:client_secret (RFC 6749 section 2.3.1)."
         )
+    return Checked(form, basic)
+
+
+_NO_FILES: ImmutableMultiDict[str, Any] = ImmutableMultiDict()
+
+
+def _read_body(request: Request, environ: dict[str, Any]) -> tuple[bytes, bool]:
+    """The request body, as ``request.get_data()`` returns it, and whether it was read by
+    its Content-Length here. The usual request – a
+    Content-Length within ``max_content_length``, no Transfer-Encoding – is read straight
+    from the WSGI input: werkzeug would wrap it in a stream guarding exactly those limits,
+    which costs more than the read itself. The bytes become the request's ``stream``, so a
+    later reader of the body gets them too. Anything else goes through werkzeug (413s,
+    chunked bodies, a stream the server terminates without a length)."""
+    length = environ.get("CONTENT_LENGTH")
+    limit = request.max_content_length
+    if not length or not length.isdigit() or not length.isascii() or \
+            "HTTP_TRANSFER_ENCODING" in environ or (limit is not None and int(length) > limit):
+        return request.get_data(cache=True), False  # werkzeug's limits: 413, chunked
+    wanted = int(length)
+    stream = environ["wsgi.input"]
+    body = b""
+    try:
+        while len(body) < wanted:  # a server may hand over the body in pieces
+            more = stream.read(wanted - len(body))
+            if not more:
+                if "wsgi.input_terminated" in environ:
+                    break  # the server ended the input: what werkzeug's stream returns
+                raise ClientDisconnected()  # what werkzeug's stream raises for a short body
+            body += more
+    except (OSError, ValueError):  # the connection failed under the read, as werkzeug says
+        raise ClientDisconnected() from None
+    request.stream = io.BytesIO(body)  # werkzeug's cached_property: sets the cached value
+    return body, True
+
+
+def _parsed_form(request: Request, text: str) -> ImmutableMultiDict[str, str]:
+    """``request.form`` of a form body already read and decoded: what werkzeug's parser does
+    for this content type (formparser's ``_parse_urlencoded``: ``parse_qsl`` keeping blank
+    values, undecodable escapes kept as werkzeug keeps them), without building a parser
+    and a stream for it per request. Set as the request's ``form``, so that every later
+    reader sees this one object."""
+    if "form" in request.__dict__:  # parsed already (someone read request.form)
+        return request.form
+    form: ImmutableMultiDict[str, str] = ImmutableMultiDict(
+        parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"))
+    request.form = form  # werkzeug's cached_property: setting it sets the cached value
+    request.files = _NO_FILES  # as werkzeug's form parser leaves a urlencoded body
+    return form
 
 
 def handle_token_request(server: AuthorizationServer, request: Request, token_endpoint: str,
@@ -104,17 +177,18 @@ def handle_token_request(server: AuthorizationServer, request: Request, token_en
     :data:`~m2mauth.server.signals.token_request_handled` with its record."""
     oauth_request: TokenEndpointRequest | None = None
     try:
-        precheck(request)
+        checked = precheck(request)
     except OAuth2Error as error:
         response = server.handle_error_response(None, error)
     except RequestEntityTooLarge as error:  # answered, and recorded, like any other error
         response = current_app.handle_http_exception(error)
     else:
-        oauth_request = TokenEndpointRequest(request, token_endpoint)
+        oauth_request = TokenEndpointRequest(request, token_endpoint, checked=checked)
         response = server.create_token_response(oauth_request)
     record = describe(request, response, oauth_request, now)
     log_token_request(record)
-    token_request_handled.send(current_app._get_current_object(), record=record)
+    if token_request_handled.receivers:  # the lab's request log listens; the core alone not
+        token_request_handled.send(current_app._get_current_object(), record=record)
     return response
 
 
@@ -125,13 +199,13 @@ def handle_endpoint_request(server: AuthorizationServer, name: str, request: Req
     :data:`~m2mauth.server.signals.endpoint_request_handled` with its record."""
     oauth_request: TokenEndpointRequest | None = None
     try:
-        precheck(request, grant=False)
+        checked = precheck(request, grant=False)
     except OAuth2Error as error:
         response = server.handle_error_response(None, error)
     except RequestEntityTooLarge as error:
         response = current_app.handle_http_exception(error)
     else:
-        oauth_request = TokenEndpointRequest(request, url)
+        oauth_request = TokenEndpointRequest(request, url, checked=checked)
         response = server.create_endpoint_response(name, oauth_request)
     record = describe_endpoint_request(name, request, response, oauth_request, now)
     log_endpoint_request(record)
@@ -144,7 +218,7 @@ def describe_endpoint_request(name: str, request: Request, response: Response,
                               outcome: str | None = None) -> EndpointRequest:
     """The record of one introspection or revocation request; ``outcome`` when something
     other than the endpoint answered (a lab fault)."""
-    form = _form(request)
+    data, _ = _parameters(request, oauth_request)
     found = getattr(oauth_request, "found_token", None)
     client = getattr(oauth_request, "client", None)
     if outcome is None:
@@ -159,7 +233,7 @@ def describe_endpoint_request(name: str, request: Request, response: Response,
         time=now, endpoint=name,
         client_id=client.client_id if client is not None else _kept(_claimed_client_id(request)),
         auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(request),
-        token_type_hint=_kept(form.get("token_type_hint")) if form else None,
+        token_type_hint=_kept(data.get("token_type_hint")),
         status=response.status_code, outcome=outcome,
         jti=found.get("jti") if found is not None else None,
     )
@@ -175,7 +249,7 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
              now: float, *, outcome: str | None = None) -> TokenRequest:
     """The record of one token request: what the grant verified, else what the caller
     claimed; ``outcome`` when something other than the endpoint answered."""
-    form = _form(request)
+    data, lists = _parameters(request, oauth_request)
     issued = oauth_request.issued if oauth_request is not None else None
     if outcome is None:
         outcome = "issued" if response.status_code == 200 and issued is not None else \
@@ -186,16 +260,29 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
         client_id=verified_id or _kept(_claimed_client_id(request)),
         # Authlib sets auth_method once the client authenticated, whatever came next.
         auth_method=getattr(oauth_request, "auth_method", None) or _claimed_auth_method(request),
-        grant_type=_kept(form.get("grant_type")) if form else None,
-        scope=_kept(form.get("scope")) if form else None,
-        resource=_kept_values(form.getlist("resource") + form.getlist("audience"))
-        if form else (),
+        grant_type=_kept(data.get("grant_type")),
+        scope=_kept(data.get("scope")),
+        resource=_kept_values([*lists.get("resource", ()), *lists.get("audience", ())])
+        if "resource" in lists or "audience" in lists else (),
         status=response.status_code,
         outcome=outcome,
         jti=issued.jti if issued else None,
         granted_scope=tuple(issued.scope) if issued else (),
         audience=tuple(issued.audience) if issued else (),
     )
+
+
+def _parameters(request: Request, oauth_request: TokenEndpointRequest | None,
+                ) -> tuple[Mapping[str, str], Mapping[str, list[str]]]:
+    """The form's first values and all values, as plain dicts (a werkzeug MultiDict raises
+    and catches an exception for every absent name asked for); empty without a form."""
+    if oauth_request is not None:
+        return oauth_request.payload.data, oauth_request.payload.datalist
+    form = _form(request)
+    if not form:
+        return {}, {}
+    lists = dict(form.lists())
+    return {key: values[0] for key, values in lists.items()}, lists
 
 
 def _kept(value: str | None) -> str | None:
@@ -217,14 +304,31 @@ def log_token_request(record: TokenRequest) -> None:
     token's jti – never a secret or a whole token."""
     if not log.isEnabledFor(logging.INFO):
         return
+    writer = only_destination(log, logging.INFO)
+    if writer is not None:
+        # `m2mauth serve`: the record (frozen, its values immutable) becomes a log record and
+        # a line on the writer thread, all in one batch (logs.py).
+        writer.defer(log, logging.INFO, _TOKEN_LINE, _token_line_args, record,
+                     "log_token_request")
+        return
+    # log.info() without its search of the stack for the caller (about a tenth of what a
+    # line costs the request): the caller is known, this line of this function.
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, sys._getframe().f_lineno,
+                              _TOKEN_LINE, _token_line_args(record), None,
+                              "log_token_request"))
+
+
+def _token_line_args(record: TokenRequest) -> tuple[str | None, ...]:
     issued = record.outcome == "issued"
-    log.info(
-        "token request client_id=%s auth_method=%s scope=%s audience=%s outcome=%s jti=%s",
+    return (
         _printable(record.client_id), record.auth_method,
         _printable(" ".join(record.granted_scope) if issued else record.scope),
         _printable(" ".join(record.audience) if issued else " ".join(record.resource)),
         record.outcome, record.jti,
     )
+
+
+_TOKEN_LINE = "token request client_id=%s auth_method=%s scope=%s audience=%s outcome=%s jti=%s"
 
 
 def _form(request: Request) -> ImmutableMultiDict[str, str] | None:

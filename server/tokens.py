@@ -25,6 +25,7 @@ from .clients import Client
 from .clock import Clock
 from .errors import TemporarilyUnavailableError
 from .keys import KeyStore
+from .signing import CompactSigner, Signers
 from .store import StateStore
 
 __all__ = ["ACTIVE_KEY", "IssuedToken", "TokenIssuer", "tampered"]
@@ -69,10 +70,12 @@ class _Generator(JWTBearerTokenGenerator):
         self, issuer: str, alg: str, key: Key | None, now: int, lifetime: int,
         audience: list[str], jti: str, overrides: _Overrides | None = None,
         opaque: Callable[[dict[str, Any]], str] | None = None,
+        signer: CompactSigner | None = None,
     ) -> None:
         super().__init__(issuer, alg=alg, expires_generator=lifetime)
         self._opaque = opaque
         self._key = key
+        self._signer = signer
         self._now = now
         self._lifetime = lifetime
         self._audience = audience
@@ -115,6 +118,10 @@ class _Generator(JWTBearerTokenGenerator):
         }, self._overrides.claims)
         if self._opaque is not None:
             return self._opaque(claims)
+        if self._signer is not None and not self._overrides.headers:
+            # The token endpoint's path: the header joserfc would get below, precomputed
+            # (signing.py says why the bytes are the same).
+            return self._signer.sign(claims)
         key = self.get_jwks()
         header = {"alg": self.alg, "typ": "at+jwt"}
         if key is not None:
@@ -146,6 +153,9 @@ class _MintingRegistry(JWSRegistry):
 class _Overrides:
     claims: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, Any] = field(default_factory=dict)
+
+
+_NO_OVERRIDES = _Overrides()
 
 
 def _overlay(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,6 +193,7 @@ class TokenIssuer:
         self.token_lifetime = token_lifetime
         self.store = store if store is not None else keys.store
         self.token_format = token_format
+        self._signers = Signers()
 
     def _keep_opaque(self, claims: dict[str, Any]) -> str:
         """A new opaque token for ``claims``: 256 random bits; the store keeps the claims under
@@ -217,11 +228,14 @@ class TokenIssuer:
             key = self.keys.active(alg).key
         elif key is None:
             alg = "none"
-        overrides = _Overrides(dict(claims or {}), dict(headers or {}))
+        overrides = (_Overrides(dict(claims or {}), dict(headers or {}))
+                     if claims or headers else _NO_OVERRIDES)  # the endpoint: none to build
         jti = secrets.token_urlsafe(16)
         generator = _Generator(
             self.issuer, alg, key, self.clock(), lifetime, audience, jti, overrides,
             opaque=self._keep_opaque if token_format == "opaque" else None,
+            signer=self._signers.get(alg, key) if key is not None and not overrides.headers
+            else None,
         )
         response = generator.generate(
             "client_credentials", client, scope=" ".join(scope), include_refresh_token=False

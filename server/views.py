@@ -9,6 +9,7 @@ never an HTML page or a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -31,7 +32,8 @@ from .settings import issuer_name_problem
 from .syntax import printable, safe_description
 from .token_request import handle_endpoint_request, handle_token_request
 
-__all__ = ["STORE_FAILED", "bp", "metadata", "probes", "store_unavailable"]
+__all__ = ["STORE_FAILED", "after_request_hook", "bp", "metadata", "probes",
+           "store_unavailable"]
 
 log = logging.getLogger("m2mauth.server")
 
@@ -92,12 +94,31 @@ _PUBLIC_ENDPOINTS = frozenset({"m2mauth.jwks", "m2mauth.oauth-authorization-serv
                                "m2mauth.openid-configuration", "m2mauth_metadata"})
 
 
-@bp.after_app_request
+def after_request_hook(trust_proxy: bool) -> Callable[[Response], Response]:
+    """The after-request hook of an issuer's app (app.py registers it): OPTIONS answers, and
+    with ``trust_proxy`` the Vary of every answer. One hook, made per app, as Flask's cost
+    per hook (and a context lookup for the setting) is paid on every request.
+
+    Why Vary: with ``trust_proxy`` an answer names the issuer the forwarding headers make
+    (metadata, the playground's paths, a 401's realm), and the metadata is ``public,
+    max-age=300``: a cache in front that keyed on the URL alone would serve one caller's
+    forged ``X-Forwarded-Host`` (its token endpoint) to every other client (RFC 9110
+    section 12.5.5)."""
+    if trust_proxy:
+        def after_request(response: Response) -> Response:
+            response.vary.update(_FORWARDING_HEADERS)
+            return _options(response) if request.method == "OPTIONS" else response
+    else:
+        def after_request(response: Response) -> Response:
+            return _options(response) if request.method == "OPTIONS" else response
+    return after_request
+
+
 def _options(response: Response) -> Response:
     """Flask answers OPTIONS itself with an empty text/html 200; make it a 204 with the
     Allow header, and a CORS preflight answer on the public documents only (a page from
     another origin may read the JWKS and metadata, never call /token or /admin)."""
-    if request.method != "OPTIONS" or response.status_code != 200 or response.get_data():
+    if response.status_code != 200 or response.get_data():
         return response
     response.status_code = 204
     response.headers.pop("Content-Type", None)
@@ -117,15 +138,6 @@ _FORWARDING_HEADERS = ("Host", "Forwarded", "X-Forwarded-Proto", "X-Forwarded-Ho
                        "X-Forwarded-Port", "X-Forwarded-Prefix")
 
 
-@bp.after_app_request
-def _vary_on_the_proxy(response: Response) -> Response:
-    """With ``trust_proxy`` an answer names the issuer the forwarding headers make (metadata,
-    the playground's paths, a 401's realm), and the metadata is ``public, max-age=300``: a
-    cache in front that keyed on the URL alone would serve one caller's forged
-    ``X-Forwarded-Host`` (its token endpoint) to every other client (RFC 9110 section 12.5.5)."""
-    if current_app.extensions[EXTENSION].settings.trust_proxy:
-        response.vary.update(_FORWARDING_HEADERS)
-    return response
 
 
 @probes.get(HEALTH_PATH)

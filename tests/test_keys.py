@@ -209,3 +209,37 @@ def test_generate_refuses_a_directory_others_may_write_or_another_user_owns(tmp_
         generate_key_files(shared, ["ES256"])
     assert "--unsafe-key-permissions" not in str(caught.value)  # generate has no override
     assert list(shared.iterdir()) == []
+
+
+class _CountingKeys(tuple):
+    """A key tuple that counts the walks over it."""
+
+    walks = 0
+
+    def __iter__(self):
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_key_lookups_do_not_walk_the_keys_on_every_call():
+    """The token path's active() and get() cost a dict read, however many keys rotations
+    left in the store: one walk per change of the keys, none per call."""
+    from m2mauth.server.keys import generate_signing_key
+    from m2mauth.server.store import MemoryStore
+
+    keys = [generate_signing_key("EdDSA") for _ in range(3)]
+
+    class Store(MemoryStore):
+        def signing_keys(self):
+            return held
+
+    held = _CountingKeys(keys)
+    store = KeyStore(Store())
+    _CountingKeys.walks = 0
+    for _ in range(100):
+        assert store.active("EdDSA") is keys[0]  # the first active one, as a scan finds
+        assert store.get(keys[2].kid) is keys[2]
+    assert _CountingKeys.walks == 1
+    held = _CountingKeys(keys[1:])  # a change: a new tuple, indexed again once
+    assert store.active("EdDSA") is keys[1]
+    assert _CountingKeys.walks == 2

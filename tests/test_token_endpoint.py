@@ -264,3 +264,29 @@ def test_no_logger_at_any_level_sees_a_token_or_secret(live_server, caplog):
     for part in token.split("."):
         assert part not in text
     assert SECRET not in text
+
+
+def test_authlibs_client_authenticated_signal_still_reaches_its_listeners():
+    """The server sends Authlib's Flask signals only when something listens (oauth.py);
+    a listener still gets every authenticated client."""
+    import base64
+
+    from authlib.integrations.flask_oauth2.signals import client_authenticated
+
+    from m2mauth.server import ServerSettings, create_app
+
+    app = create_app(ServerSettings())
+    seen = []
+
+    def listener(sender, client, grant):
+        seen.append(client.client_id)
+
+    client_authenticated.connect(listener)
+    try:
+        basic = base64.b64encode(b"demo-client:demo-secret").decode()
+        response = app.test_client().post("/token", data={"grant_type": "client_credentials"},
+                                          headers={"Authorization": f"Basic {basic}"})
+    finally:
+        client_authenticated.disconnect(listener)
+    assert response.status_code == 200
+    assert seen == ["demo-client"]

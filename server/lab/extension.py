@@ -69,9 +69,10 @@ _FAULT = "_m2mauth_lab_fault"
 def _fault_endpoint() -> str | None:
     """The endpoint ("token", "jwks") whose view answers this request, if any: not an
     OPTIONS request, which Flask answers itself without running the view."""
-    if request.method == "OPTIONS":
+    current = request._get_current_object()  # type: ignore[attr-defined]  # one lookup
+    if current.method == "OPTIONS":
         return None
-    return _VIEWS.get(request.endpoint or "")
+    return _VIEWS.get(current.endpoint or "")
 
 
 class Lab:
@@ -142,21 +143,23 @@ class LabState:
         return response_for(fault, request, current_issuer().issuer)
 
     def after_request(self, response: Response) -> Response:
-        if g.get(STORE_FAILED):  # answered 503 already; the log cannot be kept either
-            g.pop(_FAULT, None)
+        request_g = g._get_current_object()  # type: ignore[attr-defined]  # one lookup
+        if request_g.get(STORE_FAILED):  # answered 503 already; the log cannot be kept either
+            request_g.pop(_FAULT, None)
             return response
         try:
-            return self._after_request(response)
+            return self._after_request(response, request_g.pop(_FAULT, None))
         except StoreUnavailableError as exc:
             # The record cannot be kept: the core's answer for an unreachable store, not
             # a 500 (Flask sends errors of after-request hooks to its 500 handler).
             return store_unavailable(exc)
 
-    def _after_request(self, response: Response) -> Response:
+    def _after_request(self, response: Response, fault: Fault | None) -> Response:
         endpoint = _fault_endpoint()
         if endpoint is None:
             return response
-        fault: Fault | None = g.pop(_FAULT, None)
+        if fault is None and endpoint != "jwks":
+            return response  # the usual request: the endpoint itself sent its record
         kind = fault.kind if fault is not None else None
         if kind == "no_expires_in":
             strip_expires_in(response)
@@ -183,8 +186,8 @@ class LabState:
 
     def on_token_request(self, app: Flask, record: TokenRequest) -> None:
         fault: Fault | None = g.get(_FAULT)
-        requestlog.append(self.store, requestlog.logged(record, fault.kind if fault else None))
+        requestlog.append_logged(self.store, record, fault.kind if fault else None)
 
     def on_endpoint_request(self, app: Flask, record: EndpointRequest) -> None:
         fault: Fault | None = g.get(_FAULT)
-        requestlog.append(self.store, requestlog.logged(record, fault.kind if fault else None))
+        requestlog.append_logged(self.store, record, fault.kind if fault else None)

@@ -13,7 +13,8 @@ from ..store import StateStore
 from ..token_request import EndpointRequest, TokenRequest
 
 __all__ = ["INTROSPECTION_LOG", "JWKS_LOG", "REVOCATION_LOG", "TOKEN_LOG", "JwksRequest",
-           "LoggedEndpointRequest", "LoggedTokenRequest", "append", "logged", "read"]
+           "LoggedEndpointRequest", "LoggedTokenRequest", "append", "append_logged", "logged",
+           "read"]
 
 TOKEN_LOG = "token"
 JWKS_LOG = "jwks"
@@ -64,6 +65,14 @@ def append(store: StateStore,
     else:
         log = TOKEN_LOG if isinstance(record, LoggedTokenRequest) else JWKS_LOG
     store.append_record(log, dict(vars(record)))  # shallow: every field is immutable
+
+
+def append_logged(store: StateStore, record: TokenRequest | EndpointRequest,
+                  fault: str | None) -> None:
+    """``append(store, logged(record, fault))`` without building the logged dataclass: the
+    same dict (the record's fields, then ``fault``) straight to the store, once per request."""
+    log = record.endpoint if isinstance(record, EndpointRequest) else TOKEN_LOG
+    store.append_record(log, {**vars(record), "fault": fault})
 
 
 def read(store: StateStore, log: str) -> list[Any]:
