@@ -40,6 +40,8 @@ __all__ = ["SQLiteStore"]
 
 #: The schema's version (``PRAGMA user_version``); a file of a later one is refused.
 SCHEMA_VERSION = 1
+#: Appends by one process between two trims of the logs it appended to (see append_record).
+_TRIM_EVERY = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -68,7 +70,8 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY, ns TEXT NOT NULL, log TEXT NOT NULL, size INTEGER NOT NULL,
     data TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS records_log ON records (ns, log, id);
+DROP INDEX IF EXISTS records_log;
+CREATE INDEX IF NOT EXISTS records_size ON records (ns, log, id DESC, size);
 CREATE TABLE IF NOT EXISTS jtis (
     ns TEXT NOT NULL, client_id TEXT NOT NULL, jti TEXT NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (ns, client_id, jti)) WITHOUT ROWID;
@@ -118,6 +121,10 @@ class SQLiteStore(SharedStore):
                                       sqlite3.Connection]] = []
         self._inherited: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # Appends since this process last trimmed the logs, and the logs they went to.
+        self._trim_lock = threading.Lock()
+        self._appends = 0
+        self._untrimmed: set[str] = set()
         self._closed = False
         self._prepare_file(unsafe_permissions)
         with self._write() as db:
@@ -418,37 +425,65 @@ class SQLiteStore(SharedStore):
         record = dict(record)
         size = _size(record)
         data = json.dumps(record, separators=(",", ":"))
+        try:
+            # One statement in autocommit mode, its own transaction: the token path appends
+            # on every request, and BEGIN IMMEDIATE ... COMMIT around it, with a count kept
+            # up to date and the oldest row dropped at the bound, cost three times as much.
+            self._connection().execute(
+                "INSERT INTO records (ns, log, size, data) VALUES (?, ?, ?, ?)",
+                (self.namespace, log, size, data))
+        except sqlite3.DatabaseError as exc:
+            if _is_unavailable(exc):
+                raise self._unavailable(exc) from None
+            raise
+        with self._trim_lock:
+            self._untrimmed.add(log)
+            self._appends += 1
+            if self._appends < _TRIM_EVERY:
+                return
+            logs, self._untrimmed, self._appends = self._untrimmed, set(), 0
+        try:
+            with self._write() as db:
+                for name in logs:
+                    self._trim(db, name)
+        except StoreUnavailableError:
+            # The record is in; the next append trims (the bounds hold at read time).
+            with self._trim_lock:
+                self._untrimmed |= logs
+                self._appends = _TRIM_EVERY
+
+    def _trim(self, db: _Transaction, log: str) -> None:
+        """Drop what the bounds leave out of ``log``: beyond the newest ``max_records``, and
+        the older records once the newest take ``max_record_bytes`` (one walk of the
+        covering index, newest first)."""
         ns = self.namespace
-        with self._write() as db:
-            db.execute("INSERT INTO records (ns, log, size, data) VALUES (?, ?, ?, ?)",
-                       (ns, log, size, data))
-            count, total = db.execute(
-                "INSERT INTO logs (ns, log, count, bytes) VALUES (?, ?, 1, ?) ON CONFLICT "
-                "(ns, log) DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes "
-                "RETURNING count, bytes", (ns, log, size)).fetchone()
-            dropped = dropped_bytes = 0
-            while count > self._max_records or (total > self._max_record_bytes and count):
-                # The oldest first; at the bound, one row goes for each one that comes.
-                record_id, record_size = db.execute(
-                    "SELECT id, size FROM records WHERE ns = ? AND log = ? ORDER BY id "
-                    "LIMIT 1", (ns, log)).fetchone()
-                db.execute("DELETE FROM records WHERE id = ?", (record_id,))
-                count -= 1
-                total -= record_size
-                dropped += 1
-                dropped_bytes += record_size
-            if dropped:
-                db.execute("UPDATE logs SET count = count - ?, bytes = bytes - ? WHERE "
-                           "ns = ? AND log = ?", (dropped, dropped_bytes, ns, log))
+        row = db.execute(
+            "SELECT id FROM (SELECT id, ROW_NUMBER() OVER newest AS n, SUM(size) OVER newest "
+            "AS total FROM records INDEXED BY records_size WHERE ns = ? AND log = ? "
+            "WINDOW newest AS (ORDER BY id DESC)) WHERE n > ? OR total > ? LIMIT 1",
+            (ns, log, self._max_records, self._max_record_bytes)).fetchone()
+        if row is not None:
+            db.execute("DELETE FROM records WHERE ns = ? AND log = ? AND id <= ?",
+                       (ns, log, row[0]))
 
     def records(self, log: str) -> list[dict[str, Any]]:
-        rows = self._read("SELECT data FROM records WHERE ns = ? AND log = ? ORDER BY id",
-                          (self.namespace, log))
-        return [json.loads(data) for (data,) in rows]
+        # The bounds applied exactly here: between two trims the table holds up to
+        # _TRIM_EVERY more rows per process.
+        rows = self._read("SELECT size, data FROM records WHERE ns = ? AND log = ? "
+                          "ORDER BY id DESC LIMIT ?",
+                          (self.namespace, log, self._max_records))
+        kept, total = [], 0
+        for size, data in rows:
+            total += size
+            if total > self._max_record_bytes:
+                break
+            kept.append(data)
+        return [json.loads(data) for data in reversed(kept)]
 
     def clear_records(self) -> None:
         with self._write() as db:
             db.execute("DELETE FROM records WHERE ns = ?", (self.namespace,))
+            # Counts an earlier version kept per log; records() counts now.
             db.execute("DELETE FROM logs WHERE ns = ?", (self.namespace,))
 
     # -- client-assertion replay ------------------------------------------------------

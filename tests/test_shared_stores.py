@@ -678,15 +678,12 @@ def test_the_token_path_costs_the_same_with_10_or_10000_clients_and_full_logs(ta
         if kind == "sqlite":
             counted.count(token)
             _assert_no_scans(store, counted.statements)
-    # A log at its bound drops its oldest record for each new one: three statements more in
-    # SQLite (find it, delete it, count it out), none in Redis (the script does it). Nothing
-    # else differs: not the clients, not the replay cache.
-    extra = {"token": 3, "jwks": 0, "replay": 0} if kind == "sqlite" else {
-        "token": 0, "jwks": 0, "replay": 0}
-    assert {what: counts["big"][what] - counts["small"][what] for what in extra} == extra, counts
-    # One version check per request, and the record of it: two round trips to Redis.
-    if kind == "redis":
-        assert counts["big"] == {"token": 2, "jwks": 2, "replay": 1}, counts
+    # Nothing differs: not the clients, not a log at its bound (SQLite trims it once every
+    # _TRIM_EVERY appends, Redis's script as it appends), not the replay cache.
+    assert counts["big"] == counts["small"], counts
+    # One version check per request, and the record of it: two statements in SQLite (the
+    # record one INSERT), two round trips to Redis.
+    assert counts["big"]["token"] == 2 and counts["big"]["jwks"] == 2, counts
     for store in (small, big):
         store.close()
 
@@ -699,3 +696,31 @@ def _assert_no_scans(store, statements: list[str]) -> None:
             continue
         plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql))
         assert "SCAN" not in plan, (sql, plan)
+
+
+def test_the_sqlite_log_table_stays_near_its_bounds_while_reads_hold_them_exactly(tmp_path):
+    """An append is one INSERT; each process trims the logs it appended to every
+    _TRIM_EVERY appends, by the covering index. So the table never holds more than the bound
+    plus _TRIM_EVERY rows per process, and records() applies the bounds exactly."""
+    from m2mauth.server import sqlite_store
+
+    store = SQLiteStore(tmp_path / "log.db", max_records=100, max_record_bytes=10**9)
+    every = sqlite_store._TRIM_EVERY
+    for n in range(5 * every + 7):
+        store.append_record("token", {"n": n})
+        (rows,) = store._connection().execute("SELECT COUNT(*) FROM records").fetchone()
+        assert rows <= 100 + every
+    assert [r["n"] for r in store.records("token")] == list(range(5 * every + 7))[-100:]
+    plan = " | ".join(row[3] for row in store._connection().execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM (SELECT id, SUM(size) OVER (ORDER BY id DESC) "
+        "FROM records INDEXED BY records_size WHERE ns = '' AND log = 'token')"))
+    assert "COVERING INDEX records_size" in plan, plan
+    # The byte bound, exactly at read time: 1,000 records of about 40 bytes, 4,000 allowed.
+    small = SQLiteStore(tmp_path / "bytes.db", max_records=10_000, max_record_bytes=4_000)
+    for n in range(1_000):
+        small.append_record("token", {"client_id": f"{n:032d}"})
+    kept = small.records("token")
+    assert kept[-1]["client_id"] == f"{999:032d}" and 0 < len(kept) < 1_000
+    assert sum(len(r["client_id"]) + 8 for r in kept) <= 4_000
+    store.close()
+    small.close()
