@@ -82,18 +82,16 @@ def start_baseline(alg: str) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "--chdir", str(BENCH),
          "-b", f"127.0.0.1:{port}", "--log-level", "warning", "_bare_app:app"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/token"
-    try:
-        _wait_ready(url)
-    except BaseException:
-        proc.kill()
-        raise
-    return proc, url
+    return _ready(proc, f"http://127.0.0.1:{port}/token")
 
 
 def start_m2mauth(alg: str, *extra: str) -> tuple[subprocess.Popen, str]:
     proc, issuer = start_serve("--algorithm", alg, *extra)
-    url = issuer + "/token"
+    return _ready(proc, issuer + "/token")
+
+
+def _ready(proc: subprocess.Popen, url: str) -> tuple[subprocess.Popen, str]:
+    """``proc`` and its token URL once it answers; killed if it never does."""
     try:
         _wait_ready(url)
     except BaseException:
