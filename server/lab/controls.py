@@ -177,7 +177,7 @@ class Controls:
         default_audience: str | Sequence[str] | None = None,
         auth_methods: Sequence[str] | None = None, claims: Mapping[str, Any] | None = None,
         token_lifetime: int | None = None, algorithm: str | None = None,
-        token_format: str | None = None, introspect: bool = False,
+        token_format: str | None = None, introspect: bool = False, dpop: str = "optional",
     ) -> RegisteredClient:
         """Register a client; without ``client_secret`` or ``jwks`` it gets a generated secret.
         Returns it with the secret (the only place the secret is shown)."""
@@ -198,7 +198,7 @@ class Controls:
                 _strings("default_audience", default_audience)),
             claims={} if claims is None else _mapping("claims", claims),
             token_lifetime=token_lifetime, algorithm=algorithm, token_format=token_format,
-            introspect=introspect,
+            introspect=introspect, dpop=dpop,
         )
         try:
             settings.validate("add_client", "client")
@@ -438,6 +438,24 @@ class Controls:
     @property
     def jwks(self) -> dict[str, Any]:
         return self.core.keys.jwks()
+
+    # -- DPoP (RFC 9449) -------------------------------------------------------------------
+
+    def require_dpop_nonce(self, required: bool | None = True) -> None:
+        """Require a server nonce in DPoP proofs at the token endpoint (True), stop requiring
+        one (False), or go back to the ``dpop_nonce`` setting (None); every process sharing
+        the store follows. :meth:`reset` goes back to the setting."""
+        if required is not None and not isinstance(required, bool):
+            raise ControlError("required", "must be true, false or null")
+        self.core.dpop.set_nonce_required(required)
+
+    def dpop_nonce_required(self) -> bool:
+        """Whether DPoP proofs need a nonce now."""
+        return self.core.dpop.nonce_required()
+
+    def dpop_nonce(self) -> str:
+        """The current DPoP nonce (what the token endpoint's ``DPoP-Nonce`` header gives)."""
+        return self.core.dpop.current_nonce()
 
     # -- all of it ----------------------------------------------------------------------
 
