@@ -439,3 +439,52 @@ def test_two_servers_on_a_shared_store_share_replays_and_nonces(shared_target, k
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_dpop_nonce_setting_from_file_environment_and_flag(tmp_path):
+    from m2mauth.server.errors import ConfigError
+    from m2mauth.server.settings import load_settings
+
+    assert load_settings(env={}).dpop_nonce is False
+    path = tmp_path / "m2mauth.toml"
+    path.write_text('dpop_nonce = true\n[[clients]]\nclient_id = "c"\nclient_secret = "s"\n'
+                    'dpop = "required"\n')
+    settings = load_settings(path, env={})
+    assert settings.dpop_nonce is True and settings.clients[0].dpop == "required"
+    assert load_settings(env={"M2MAUTH_DPOP_NONCE": "true"}).dpop_nonce is True
+    assert load_settings(env={}, overrides={"dpop_nonce": True}).dpop_nonce is True
+    path.write_text('dpop_nonce = "sometimes"\n')
+    with pytest.raises(ConfigError, match="dpop_nonce"):
+        load_settings(path, env={})
+    path.write_text('[[clients]]\nclient_id = "c"\nclient_secret = "s"\ndpop = "always"\n')
+    with pytest.raises(ConfigError, match="dpop"):
+        load_settings(path, env={})
+
+
+def test_serve_with_a_bad_dpop_nonce_exits_2_naming_the_key(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "m2mauth.server.cli", "serve", "--port", "0"],
+                            env={"M2MAUTH_DPOP_NONCE": "maybe", "PATH": ""}, timeout=30,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "dpop_nonce" in result.stderr.lower()
+
+
+def test_the_issuer_setting_turns_nonces_on(key):
+    from m2mauth.server import ServerSettings
+    from m2mauth.server.lab.idp import IdentityProvider
+
+    idp = IdentityProvider.start(ServerSettings(ephemeral_keys=True, algorithm="ES256",
+                                                dpop_nonce=True))
+    try:
+        idp.add_client("dpop-opt", client_secret=SECRET, scopes=["read"])
+        bearer = post(idp, None)
+        assert bearer.status_code == 200 and bearer.headers["DPoP-Nonce"]
+        first = post(idp, proof(key, token_url(idp)))
+        refused(first, "nonce", error="use_dpop_nonce")
+        assert post(idp, proof(key, token_url(idp), nonce=first.headers["DPoP-Nonce"])
+                    ).status_code == 200
+    finally:
+        idp.stop()
