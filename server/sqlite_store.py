@@ -530,6 +530,8 @@ class SQLiteStore(SharedStore):
 
     def set_issuer_value(self, name: str, value: str | None, *,
                          only_if_absent: bool = False) -> str | None:
+        if value == "":
+            raise ValueError("an issuer value is a non-empty string (None removes it)")
         ns = self.namespace
         with self._write() as db:
             row = db.execute("SELECT value FROM expiring WHERE ns = ? AND kind = ? AND key = ?",

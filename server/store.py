@@ -191,7 +191,8 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def set_issuer_value(self, name: str, value: str | None, *,
                          only_if_absent: bool = False) -> str | None:
-        """Set (None: remove) the value ``name``; with ``only_if_absent`` a value already
+        """Set (None: remove) the value ``name`` (a non-empty string, else ValueError);
+        with ``only_if_absent`` a value already
         held is kept. Atomic: of several processes making one secret at once, one wins and
         each gets its value back. Returns the value held afterwards. :meth:`restore`
         forgets every value."""
@@ -407,6 +408,8 @@ class MemoryStore(StateStore):
 
     def set_issuer_value(self, name: str, value: str | None, *,
                          only_if_absent: bool = False) -> str | None:
+        if value == "":
+            raise ValueError("an issuer value is a non-empty string (None removes it)")
         with self._lock:
             held = self._values.get(name)
             if only_if_absent and held is not None:

@@ -190,6 +190,19 @@ def test_admin_api_mints_proofs(dpop_idp):
     assert bad.status_code == 400
 
 
+def test_admin_api_adds_and_lists_a_dpop_required_client(dpop_idp):
+    added = admin(dpop_idp, "POST", "/clients", {"client_id": "dpop-http", "scopes": ["read"],
+                                                 "dpop": "required"})
+    assert added.status_code == 201 and added.json()["dpop"] == "required"
+    listed = admin(dpop_idp, "GET", "/clients").json()["clients"]
+    assert [c["dpop"] for c in listed if c["client_id"] == "dpop-http"] == ["required"]
+    r = requests.post(dpop_idp.token_endpoint, data=GRANT, timeout=5,
+                      auth=("dpop-http", added.json()["client_secret"]))
+    assert r.json()["error"] == "invalid_dpop_proof"
+    bad = admin(dpop_idp, "POST", "/clients", {"client_id": "x", "dpop": "always"})
+    assert bad.status_code == 400 and bad.json()["field"] == "dpop"
+
+
 def test_admin_api_mints_dpop_tokens(dpop_idp):
     body = admin(dpop_idp, "POST", "/dpop/tokens", {"client_id": "dpop-opt"}).json()
     assert body["token_type"] == "DPoP"

@@ -637,6 +637,8 @@ def test_issuer_values_set_replace_and_remove(stores):
     assert store.issuer_value("dpop_nonce") == "off"
     assert store.set_issuer_value("dpop_nonce", None) is None
     assert store.issuer_value("dpop_nonce") is None
+    with pytest.raises(ValueError):
+        store.set_issuer_value("dpop_nonce", "")
 
 
 def test_issuer_value_only_if_absent_keeps_the_first(stores):

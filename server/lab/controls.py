@@ -56,17 +56,19 @@ class RegisteredClient:
     scopes: tuple[str, ...]
     audiences: tuple[str, ...]
     auth_methods: tuple[str, ...]
+    #: DPoP at the token endpoint: "optional" or "required".
+    dpop: str = "optional"
 
     def as_dict(self) -> dict[str, Any]:
         return {"client_id": self.client_id, "client_secret": self.client_secret,
                 "scopes": list(self.scopes), "audiences": list(self.audiences),
-                "auth_methods": list(self.auth_methods)}
+                "auth_methods": list(self.auth_methods), "dpop": self.dpop}
 
 
 def _registered(client: Client) -> RegisteredClient:
     secret = client.settings.client_secret
     return RegisteredClient(client.client_id, secret, client.scopes, client.audiences,
-                            client.auth_methods)
+                            client.auth_methods, client.settings.dpop)
 
 
 def _int(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
