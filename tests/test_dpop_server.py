@@ -488,3 +488,28 @@ def test_the_issuer_setting_turns_nonces_on(key):
                     ).status_code == 200
     finally:
         idp.stop()
+
+
+def test_serve_with_dpop_nonce_and_two_workers(cli_process, key, tmp_path):
+    """``m2mauth serve --dpop-nonce --workers 2``: a nonce one worker gave is taken by
+    whichever answers next (the secret is in the shared store); the log line names the jkt
+    and never the proof."""
+    server = cli_process("serve", "--port", "0", "--dpop-nonce", "--workers", "2",
+                         "--ephemeral-keys", "--algorithm", "ES256",
+                         stderr_file=tmp_path / "stderr.log")
+    issuer = server.field("issuer")
+    url = issuer + "/token"
+
+    def send(sent):
+        return requests.post(url, data=GRANT, auth=("demo-client", "demo-secret"), timeout=10,
+                             headers={"DPoP": sent})
+
+    first = send(proof(key, url))
+    refused(first, "nonce", error="use_dpop_nonce")
+    nonce = first.headers["DPoP-Nonce"]
+    sent = [proof(key, url, nonce=nonce) for _ in range(4)]
+    answers = [send(p) for p in sent]
+    assert [a.json().get("token_type") for a in answers] == ["DPoP"] * 4
+    err = server.stop()
+    assert f"dpop=yes dpop_jkt={thumbprint(public_jwk(key))}" in err
+    assert not any(p in err for p in sent)
