@@ -408,5 +408,6 @@ class DPoPGrantExtension:
                     "DPoP proof required: this client gets DPoP-bound tokens only "
                     "(RFC 9449 section 5).")
             return
-        request.dpop = self.verifier.verify(proof, method=request.method, url=request.uri,
-                                            client_id=client.get_client_id())
+        request.dpop = self.verifier.verify(
+            proof, method=request.method, url=request.uri, client_id=client.get_client_id(),
+            nonce_required=True if client.settings.dpop_nonce else None)

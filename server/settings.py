@@ -203,6 +203,9 @@ class ClientSettings:
     #: DPoP (RFC 9449) at the token endpoint: "optional" (a proof is honoured when sent,
     #: a Bearer token otherwise) or "required" (a request without a proof is refused).
     dpop: str = "optional"
+    #: Require a server nonce in this client's DPoP proofs, whatever the issuer's
+    #: ``dpop_nonce`` says (RFC 9449 section 8).
+    dpop_nonce: bool = False
 
     def allowed_auth_methods(self) -> tuple[str, ...]:
         """The auth methods this client may use, derived from its credentials when not set."""
@@ -263,6 +266,8 @@ class ClientSettings:
             raise fail("introspect", "must be true or false")
         if self.dpop not in DPOP_MODES:
             raise fail("dpop", one_of(self.dpop, DPOP_MODES))
+        if not isinstance(self.dpop_nonce, bool):
+            raise fail("dpop_nonce", "must be true or false")
         if not isinstance(self.claims, dict):
             raise fail("claims", "must be a table of claim names to values")
         problem = _claims_problem(self.claims)
@@ -379,7 +384,7 @@ _CLIENT_KEYS: dict[str, tuple[type, ...]] = {
     "auth_methods": (list,), "scopes": (list,), "default_scopes": (list,),
     "audiences": (list,), "default_audience": (str, list), "claims": (dict,),
     "token_lifetime": (int,), "algorithm": (str,), "token_format": (str,), "introspect": (bool,),
-    "dpop": (str,),
+    "dpop": (str,), "dpop_nonce": (bool,),
 }
 _LIST_KEYS = ("auth_methods", "scopes", "default_scopes", "audiences", "default_audience")
 

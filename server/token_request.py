@@ -190,7 +190,7 @@ def handle_token_request(server: AuthorizationServer, request: Request, token_en
         oauth_request = TokenEndpointRequest(request, token_endpoint, checked=checked)
         response = server.create_token_response(oauth_request)
     if server.dpop is not None:
-        _add_dpop_nonce(server.dpop, request, response)
+        _add_dpop_nonce(server.dpop, request, response, oauth_request)
     record = describe(request, response, oauth_request, now)
     log_token_request(record)
     if token_request_handled.receivers:  # the lab's request log listens; the core alone not
@@ -198,14 +198,20 @@ def handle_token_request(server: AuthorizationServer, request: Request, token_en
     return response
 
 
-def _add_dpop_nonce(dpop: Any, request: Request, response: Response) -> None:
+def _add_dpop_nonce(dpop: Any, request: Request, response: Response,
+                    oauth_request: TokenEndpointRequest | None) -> None:
     """RFC 9449 section 8.2: with nonces on, every answer gives the current nonce. The
     lab's run-time switch is read from the store only for requests with a DPoP header (a
-    Bearer request has no use for a nonce; the setting alone costs nothing to read)."""
+    Bearer request has no use for a nonce; the setting alone costs nothing to read), and a
+    client's own ``dpop_nonce`` once it authenticated."""
     if "DPoP-Nonce" in response.headers:
         return
-    if dpop.require_nonce_setting or ("HTTP_DPOP" in request.environ and dpop.nonce_required()):
+    if dpop.require_nonce_setting:
         response.headers["DPoP-Nonce"] = dpop.current_nonce()
+    elif "HTTP_DPOP" in request.environ:
+        client = getattr(oauth_request, "client", None)
+        if (client is not None and client.settings.dpop_nonce) or dpop.nonce_required():
+            response.headers["DPoP-Nonce"] = dpop.current_nonce()
 
 
 def handle_endpoint_request(server: AuthorizationServer, name: str, request: Request,

@@ -350,6 +350,17 @@ def test_nonces_rotate_with_the_servers_clock(dpop_idp, key):
     assert r.status_code == 200, r.text
 
 
+def test_a_client_may_require_nonces_of_its_own(dpop_idp, key):
+    dpop_idp.add_client("dpop-nonce", client_secret=SECRET, scopes=["read"], dpop_nonce=True)
+    first = post(dpop_idp, proof(key, token_url(dpop_idp)), client_id="dpop-nonce")
+    refused(first, "nonce", error="use_dpop_nonce")
+    second = post(dpop_idp, proof(key, token_url(dpop_idp), nonce=first.headers["DPoP-Nonce"]),
+                  client_id="dpop-nonce")
+    assert second.status_code == 200 and second.headers["DPoP-Nonce"]
+    other = post(dpop_idp, proof(key, token_url(dpop_idp)))  # the issuer's other clients: none
+    assert other.status_code == 200 and "DPoP-Nonce" not in other.headers
+
+
 def test_stopping_the_nonce_requirement(dpop_idp, key):
     dpop_idp.require_dpop_nonce()
     dpop_idp.require_dpop_nonce(False)

@@ -36,7 +36,7 @@ OPERATIONS: list[dict[str, Any]] = [
     {"method": "POST", "path": "/admin/clients", "does": "add a client; answers its secret",
      "fields": ["client_id", "client_secret", "jwks", "scopes", "audiences", "default_scopes",
                 "default_audience", "auth_methods", "claims", "token_lifetime", "algorithm",
-                "token_format", "introspect", "dpop"]},
+                "token_format", "introspect", "dpop", "dpop_nonce"]},
     {"method": "DELETE", "path": "/admin/clients/<client_id>", "does": "remove a client"},
     {"method": "POST", "path": "/admin/tokens", "does": "mint a token without the token endpoint",
      "fields": ["client_id", "scope", "audience", "expires_in", "claims", "headers", "alg",

@@ -208,6 +208,7 @@ class Controls:
         auth_methods: Sequence[str] | None = None, claims: Mapping[str, Any] | None = None,
         token_lifetime: int | None = None, algorithm: str | None = None,
         token_format: str | None = None, introspect: bool = False, dpop: str = "optional",
+        dpop_nonce: bool = False,
     ) -> RegisteredClient:
         """Register a client; without ``client_secret`` or ``jwks`` it gets a generated secret.
         Returns it with the secret (the only place the secret is shown)."""
@@ -228,7 +229,7 @@ class Controls:
                 _strings("default_audience", default_audience)),
             claims={} if claims is None else _mapping("claims", claims),
             token_lifetime=token_lifetime, algorithm=algorithm, token_format=token_format,
-            introspect=introspect, dpop=dpop,
+            introspect=introspect, dpop=dpop, dpop_nonce=dpop_nonce,
         )
         try:
             settings.validate("add_client", "client")
