@@ -524,3 +524,46 @@ def test_serve_with_dpop_nonce_and_two_workers(cli_process, key, tmp_path):
     err = server.stop()
     assert f"dpop=yes dpop_jkt={thumbprint(public_jwk(key))}" in err
     assert not any(p in err for p in sent)
+
+
+# -- any header value: an RFC error, never a crash -----------------------------------------
+
+
+def _fuzzed_verifier():
+    from m2mauth.server.clock import Clock
+    from m2mauth.server.dpop import DPoPVerifier
+    from m2mauth.server.store import MemoryStore
+
+    store = MemoryStore()
+    return DPoPVerifier(clock=Clock(store), store=store)
+
+
+def test_any_header_value_is_refused_as_invalid_dpop_proof():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from m2mauth.server.dpop import InvalidDPoPProofError
+
+    verifier = _fuzzed_verifier()
+    segment = st.text(alphabet="ABCDEFabcdef0123456789-_", max_size=40)
+    jsonish = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() |
+                           st.text(max_size=10),
+                           lambda inner: st.lists(inner, max_size=3) |
+                           st.dictionaries(st.sampled_from(
+                               ["alg", "typ", "jwk", "kty", "crv", "x", "y", "n", "e", "d",
+                                "jti", "htm", "htu", "iat"]), inner, max_size=5),
+                           max_leaves=10)
+
+    def encoded(value) -> str:
+        return b64(json.dumps(value).encode())
+
+    structured = st.builds(lambda h, p, s: f"{encoded(h)}.{encoded(p)}.{s}",
+                           jsonish, jsonish, segment)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.text(max_size=200), structured))
+    def check(value):
+        with pytest.raises(InvalidDPoPProofError):
+            verifier.verify(value, method="POST", url="http://x.test/token", client_id="c")
+
+    check()
