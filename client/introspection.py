@@ -656,6 +656,10 @@ class IntrospectionValidator:
                                         "proof (RFC 9449)")
             validated, _ = check_claims(body, MappingProxyType({}), issuer=self.issuer,
                                         audiences=self._audiences, leeway=self.leeway, now=now)
+            if validated.jkt is not None:  # bound (cnf.jkt) though token_type was left out
+                raise InvalidTokenError("wrong_type", "the token is DPoP-bound (cnf.jkt): "
+                                        "a sender-constrained token needs its proof "
+                                        "(RFC 9449)")
         except InvalidTokenError as exc:
             until = now + self.inactive_ttl
             return _Answer(None, (exc.reason, exc.error_description or exc.reason, exc.claim),
