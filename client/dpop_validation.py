@@ -106,7 +106,7 @@ DPOP_PROOF_REASONS = frozenset({
     "use_dpop_nonce",     # nonce missing or not current (UseDPoPNonceError)
 })
 
-_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")  # alg none: no sig
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 #: RFC 7638 §3.2: the members a thumbprint is computed over, per key type.
