@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -117,7 +118,9 @@ _MAX_BRACKETS = 8
 _MAX_JTI = 256
 _MAX_METHOD = 32
 _MIN_RSA_BITS = 2048
-_KEY_CACHE_ENTRIES = 1024
+_HEADER_CACHE_ENTRIES = 1024
+_MAX_CACHED_HEADER = 2048  # base64url characters: an RSA-4096 jwk header fits
+_MAX_HTU = 2048
 _FULL_SCAN_INTERVAL = 1.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
@@ -242,6 +245,7 @@ def _unescape_unreserved(match: re.Match[str]) -> str:
     return char if char in _UNRESERVED else "%" + match.group(1).upper()
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of a bounded string; clients repeat URLs
 def normalized_htu(url: str) -> str:
     """``url`` as ``htu`` is compared (RFC 9449 §4.3 check 9): query and fragment dropped;
     scheme and host lower-cased, the scheme's default port removed, an empty path made
@@ -361,7 +365,10 @@ class DPoPProofChecker:
             if policy.require_nonce else None)
         self._allowed = frozenset(policy.algorithms)
         self._pyjwt = get_default_algorithms()
-        self._keys: dict[tuple[str, str], Any] = {}  # (alg, thumbprint) -> parsed public key
+        # A client sends the same header (typ, alg, jwk) with every proof: its checked form,
+        # the key's thumbprint and the parsed key are kept by the header's base64url, once a
+        # proof with it has verified (so forged proofs cannot fill this bounded cache).
+        self._headers: dict[str, tuple[dict[str, Any], str, Any]] = {}
         self._seen: dict[tuple[str, str], float] = {}  # (jkt, jti) -> when it may leave
         self._seen_lock = threading.Lock()
         self._next_scan = float("-inf")
@@ -394,9 +401,13 @@ class DPoPProofChecker:
         if _COMPACT.fullmatch(text) is None:
             raise InvalidDPoPProofError("malformed", "the DPoP proof is not a compact JWS")
         head_b64, payload_b64, sig_b64 = text.split(".")
-        header = self._header(head_b64)
+        known = self._headers.get(head_b64)
+        if known is None:
+            header = self._header(head_b64)
+            thumbprint, key = self._key(header["alg"], header["jwk"])
+        else:
+            header, thumbprint, key = known
         alg: str = header["alg"]
-        thumbprint, key = self._key(alg, header["jwk"])
         signature = _b64decode(sig_b64, "signature")
         signing_input = text[: len(head_b64) + 1 + len(payload_b64)].encode("ascii")
         try:
@@ -407,6 +418,10 @@ class DPoPProofChecker:
         if not good:
             raise InvalidDPoPProofError("bad_signature", "the proof's signature does not "
                                         "verify with its jwk")
+        if known is None and len(head_b64) <= _MAX_CACHED_HEADER:
+            if len(self._headers) >= _HEADER_CACHE_ENTRIES:  # oldest first; races re-parse
+                self._headers.pop(next(iter(self._headers)), None)
+            self._headers[head_b64] = (header, thumbprint, key)
         claims = _json_object(_b64decode(payload_b64, "claims"), "claims")
         jti, iat = self._check_claims(claims, method, url, access_token_hash, now)
         if jkt is not None and not hmac.compare_digest(thumbprint.encode(),
@@ -445,7 +460,7 @@ class DPoPProofChecker:
 
     def _key(self, alg: str, jwk: dict[str, Any]) -> tuple[str, Any]:
         """(thumbprint, public key) of the proof's ``jwk``, which must be public and fit
-        ``alg``. Parsed keys are kept by thumbprint: the same client key costs one parse."""
+        ``alg``."""
         private = _PRIVATE_MEMBERS.intersection(jwk)
         if private:
             raise InvalidDPoPProofError("bad_key", "the proof's jwk has private or symmetric "
@@ -458,9 +473,6 @@ class DPoPProofChecker:
                    for m in _THUMBPRINT_MEMBERS[kty] if m not in ("kty", "crv")):
             raise InvalidDPoPProofError("bad_key", "the proof's jwk members are not base64url")
         thumbprint = jwk_thumbprint(jwk)
-        cached = self._keys.get((alg, thumbprint))
-        if cached is not None:
-            return thumbprint, cached
         try:
             key = self._pyjwt["EdDSA" if alg == "Ed25519" else alg].from_jwk(
                 {m: jwk[m] for m in _THUMBPRINT_MEMBERS[kty]})
@@ -470,9 +482,6 @@ class DPoPProofChecker:
         if kty == "RSA" and key.key_size < _MIN_RSA_BITS:
             raise InvalidDPoPProofError("bad_key", f"the proof's RSA key has fewer than "
                                         f"{_MIN_RSA_BITS} bits")
-        if len(self._keys) >= _KEY_CACHE_ENTRIES:
-            self._keys.pop(next(iter(self._keys)), None)  # oldest first; races only re-parse
-        self._keys[(alg, thumbprint)] = key
         return thumbprint, key
 
     def _check_claims(self, claims: dict[str, Any], method: str, url: str,
@@ -489,8 +498,9 @@ class DPoPProofChecker:
         if htm != method:  # methods are case-sensitive (RFC 9110 §9.1)
             raise InvalidDPoPProofError("wrong_method", f"htm is {shown(htm)}, not the "
                                         f"request's method {shown(method)}")
-        if type(htu) is not str:
-            raise InvalidDPoPProofError("invalid_claim", "the proof's htu is not a string")
+        if type(htu) is not str or len(htu) > _MAX_HTU:
+            raise InvalidDPoPProofError("invalid_claim", "the proof's htu is not a string "
+                                        f"of at most {_MAX_HTU} characters")
         try:
             claimed = normalized_htu(htu)
         except ValueError:

@@ -445,3 +445,13 @@ def test_real_time_default(idp, key):
     token = bound_token(idp, key)
     proof = key.proof("GET", URL, time.time(), token=token)
     assert validator.validate_dpop(token, proof, method="GET", url=URL).jkt == key.jkt
+
+
+def test_a_known_header_still_needs_a_good_signature(validator, key, token):
+    """The checked header is kept after a proof verified; the next proof's signature is still
+    verified with its key."""
+    validator.validate_dpop(token, proof_of(key, token), method="GET", url=URL)
+    other = ProofKey.generate("ES256")
+    exc = refused(validator, token, proof_of(key, token, sign_with=other.private))
+    assert exc.reason == "bad_signature"
+    assert refused(validator, token, proof_of(key, token, htm="PUT")).reason == "wrong_method"
