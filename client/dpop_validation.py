@@ -369,6 +369,7 @@ class DPoPProofChecker:
         # the key's thumbprint and the parsed key are kept by the header's base64url, once a
         # proof with it has verified (so forged proofs cannot fill this bounded cache).
         self._headers: dict[str, tuple[dict[str, Any], str, Any]] = {}
+        self._headers_lock = threading.Lock()
         self._seen: dict[tuple[str, str], float] = {}  # (jkt, jti) -> when it may leave
         self._seen_lock = threading.Lock()
         self._next_scan = float("-inf")
@@ -419,9 +420,10 @@ class DPoPProofChecker:
             raise InvalidDPoPProofError("bad_signature", "the proof's signature does not "
                                         "verify with its jwk")
         if known is None and len(head_b64) <= _MAX_CACHED_HEADER:
-            if len(self._headers) >= _HEADER_CACHE_ENTRIES:  # oldest first; races re-parse
-                self._headers.pop(next(iter(self._headers)), None)
-            self._headers[head_b64] = (header, thumbprint, key)
+            with self._headers_lock:
+                if len(self._headers) >= _HEADER_CACHE_ENTRIES:  # the oldest leaves first
+                    self._headers.pop(next(iter(self._headers)), None)
+                self._headers[head_b64] = (header, thumbprint, key)
         claims = _json_object(_b64decode(payload_b64, "claims"), "claims")
         jti, iat = self._check_claims(claims, method, url, access_token_hash, now)
         if jkt is not None and not hmac.compare_digest(thumbprint.encode(),
