@@ -406,6 +406,18 @@ def test_a_token_the_server_calls_dpop_bound_is_wrong_type(issuer, make_validato
     assert caught.value.reason == "wrong_type"
 
 
+def test_an_answer_with_cnf_jkt_is_wrong_type_without_a_token_type(issuer, make_validator,
+                                                                   relay):
+    """RFC 9449 §6.2: the answer of a DPoP-bound token carries cnf.jkt; without token_type
+    the binding still stands, so it is no bearer token."""
+    proxy, url = relay
+    proxy.rewrite = lambda answer: {**{k: v for k, v in answer.items() if k != "token_type"},
+                                    "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}
+    with pytest.raises(InvalidTokenError) as caught:
+        make_validator(introspection_endpoint=url).validate(token_of(issuer))
+    assert caught.value.reason == "wrong_type" and "cnf.jkt" in caught.value.error_description
+
+
 @pytest.mark.parametrize(("change", "reason", "claim"), [
     ({"aud": None}, "missing_claim", "aud"),
     ({"exp": "soon"}, "invalid_claim", "exp"),
