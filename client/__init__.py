@@ -24,8 +24,10 @@ from .auth import HttpxBearerAuth, RequestsBearerAuth
 from .challenge import Challenge, parse_challenges, should_refetch
 from .discovery import MetadataCache, discover, metadata_urls
 from .dpop_validation import (
+    DPOP_PROOF_REASONS,
     DPoPNonces,
     DPoPPolicy,
+    DPoPProof,
     DPoPProofChecker,
     InvalidDPoPProofError,
     UseDPoPNonceError,
@@ -44,10 +46,12 @@ if typing.TYPE_CHECKING:  # at run time imported on first use, by __getattr__ be
 
 __all__ = [
     "AUTH_METHODS",
+    "DPOP_PROOF_REASONS",
     "AsyncTokenProvider",
     "Challenge",
     "DPoPNonces",
     "DPoPPolicy",
+    "DPoPProof",
     "DPoPProofChecker",
     "HttpxBearerAuth",
     "IntrospectionValidator",
