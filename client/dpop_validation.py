@@ -468,7 +468,9 @@ class DPoPProofChecker:
             raise InvalidDPoPProofError("bad_key", "the proof's jwk has private or symmetric "
                                         f"key members ({', '.join(sorted(private))})")
         kty, curves = _KEY_TYPES[alg]
-        if jwk.get("kty") != kty or (curves is not None and jwk.get("crv") not in curves):
+        crv = jwk.get("crv")
+        if jwk.get("kty") != kty or (curves is not None and (type(crv) is not str
+                                                             or crv not in curves)):
             raise InvalidDPoPProofError("bad_key", f"the proof's jwk ({shown(jwk.get('kty'))}"
                                         f" {shown(jwk.get('crv'))}) does not fit alg {alg}")
         if not all(type(jwk.get(m)) is str and _B64URL.fullmatch(jwk[m])

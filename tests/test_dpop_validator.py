@@ -10,11 +10,14 @@ import time
 
 import pytest
 from _dpop_support import ProofKey, b64, bound_token
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from m2mauth.client import (
     DPoPNonces,
     DPoPPolicy,
+    DPoPProofChecker,
     InvalidDPoPProofError,
     InvalidTokenError,
     TokenValidator,
@@ -455,3 +458,49 @@ def test_a_known_header_still_needs_a_good_signature(validator, key, token):
     exc = refused(validator, token, proof_of(key, token, sign_with=other.private))
     assert exc.reason == "bad_signature"
     assert refused(validator, token, proof_of(key, token, htm="PUT")).reason == "wrong_method"
+
+
+# -- untrusted input never escapes as anything but a refusal ----------------------------------
+
+_FUZZ = settings(derandomize=True, max_examples=150, deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                     max_leaves=8)
+
+
+@_FUZZ
+@given(header=st.dictionaries(st.sampled_from(["typ", "alg", "jwk", "crit", "kid"]), _JSON),
+       claims=st.dictionaries(st.sampled_from(["jti", "htm", "htu", "iat", "ath", "nonce"]),
+                              _JSON),
+       signature=st.binary(max_size=80))
+def test_fuzzed_proofs_are_refused_cleanly(header, claims, signature):
+    checker = DPoPProofChecker(DPoPPolicy(require_nonce=True), clock=lambda: NOW)
+    proof = f"{b64(header)}.{b64(claims)}.{b64(signature) if signature else ''}"
+    with pytest.raises(InvalidDPoPProofError):
+        checker.check(proof, method="GET", url=URL, access_token_hash="x", jkt="y")
+
+
+@_FUZZ
+@given(text=st.text(max_size=200))
+def test_fuzzed_header_values_are_refused_cleanly(text):
+    checker = DPoPProofChecker(clock=lambda: NOW)
+    with pytest.raises(InvalidDPoPProofError):
+        checker.check(text, method="GET", url=URL)
+
+
+_SIGNER = ProofKey.generate("ES256")
+
+
+@_FUZZ
+@given(claims=st.dictionaries(st.sampled_from(["jti", "htm", "htu", "iat", "ath", "nonce"]),
+                              _JSON | st.just(URL) | st.just("GET")),
+       jwk=st.dictionaries(st.sampled_from(["kty", "crv", "x", "y", "d", "n", "e"]), _JSON))
+def test_fuzzed_claims_and_keys_under_a_real_signature_are_refused_cleanly(claims, jwk):
+    checker = DPoPProofChecker(DPoPPolicy(require_nonce=True), clock=lambda: NOW)
+    good = _SIGNER.proof("GET", URL, NOW, claims=claims)  # the fuzzed claims, signed
+    odd = _SIGNER.proof("GET", URL, NOW, header={"jwk": {**_SIGNER.jwk, **jwk}})
+    for proof in (good, odd):
+        with pytest.raises(InvalidDPoPProofError):
+            checker.check(proof, method="GET", url=URL, access_token_hash="x", jkt="y")
