@@ -510,7 +510,12 @@ class DPoPProofChecker:
         except ValueError:
             raise InvalidDPoPProofError("invalid_claim", "the proof's htu is not an http(s) "
                                         "URL") from None
-        if claimed != normalized_htu(url):
+        try:
+            called = normalized_htu(url)
+        except ValueError:  # e.g. a Host header with a bad port, in the caller's request.url
+            raise InvalidDPoPProofError("wrong_url", "this request's URL is not an http(s) "
+                                        "URL that htu could name") from None
+        if claimed != called:
             raise InvalidDPoPProofError("wrong_url", "htu is not this request's URL")
         if type(iat) not in (int, float) or not math.isfinite(iat):
             raise InvalidDPoPProofError("invalid_claim", "the proof's iat is not a number")

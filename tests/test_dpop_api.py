@@ -392,3 +392,22 @@ def test_demo_api_takes_dpop_bound_tokens(served, key):
     assert r.status_code == 401 and "ago" in r.json()["error_description"]
     index = requests.get(url + "/demo/", timeout=5).json()
     assert index["authorization"] == ["Bearer", "DPoP"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:99999", "[::1", "a b", "127.0.0.1:x"])
+def test_a_bad_host_header_is_a_refusal_not_a_500(url, key, token, host):
+    base = url.removeprefix("http://")
+    address, port = base.split(":")
+    conn = http.client.HTTPConnection(address, int(port), timeout=5)
+    try:
+        conn.putrequest("GET", "/read", skip_host=True)
+        conn.putheader("Host", host)
+        conn.putheader("Authorization", f"DPoP {token}")
+        conn.putheader("DPoP", proof_for(key, url, token))
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status in (400, 401), body
+    assert response.getheader("Content-Type") == "application/json"
