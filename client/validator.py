@@ -338,7 +338,7 @@ class TokenValidator:
         self._dpop.check(proof, method=method, url=url, access_token_hash=ath, jkt=jkt,
                          now=now)
         if self.revocation_check is not None:
-            self.revocation_check.validate(token)
+            self.revocation_check.validate(token, dpop_proven=True)
         check_scopes(scopes, entry.scopes)
         return entry.token
 
