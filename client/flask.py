@@ -80,8 +80,8 @@ With nonces on, every answer to a DPoP request carries the current ``DPoP-Nonce`
 §8.2), so clients move to a new nonce before the old one expires.
 
 The URL a proof's ``htu`` is compared with: ``public_url`` (the origin, and any path prefix,
-clients call this service at) followed by the request's path under the app's root; without
-it, ``request.base_url`` – built from the ``Host`` header and scheme as the WSGI server saw
+clients call this service at; else the app's ``M2MAUTH_PUBLIC_URL`` config) followed by the
+request's path under the app's root; without either, ``request.base_url`` – built from the ``Host`` header and scheme as the WSGI server saw
 them. Behind a reverse proxy or TLS terminator that is not what the client called: pass
 ``public_url``, or let werkzeug's ``ProxyFix`` restore the forwarded host and scheme (only for
 a proxy you trust to set them).
@@ -307,8 +307,9 @@ def require_token(validator: Validator, scopes: str | Iterable[str] = (), *,
     ``realm`` (default: the validator's first audience, else its issuer). ``dpop``: accept
     ``Authorization: DPoP`` with a proof (default: when the validator has ``validate_dpop``).
     ``public_url``: the origin (and path prefix) clients call this app at, e.g.
-    ``"https://api.example"``, for the proofs' ``htu``; None uses ``request.base_url``
-    (see the module docstring on proxies). Put the decorator below
+    ``"https://api.example"``, for the proofs' ``htu``; None uses the app's
+    ``M2MAUTH_PUBLIC_URL`` config, else ``request.base_url`` (see the module docstring on
+    proxies). Put the decorator below
     ``@app.route``/``@app.get``. Works for ``async def`` views too.
     """
     # One string is space-separated; each item of a list is one scope, checked as it is.
@@ -336,9 +337,10 @@ def require_token(validator: Validator, scopes: str | Iterable[str] = (), *,
         public_url = public_url.rstrip("/")
 
     def request_url() -> str:
-        if public_url is None:
+        base = public_url or current_app.config.get("M2MAUTH_PUBLIC_URL")
+        if not base:
             return request.base_url
-        return public_url + request.base_url[len(request.host_url) - 1:]
+        return base.rstrip("/") + request.base_url[len(request.host_url) - 1:]
 
     def check() -> Response | None:
         """None when the view may run (g.token set), else the answer."""

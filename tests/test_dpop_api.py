@@ -345,6 +345,16 @@ def test_public_url_is_what_htu_must_name(make_api, key, token):
     assert_refused(local, "htu is not this request's URL")
 
 
+def test_the_apps_configured_public_url(idp, clock, key, token):
+    validator = TokenValidator(idp.issuer, AUDIENCE, clock=clock.now)
+    app = make_app(validator)
+    app.config["M2MAUTH_PUBLIC_URL"] = "https://api.example/prefix"
+    with serving(app) as url:
+        public = key.proof("GET", "https://api.example/prefix/read", NOW, token=token)
+        assert dpop_get(url, token, public).status_code == 200
+        assert dpop_get(url, token, proof_for(key, url, token)).status_code == 401
+
+
 def test_dpop_can_be_turned_off(make_api, key, token):
     url = make_api({"dpop": False})
     r = dpop_get(url, token, proof_for(key, url, token))
