@@ -504,3 +504,21 @@ def test_fuzzed_claims_and_keys_under_a_real_signature_are_refused_cleanly(claim
     for proof in (good, odd):
         with pytest.raises(InvalidDPoPProofError):
             checker.check(proof, method="GET", url=URL, access_token_hash="x", jkt="y")
+
+
+def test_a_proof_made_by_joserfc_is_accepted(idp, validator):
+    """Another JOSE implementation makes the proof and the thumbprint: the two sides agree."""
+    import hashlib
+
+    from joserfc import jws
+
+    private = ECKey.generate_key("P-256")
+    jkt = private.thumbprint()
+    token = idp.issue_token("demo-client", scope="read", audience=AUD,
+                            claims={"cnf": {"jkt": jkt}})
+    ath = b64(hashlib.sha256(token.encode()).digest())
+    claims = {"jti": "joserfc-1", "htm": "POST", "htu": URL, "iat": NOW, "ath": ath}
+    proof = jws.serialize_compact(
+        {"typ": "dpop+jwt", "alg": "ES256", "jwk": private.as_dict(private=False)},
+        json.dumps(claims), private)
+    assert validator.validate_dpop(token, proof, method="POST", url=URL).jkt == jkt
