@@ -49,6 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -200,7 +201,7 @@ class DPoPPolicy:
 @dataclass(frozen=True, slots=True)
 class DPoPProof:
     """A proof that passed every check: its ``jkt`` (the key's RFC 7638 thumbprint), ``jti``,
-    ``iat`` and the ``header``/``claims`` it carried."""
+    ``iat`` and read-only views of the ``header``/``claims`` it carried."""
 
     jkt: str
     jti: str
@@ -435,7 +436,8 @@ class DPoPProofChecker:
                                     if "nonce" not in claims else "the proof's nonce is "
                                     "not current")
         self._remember(thumbprint, jti, iat, now)
-        return DPoPProof(thumbprint, jti, iat, header, claims)
+        return DPoPProof(thumbprint, jti, iat, MappingProxyType(header),
+                         MappingProxyType(claims))
 
     # -- steps -----------------------------------------------------------------------------
 

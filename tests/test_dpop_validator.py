@@ -522,3 +522,16 @@ def test_a_proof_made_by_joserfc_is_accepted(idp, validator):
         {"typ": "dpop+jwt", "alg": "ES256", "jwk": private.as_dict(private=False)},
         json.dumps(claims), private)
     assert validator.validate_dpop(token, proof, method="POST", url=URL).jkt == jkt
+
+
+def test_the_checker_alone_returns_the_proof(key):
+    from m2mauth.client import DPoPProof
+
+    checker = DPoPProofChecker(clock=lambda: NOW)
+    checked = checker.check(key.proof("GET", URL, NOW, jti="j1"), method="GET", url=URL)
+    assert isinstance(checked, DPoPProof)
+    assert (checked.jkt, checked.jti, checked.iat) == (key.jkt, "j1", NOW)
+    assert checked.header["jwk"] == key.jwk and checked.claims["htm"] == "GET"
+    with pytest.raises(TypeError):
+        checked.claims["htm"] = "POST"  # type: ignore[index]
+    assert "jwk" not in repr(checked) and "DPoPProofChecker" in repr(checker)
