@@ -535,3 +535,27 @@ def test_the_checker_alone_returns_the_proof(key):
     with pytest.raises(TypeError):
         checked.claims["htm"] = "POST"  # type: ignore[index]
     assert "jwk" not in repr(checked) and "DPoPProofChecker" in repr(checker)
+
+
+def test_a_proof_replayed_concurrently_passes_once(validator, key, token):
+    import threading
+
+    validator.validate_dpop(token, proof_of(key, token), method="GET", url=URL)  # cached
+    proof = proof_of(key, token, jti="race")
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            validator.validate_dpop(token, proof, method="GET", url=URL)
+            outcomes.append("ok")
+        except InvalidDPoPProofError as exc:
+            outcomes.append(exc.reason)
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) == ["ok"] + ["replayed"] * 7
