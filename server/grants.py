@@ -98,6 +98,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
     TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(AUTH_METHODS)
 
+    @hooked  # after_validate_token_request: the DPoP proof check (dpop.DPoPGrantExtension)
     def validate_token_request(self) -> None:
         _check_parameters(self.request)
         super().validate_token_request()  # authenticates the client, checks the grant type
@@ -109,8 +110,10 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
                        include_refresh_token=True):
         # Authlib's generator hooks receive no request; the audience resolved above is
         # handed to m2mauth's issuer here instead.
+        proof = getattr(self.request, "dpop", None)
         issued: IssuedToken = self.server.token_issuer.issue(
-            self.client, scope=self.request.scope.split(), audience=self.request.audience
+            self.client, scope=self.request.scope.split(), audience=self.request.audience,
+            jkt=proof.jkt if proof is not None else None,
         )
         self.request.issued = issued
         return issued.response

@@ -38,7 +38,7 @@ __all__ = ["MAX_TOKEN_BYTES", "Introspection", "Revocation", "TokenLookup", "opa
 #: 1 KiB with every claim, opaque tokens 43 characters).
 MAX_TOKEN_BYTES = 16 * 1024
 #: What an active answer carries (RFC 7662 section 2.2), from the token's claims.
-_ANSWERED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti")
+_ANSWERED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", "cnf")
 
 
 def opaque_key(token: str) -> str:
@@ -190,7 +190,9 @@ class Introspection(IntrospectionEndpoint):
             return {"active": False}
         answer: dict[str, Any] = {"active": True}
         answer.update((name, claims[name]) for name in _ANSWERED if name in claims)
-        answer["token_type"] = "Bearer"
+        # RFC 9449 section 6.2: a DPoP-bound token is introspected with its cnf, type DPoP.
+        cnf = claims.get("cnf")
+        answer["token_type"] = "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
         return answer
 
 

@@ -17,6 +17,7 @@ from .algorithms import ASSERTION_ALGORITHMS
 from .client_auth import ClientSecretJWT, PrivateKeyJWT, client_secret_basic, client_secret_post
 from .clients import ClientRegistry
 from .clock import Clock
+from .dpop import DPOP_ALGORITHMS, DPoPGrantExtension, DPoPVerifier
 from .forwarded import ForwardedError, external_origin
 from .grants import ClientCredentialsGrant
 from .introspection import Introspection, Revocation, TokenLookup
@@ -139,6 +140,9 @@ class Issuer:
             store=self.store, token_format=settings.token_format,
         )
         self.tokens = TokenLookup(self.issuer, self.keys, self.clock, self.store)
+        #: DPoP proofs at the token endpoint (RFC 9449) and the issuer's nonces.
+        self.dpop = DPoPVerifier(clock=self.clock, store=self.store,
+                                 require_nonce=settings.dpop_nonce)
         self.authorization = self._authorization_server()
         self._seen_as: OrderedDict[str, Issuer] = OrderedDict()
         self._seen_as_lock = threading.Lock()
@@ -167,7 +171,8 @@ class Issuer:
 
     def _authorization_server(self) -> AuthorizationServer:
         server = AuthorizationServer(self.clients, self.token_issuer, realm=self.issuer)
-        server.register_grant(ClientCredentialsGrant)
+        server.register_grant(ClientCredentialsGrant, [DPoPGrantExtension(self.dpop)])
+        server.dpop = self.dpop
         assertion_options: dict[str, Any] = dict(
             # RFC 7523 section 3: a value that identifies this server; the endpoint called
             # does, and so do the others.
@@ -238,6 +243,8 @@ class Issuer:
             "revocation_endpoint": self.revocation_endpoint,
             "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
+            # RFC 9449 section 5.1: the algorithms a DPoP proof may be signed with.
+            "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         }
         if scopes:
             metadata["scopes_supported"] = scopes

@@ -92,6 +92,8 @@ class TokenEndpointRequest(FlaskOAuth2Request):
         self.basic = checked.basic if checked is not None else \
             _basic_of(request.headers.get("Authorization"))
         self.issued = None
+        #: The verified DPoP proof (:class:`~m2mauth.server.dpop.DPoPProof`), if one came.
+        self.dpop = None
         #: The token an introspection or revocation request found (its claims).
         self.found_token = None
         #: Why a client-secret method refused (for the log), when Authlib reports only
@@ -125,6 +127,9 @@ class AuthorizationServer(_FlaskAuthorizationServer):
         self.clients = clients
         self.token_issuer = token_issuer
         self.realm = realm
+        #: The issuer's DPoP verifier (:class:`~m2mauth.server.dpop.DPoPVerifier`), for the
+        #: token endpoint's DPoP-Nonce headers; None: no DPoP.
+        self.dpop = None
 
     def query_client(self, client_id):
         return self.clients.get(client_id)

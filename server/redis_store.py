@@ -222,6 +222,17 @@ redis.call('ZADD', Z, ARGV[4], ARGV[3])
 if ARGV[7] then redis.call('HSET', V, ARGV[3], ARGV[7]) end
 return 1
 """,
+    # The issuer's small named values, in one hash (ARGV[4] == '1': only if absent).
+    "set_value": """
+local V = P .. 'values'
+if ARGV[4] == '1' then
+  local held = redis.call('HGET', V, ARGV[2])
+  if held then return held end
+end
+if ARGV[3] == '' then redis.call('HDEL', V, ARGV[2]) return false end
+redis.call('HSET', V, ARGV[2], ARGV[3])
+return ARGV[3]
+""",
     "get_expiring": """
 local expires = redis.call('ZSCORE', P .. ARGV[2], ARGV[3])
 if not expires or tonumber(expires) < tonumber(ARGV[4]) then return false end
@@ -246,7 +257,7 @@ for _, log in ipairs(redis.call('SMEMBERS', P .. 'logs')) do
 end
 redis.call('DEL', P .. 'fault_endpoints', P .. 'logs', P .. 'log_bytes', P .. 'clients',
            P .. 'client_order', P .. 'keys', P .. 'jtis', P .. 'jti_counts', P .. 'revoked',
-           P .. 'revoked:values', P .. 'opaque', P .. 'opaque:values')
+           P .. 'revoked:values', P .. 'opaque', P .. 'opaque:values', P .. 'values')
 touch()
 local clients = tonumber(A[base])
 for i = 0, clients - 1 do
@@ -475,6 +486,20 @@ class RedisStore(SharedStore):
     def remember_jti(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
         return self._run("remember_jti", client_id, jti, repr(float(expires_at)),
                          repr(float(now)), self._max_jtis_per_client) == 1
+
+    # -- small named values -------------------------------------------------------------
+
+    def issuer_value(self, name: str) -> str | None:
+        with self._calls():
+            found = self._redis.hget(self._prefix + "values", name)
+        return str(found) if found is not None else None
+
+    def set_issuer_value(self, name: str, value: str | None, *,
+                         only_if_absent: bool = False) -> str | None:
+        if value == "":
+            raise ValueError("an issuer value is a non-empty string (None removes it)")
+        found = self._run("set_value", name, value or "", "1" if only_if_absent else "0")
+        return str(found) if found is not None else None
 
     # -- revoked and opaque tokens ------------------------------------------------------
 

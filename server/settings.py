@@ -36,6 +36,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "ALGORITHMS",
     "AUTH_METHODS",
+    "DPOP_MODES",
     "ISSUER_KEYS",
     "RESERVED_ISSUER_NAMES",
     "TOKEN_FORMATS",
@@ -56,6 +57,8 @@ _SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_j
 #: What an access token is: a signed RFC 9068 JWT, or a random string only the introspection
 #: endpoint can read (RFC 7662).
 TOKEN_FORMATS = ("jwt", "opaque")
+#: A client's DPoP modes (RFC 9449): proofs honoured when sent, or required.
+DPOP_MODES = ("optional", "required")
 
 DEFAULT_AUDIENCE = "api://default"
 DEMO_CLIENT_ID = "demo-client"
@@ -197,6 +200,12 @@ class ClientSettings:
     token_format: str | None = None
     #: May call the introspection endpoint (a resource server's client).
     introspect: bool = False
+    #: DPoP (RFC 9449) at the token endpoint: "optional" (a proof is honoured when sent,
+    #: a Bearer token otherwise) or "required" (a request without a proof is refused).
+    dpop: str = "optional"
+    #: Require a server nonce in this client's DPoP proofs, whatever the issuer's
+    #: ``dpop_nonce`` says (RFC 9449 section 8).
+    dpop_nonce: bool = False
 
     def allowed_auth_methods(self) -> tuple[str, ...]:
         """The auth methods this client may use, derived from its credentials when not set."""
@@ -255,6 +264,10 @@ class ClientSettings:
             raise fail("token_format", one_of(self.token_format, TOKEN_FORMATS))
         if not isinstance(self.introspect, bool):
             raise fail("introspect", "must be true or false")
+        if self.dpop not in DPOP_MODES:
+            raise fail("dpop", one_of(self.dpop, DPOP_MODES))
+        if not isinstance(self.dpop_nonce, bool):
+            raise fail("dpop_nonce", "must be true or false")
         if not isinstance(self.claims, dict):
             raise fail("claims", "must be a table of claim names to values")
         problem = _claims_problem(self.claims)
@@ -371,6 +384,7 @@ _CLIENT_KEYS: dict[str, tuple[type, ...]] = {
     "auth_methods": (list,), "scopes": (list,), "default_scopes": (list,),
     "audiences": (list,), "default_audience": (str, list), "claims": (dict,),
     "token_lifetime": (int,), "algorithm": (str,), "token_format": (str,), "introspect": (bool,),
+    "dpop": (str,), "dpop_nonce": (bool,),
 }
 _LIST_KEYS = ("auth_methods", "scopes", "default_scopes", "audiences", "default_audience")
 
@@ -469,6 +483,11 @@ class ServerSettings:
         10_000, kind=int, check=_positive,
         help="Most unexpired client-assertion jtis remembered per client (the replay cache); "
              "beyond it, that client's new assertions are refused until some expire.")
+    dpop_nonce: bool = _setting(
+        False, kind=bool, flag=True,
+        help="Require a server-provided nonce in every DPoP proof at the token endpoint "
+             "(RFC 9449 section 8): a proof without a current one is answered use_dpop_nonce "
+             "with a DPoP-Nonce header; nonces rotate every minute.")
     trust_proxy: bool = _setting(
         False, kind=bool, flag=True,
         help="Behind a reverse proxy: take the scheme, host and port of each request's issuer "
@@ -641,7 +660,8 @@ class ServerSettings:
 #: listens, the lab) are the server's, shared by every issuer on it.
 ISSUER_KEYS = ("algorithm", "token_lifetime", "token_format", "default_audience", "keys_dir",
                "unsafe_key_permissions", "ephemeral_keys", "jwks_max_age", "assertion_leeway",
-               "assertion_max_lifetime", "assertion_jtis_per_client", "admin_token", "clients")
+               "assertion_max_lifetime", "assertion_jtis_per_client", "admin_token", "clients",
+               "dpop_nonce")
 
 #: First path segments of the root issuer's own endpoints (token, JWKS, metadata, probes,
 #: the lab's admin API, playground and demo API): no further issuer may take one as its

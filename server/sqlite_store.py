@@ -93,6 +93,9 @@ _TABLES = ("clients", "signing_keys", "fault_endpoints", "faults", "logs", "reco
 #: The two bounded lists of _Expiring entries, and the meta column counting each. (Table
 #: and column names put into statements below are these constants, never input.)
 _REVOKED, _OPAQUE = "revoked", "opaque"
+#: The issuer's small named values: rows of the expiring table that never expire (restore()
+#: empties the table, which forgets them).
+_VALUE, _NEVER = "value", 1e300
 
 _RISK = ("it holds the issuer's private signing keys and client secrets; other users could "
          "read them or sign tokens")
@@ -517,6 +520,31 @@ class SQLiteStore(SharedStore):
                        "ON CONFLICT (ns, client_id) DO UPDATE SET count = count + 1",
                        (ns, client_id))
             return True
+
+    # -- small named values -------------------------------------------------------------
+
+    def issuer_value(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM expiring WHERE ns = ? AND kind = ? AND key = ?",
+                          (self.namespace, _VALUE, name))
+        return rows[0][0] if rows else None
+
+    def set_issuer_value(self, name: str, value: str | None, *,
+                         only_if_absent: bool = False) -> str | None:
+        if value == "":
+            raise ValueError("an issuer value is a non-empty string (None removes it)")
+        ns = self.namespace
+        with self._write() as db:
+            row = db.execute("SELECT value FROM expiring WHERE ns = ? AND kind = ? AND key = ?",
+                             (ns, _VALUE, name)).fetchone()
+            if only_if_absent and row is not None:
+                return str(row[0])
+            if value is None:
+                db.execute("DELETE FROM expiring WHERE ns = ? AND kind = ? AND key = ?",
+                           (ns, _VALUE, name))
+            else:
+                db.execute("INSERT OR REPLACE INTO expiring (ns, kind, key, expires_at, value) "
+                           "VALUES (?, ?, ?, ?, ?)", (ns, _VALUE, name, _NEVER, value))
+            return value
 
     # -- revoked and opaque tokens ------------------------------------------------------
 

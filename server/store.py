@@ -182,6 +182,21 @@ class StateStore(abc.ABC):
         client's share. Entries expire by time (``now``); each client's share is bounded on
         its own, so a client that fills its share never causes another client's refusal."""
 
+    # -- small named values (the DPoP nonce secret, the lab's DPoP nonce switch) --------
+
+    @abc.abstractmethod
+    def issuer_value(self, name: str) -> str | None:
+        """The issuer's value ``name`` (a short string), or None when it has none."""
+
+    @abc.abstractmethod
+    def set_issuer_value(self, name: str, value: str | None, *,
+                         only_if_absent: bool = False) -> str | None:
+        """Set (None: remove) the value ``name`` (a non-empty string, else ValueError);
+        with ``only_if_absent`` a value already
+        held is kept. Atomic: of several processes making one secret at once, one wins and
+        each gets its value back. Returns the value held afterwards. :meth:`restore`
+        forgets every value."""
+
     # -- revoked tokens (RFC 7009) and opaque tokens -------------------------------------
 
     @abc.abstractmethod
@@ -251,6 +266,7 @@ class MemoryStore(StateStore):
         self._jti_expiry: list[tuple[float, str, str]] = []
         self._revoked = _Expiring(max_revocations)
         self._opaque = _Expiring(max_opaque_tokens)
+        self._values: dict[str, str] = {}
         self.restore(clients, keys)
 
     # -- clients ----------------------------------------------------------------------
@@ -385,6 +401,27 @@ class MemoryStore(StateStore):
                 if not seen:
                     del self._jtis[client_id]
 
+    # -- small named values -------------------------------------------------------------
+
+    def issuer_value(self, name: str) -> str | None:
+        return self._values.get(name)
+
+    def set_issuer_value(self, name: str, value: str | None, *,
+                         only_if_absent: bool = False) -> str | None:
+        if value == "":
+            raise ValueError("an issuer value is a non-empty string (None removes it)")
+        with self._lock:
+            held = self._values.get(name)
+            if only_if_absent and held is not None:
+                return held
+            values = dict(self._values)  # replaced whole: read without the lock
+            if value is None:
+                values.pop(name, None)
+            else:
+                values[name] = value
+            self._values = values
+            return value
+
     # -- revoked and opaque tokens ------------------------------------------------------
 
     def revoke(self, key: str, expires_at: float, now: float) -> bool:
@@ -420,6 +457,7 @@ class MemoryStore(StateStore):
             self._jti_expiry.clear()
             self._revoked.clear()
             self._opaque.clear()
+            self._values = {}
 
     def __repr__(self) -> str:
         return f"<MemoryStore clients={len(self._clients)} keys={len(self._keys)}>"

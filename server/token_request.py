@@ -52,6 +52,10 @@ class TokenRequest:
     jti: str | None = None
     granted_scope: tuple[str, ...] = field(default=())
     audience: tuple[str, ...] = field(default=())
+    #: Whether the request carried a DPoP header, and the verified proof's key thumbprint
+    #: (the token's ``cnf.jkt``); never the proof itself.
+    dpop: bool = False
+    dpop_jkt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,11 +189,29 @@ def handle_token_request(server: AuthorizationServer, request: Request, token_en
     else:
         oauth_request = TokenEndpointRequest(request, token_endpoint, checked=checked)
         response = server.create_token_response(oauth_request)
+    if server.dpop is not None:
+        _add_dpop_nonce(server.dpop, request, response, oauth_request)
     record = describe(request, response, oauth_request, now)
     log_token_request(record)
     if token_request_handled.receivers:  # the lab's request log listens; the core alone not
         token_request_handled.send(current_app._get_current_object(), record=record)
     return response
+
+
+def _add_dpop_nonce(dpop: Any, request: Request, response: Response,
+                    oauth_request: TokenEndpointRequest | None) -> None:
+    """RFC 9449 section 8.2: with nonces on, every answer gives the current nonce. The
+    lab's run-time switch is read from the store only for requests with a DPoP header (a
+    Bearer request has no use for a nonce; the setting alone costs nothing to read), and a
+    client's own ``dpop_nonce`` once it authenticated."""
+    if "DPoP-Nonce" in response.headers:
+        return
+    if dpop.require_nonce_setting:
+        response.headers["DPoP-Nonce"] = dpop.current_nonce()
+    elif "HTTP_DPOP" in request.environ:
+        client = getattr(oauth_request, "client", None)
+        if (client is not None and client.settings.dpop_nonce) or dpop.nonce_required():
+            response.headers["DPoP-Nonce"] = dpop.current_nonce()
 
 
 def handle_endpoint_request(server: AuthorizationServer, name: str, request: Request,
@@ -269,6 +291,8 @@ def describe(request: Request, response: Response, oauth_request: TokenEndpointR
         jti=issued.jti if issued else None,
         granted_scope=tuple(issued.scope) if issued else (),
         audience=tuple(issued.audience) if issued else (),
+        dpop="HTTP_DPOP" in request.environ,
+        dpop_jkt=issued.jkt if issued else None,
     )
 
 
@@ -308,14 +332,13 @@ def log_token_request(record: TokenRequest) -> None:
     if writer is not None:
         # `m2mauth serve`: the record (frozen, its values immutable) becomes a log record and
         # a line on the writer thread, all in one batch (logs.py).
-        writer.defer(log, logging.INFO, _TOKEN_LINE, _token_line_args, record,
-                     "log_token_request")
+        writer.defer(log, logging.INFO, *_token_line(record), record, "log_token_request")
         return
+    line, args = _token_line(record)
     # log.info() without its search of the stack for the caller (about a tenth of what a
     # line costs the request): the caller is known, this line of this function.
     log.handle(log.makeRecord(log.name, logging.INFO, __file__, sys._getframe().f_lineno,
-                              _TOKEN_LINE, _token_line_args(record), None,
-                              "log_token_request"))
+                              line, args(record), None, "log_token_request"))
 
 
 def _token_line_args(record: TokenRequest) -> tuple[str | None, ...]:
@@ -329,6 +352,19 @@ def _token_line_args(record: TokenRequest) -> tuple[str | None, ...]:
 
 
 _TOKEN_LINE = "token request client_id=%s auth_method=%s scope=%s audience=%s outcome=%s jti=%s"
+#: A request with a DPoP header: the line also names the bound key's thumbprint (or None).
+_DPOP_TOKEN_LINE = _TOKEN_LINE + " dpop=yes dpop_jkt=%s"
+
+
+def _token_line(record: TokenRequest) -> tuple[str, Any]:
+    """The line's format and its arguments' function, for a Bearer or a DPoP request."""
+    if record.dpop:
+        return _DPOP_TOKEN_LINE, _dpop_token_line_args
+    return _TOKEN_LINE, _token_line_args
+
+
+def _dpop_token_line_args(record: TokenRequest) -> tuple[str | None, ...]:
+    return (*_token_line_args(record), record.dpop_jkt)
 
 
 def _form(request: Request) -> ImmutableMultiDict[str, str] | None:

@@ -41,7 +41,7 @@ ACTIVE_KEY = _Active()
 
 #: Claims m2mauth sets itself; a client's static claims cannot replace them.
 REGISTERED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope"}
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "cnf"}
 )
 
 
@@ -55,6 +55,8 @@ class IssuedToken:
     alg: str
     audience: list[str]
     scope: list[str]
+    #: The DPoP key's thumbprint the token is bound to (``cnf.jkt``), or None (Bearer).
+    jkt: str | None = None
 
     @property
     def access_token(self) -> str:
@@ -70,9 +72,10 @@ class _Generator(JWTBearerTokenGenerator):
         self, issuer: str, alg: str, key: Key | None, now: int, lifetime: int,
         audience: list[str], jti: str, overrides: _Overrides | None = None,
         opaque: Callable[[dict[str, Any]], str] | None = None,
-        signer: CompactSigner | None = None,
+        signer: CompactSigner | None = None, jkt: str | None = None,
     ) -> None:
         super().__init__(issuer, alg=alg, expires_generator=lifetime)
+        self._jkt = jkt
         self._opaque = opaque
         self._key = key
         self._signer = signer
@@ -101,7 +104,10 @@ class _Generator(JWTBearerTokenGenerator):
     def get_extra_claims(self, client, grant_type, user, scope) -> dict[str, Any]:
         # Authlib reads time.time(); these override its iat/exp with the server's clock.
         static = {k: v for k, v in client.extra_claims.items() if k not in REGISTERED_CLAIMS}
-        return {**static, "iat": self._now, "nbf": self._now, "exp": self._now + self._lifetime}
+        claims = {**static, "iat": self._now, "nbf": self._now, "exp": self._now + self._lifetime}
+        if self._jkt is not None:  # RFC 9449 section 6.1: bound to the proof's key
+            claims["cnf"] = {"jkt": self._jkt}
+        return claims
 
     def access_token_generator(self, client, grant_type, user, scope) -> str:
         # Authlib's version signs through joserfc's default registry, which refuses every
@@ -212,13 +218,15 @@ class TokenIssuer:
         lifetime: int | None = None, claims: Mapping[str, Any] | None = None,
         headers: Mapping[str, Any] | None = None, alg: str | None = None,
         key: Key | _Active | None = ACTIVE_KEY, token_format: str | None = None,
+        jkt: str | None = None,
     ) -> IssuedToken:
         """Sign a token for ``client`` with the already-validated ``scope`` and ``audience``.
 
         ``claims``/``headers`` add or override entries (None removes one), ``alg`` and ``key``
         choose the signature (``key=None`` makes an unsigned ``alg: none`` token): the knobs
         for deliberately bad tokens. The token endpoint uses none of them. ``token_format``:
-        "jwt" or "opaque"; default the client's, else the issuer's.
+        "jwt" or "opaque"; default the client's, else the issuer's. ``jkt``: bind the token
+        to a DPoP key (RFC 9449: ``cnf.jkt``, ``token_type`` DPoP).
         """
         token_format = token_format or client.settings.token_format or self.token_format
         alg = alg or client.settings.algorithm or self.algorithm
@@ -235,12 +243,14 @@ class TokenIssuer:
             self.issuer, alg, key, self.clock(), lifetime, audience, jti, overrides,
             opaque=self._keep_opaque if token_format == "opaque" else None,
             signer=self._signers.get(alg, key) if key is not None and not overrides.headers
-            else None,
+            else None, jkt=jkt,
         )
         response = generator.generate(
             "client_credentials", client, scope=" ".join(scope), include_refresh_token=False
         )
+        if jkt is not None:
+            response["token_type"] = "DPoP"  # RFC 9449 section 5
         if token_format == "opaque":
-            return IssuedToken(response, jti, None, "opaque", list(audience), list(scope))
+            return IssuedToken(response, jti, None, "opaque", list(audience), list(scope), jkt)
         kid = key.kid if key is not None else None
-        return IssuedToken(response, jti, kid, alg, list(audience), list(scope))
+        return IssuedToken(response, jti, kid, alg, list(audience), list(scope), jkt)

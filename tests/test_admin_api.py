@@ -75,6 +75,10 @@ COVERED = {
     ("POST", "/admin/keys/rotate"): "test_keys_rotate_and_retire",
     ("POST", "/admin/keys/<kid>/retire"): "test_keys_rotate_and_retire",
     ("POST", "/admin/reset"): "test_reset",
+    ("POST", "/admin/dpop/proofs"): "test_dpop_lab.py::test_admin_api_mints_proofs",
+    ("POST", "/admin/dpop/tokens"): "test_dpop_lab.py::test_admin_api_mints_dpop_tokens",
+    ("GET", "/admin/dpop/nonce"): "test_dpop_lab.py::test_admin_api_switches_nonces",
+    ("POST", "/admin/dpop/nonce"): "test_dpop_lab.py::test_admin_api_switches_nonces",
     ("GET", "/admin/issuers"): "test_issuers.py::test_admin_api_adds_lists_and_removes_issuers",
     ("POST", "/admin/issuers"): "test_issuers.py::test_admin_api_adds_lists_and_removes_issuers",
     ("DELETE", "/admin/issuers/<name>"):

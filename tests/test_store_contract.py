@@ -625,6 +625,45 @@ def test_revoke_and_opaque_are_atomic_under_concurrency(stores):
     assert sum(r for each in results for r in each) == 10
 
 
+# -- the issuer's small named values (DPoP nonce secret and switch) -----------------------
+
+
+def test_issuer_values_set_replace_and_remove(stores):
+    store = stores.make()
+    assert store.issuer_value("dpop_nonce") is None
+    assert store.set_issuer_value("dpop_nonce", "on") == "on"
+    assert store.issuer_value("dpop_nonce") == "on"
+    assert store.set_issuer_value("dpop_nonce", "off") == "off"
+    assert store.issuer_value("dpop_nonce") == "off"
+    assert store.set_issuer_value("dpop_nonce", None) is None
+    assert store.issuer_value("dpop_nonce") is None
+    with pytest.raises(ValueError):
+        store.set_issuer_value("dpop_nonce", "")
+
+
+def test_issuer_value_only_if_absent_keeps_the_first(stores):
+    store = stores.make()
+    assert store.set_issuer_value("secret", "first", only_if_absent=True) == "first"
+    assert store.set_issuer_value("secret", "second", only_if_absent=True) == "first"
+    assert store.issuer_value("secret") == "first"
+
+
+def test_issuer_value_made_once_under_concurrency_and_seen_by_every_handle(stores):
+    store = stores.make()
+    others = [store, *(stores.another(store) for _ in range(2))]
+    got = run_threads(8, lambda i: (others[i % len(others)]).set_issuer_value(
+        "secret", f"v{i}", only_if_absent=True))
+    assert len(set(got)) == 1
+    assert all(o.issuer_value("secret") == got[0] for o in others)
+
+
+def test_restore_forgets_issuer_values(stores):
+    store = stores.make()
+    store.set_issuer_value("dpop_nonce", "on")
+    store.restore([client("a")], [])
+    assert store.issuer_value("dpop_nonce") is None
+
+
 # -- restore and seed -------------------------------------------------------------------------
 
 

@@ -13,7 +13,8 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .clock import LabClock
-    from .controls import ControlError, Controls, RegisteredClient
+    from .controls import ControlError, Controls, DPoPToken, RegisteredClient
+    from .dpop import DPOP_DEFECTS, DPoPKey, MintedProof
     from .extension import Lab, LabState
     from .faults import Fault
     from .idp import IdentityProvider
@@ -24,6 +25,10 @@ _EXPORTS = {
     "ControlError": "controls",
     "Controls": "controls",
     "RegisteredClient": "controls",
+    "DPoPToken": "controls",
+    "DPOP_DEFECTS": "dpop",
+    "DPoPKey": "dpop",
+    "MintedProof": "dpop",
     "Lab": "extension",
     "LabState": "extension",
     "Fault": "faults",
@@ -33,8 +38,11 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DPOP_DEFECTS",
     "ControlError",
     "Controls",
+    "DPoPKey",
+    "DPoPToken",
     "Fault",
     "IdentityProvider",
     "JwksRequest",
@@ -42,6 +50,7 @@ __all__ = [
     "LabClock",
     "LabState",
     "LoggedTokenRequest",
+    "MintedProof",
     "RegisteredClient",
 ]
 

@@ -36,7 +36,7 @@ OPERATIONS: list[dict[str, Any]] = [
     {"method": "POST", "path": "/admin/clients", "does": "add a client; answers its secret",
      "fields": ["client_id", "client_secret", "jwks", "scopes", "audiences", "default_scopes",
                 "default_audience", "auth_methods", "claims", "token_lifetime", "algorithm",
-                "token_format", "introspect"]},
+                "token_format", "introspect", "dpop", "dpop_nonce"]},
     {"method": "DELETE", "path": "/admin/clients/<client_id>", "does": "remove a client"},
     {"method": "POST", "path": "/admin/tokens", "does": "mint a token without the token endpoint",
      "fields": ["client_id", "scope", "audience", "expires_in", "claims", "headers", "alg",
@@ -64,6 +64,16 @@ OPERATIONS: list[dict[str, Any]] = [
     {"method": "POST", "path": "/admin/keys/rotate", "does": "new active key; old stays published",
      "fields": ["alg"]},
     {"method": "POST", "path": "/admin/keys/<kid>/retire", "does": "remove a key from the JWKS"},
+    {"method": "POST", "path": "/admin/dpop/proofs", "does": "mint a DPoP proof, valid or "
+     "with a defect; a key (private JWK) is made when none is given",
+     "fields": ["key", "alg", "method", "url", "token", "nonce", "defect", "claims"]},
+    {"method": "POST", "path": "/admin/dpop/tokens", "does": "mint a DPoP-bound token for a "
+     "client and key", "fields": ["client_id", "key", "alg", "scope", "audience", "expires_in",
+                                  "claims", "token_format"]},
+    {"method": "GET", "path": "/admin/dpop/nonce", "does": "whether DPoP nonces are required, "
+     "and the current one"},
+    {"method": "POST", "path": "/admin/dpop/nonce", "does": "require DPoP nonces (true), not "
+     "(false), or as the dpop_nonce setting says (null)", "fields": ["required"]},
     {"method": "POST", "path": "/admin/reset", "does": "undo every change since start"},
     {"method": "GET", "path": "/admin/issuers", "does": "further issuers on this server "
      "(root issuer only)"},
@@ -214,6 +224,33 @@ def issue_token() -> Response:
     if "client_id" not in body:
         raise ControlError("client_id", "is required")
     return json_response({"access_token": _controls().issue_token(**body)})
+
+
+@bp.post("/dpop/proofs")
+def dpop_proof() -> Response:
+    return json_response(_controls().dpop_proof(**_body("POST", "/admin/dpop/proofs")).as_dict())
+
+
+@bp.post("/dpop/tokens")
+def issue_dpop_token() -> Response:
+    body = _body("POST", "/admin/dpop/tokens")
+    if "client_id" not in body:
+        raise ControlError("client_id", "is required")
+    return json_response(_controls().issue_dpop_token(**body).as_dict())
+
+
+@bp.get("/dpop/nonce")
+def dpop_nonce() -> Response:
+    return json_response(_controls().dpop_nonce_status())
+
+
+@bp.post("/dpop/nonce")
+def set_dpop_nonce() -> Response:
+    body = _body("POST", "/admin/dpop/nonce")
+    if "required" not in body:
+        raise ControlError("required", "is required (true, false or null)")
+    _controls().require_dpop_nonce(body["required"])
+    return json_response(_controls().dpop_nonce_status())
 
 
 @bp.get("/clock")

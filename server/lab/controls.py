@@ -25,10 +25,11 @@ from ..syntax import is_error_text, strings
 from ..tokens import ACTIVE_KEY, tampered
 from . import requestlog
 from .clock import LabClock
+from .dpop import DPoPKey, MintedProof, dpop_key, mint_proof
 from .faults import ENDPOINTS, KINDS, Fault
 from .requestlog import JwksRequest, LoggedEndpointRequest, LoggedTokenRequest
 
-__all__ = ["ControlError", "Controls", "RegisteredClient"]
+__all__ = ["ControlError", "Controls", "DPoPToken", "RegisteredClient"]
 
 _DEFAULT_ERROR = {400: "invalid_request", 401: "invalid_client", 403: "access_denied",
                   429: "temporarily_unavailable", 503: "temporarily_unavailable"}
@@ -55,17 +56,19 @@ class RegisteredClient:
     scopes: tuple[str, ...]
     audiences: tuple[str, ...]
     auth_methods: tuple[str, ...]
+    #: DPoP at the token endpoint: "optional" or "required".
+    dpop: str = "optional"
 
     def as_dict(self) -> dict[str, Any]:
         return {"client_id": self.client_id, "client_secret": self.client_secret,
                 "scopes": list(self.scopes), "audiences": list(self.audiences),
-                "auth_methods": list(self.auth_methods)}
+                "auth_methods": list(self.auth_methods), "dpop": self.dpop}
 
 
 def _registered(client: Client) -> RegisteredClient:
     secret = client.settings.client_secret
     return RegisteredClient(client.client_id, secret, client.scopes, client.audiences,
-                            client.auth_methods)
+                            client.auth_methods, client.settings.dpop)
 
 
 def _int(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
@@ -105,6 +108,31 @@ def _mapping(name: str, value: object) -> dict[str, Any]:
     return dict(value)
 
 
+@dataclass(frozen=True)
+class DPoPToken:
+    """A DPoP-bound access token (``cnf.jkt``) and the key it is bound to."""
+
+    access_token: str = field(repr=False)
+    jkt: str
+    key: DPoPKey
+    token_type: str = "DPoP"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"access_token": self.access_token, "token_type": self.token_type,
+                "jkt": self.jkt, "key": self.key.private_jwk, "alg": self.key.alg}
+
+
+def _dpop_key(key: object, alg: object = None) -> DPoPKey:
+    if isinstance(key, DPoPKey):
+        return key
+    if alg is not None and not isinstance(alg, str):
+        raise ControlError("alg", "must be a string")
+    try:
+        return dpop_key(key, alg)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ControlError("key", str(exc)) from None
+
+
 class Controls:
     """Drive one server's state from a test. Everything done here is undone by :meth:`reset`,
     which restores the clients and keys the server started with (on a shared store, those
@@ -118,6 +146,8 @@ class Controls:
         self._keys_at_start = core.store.signing_keys()
         self._unpublished: dict[str, SigningKey] = {}
         self._clock = LabClock(core.store)
+        #: The jti of the last proof :meth:`dpop_proof` made (for a ``replayed_jti`` one).
+        self._last_dpop_jti: str | None = None
 
     def _take_over(self, other: Controls) -> None:
         """Restore on :meth:`reset` what ``other`` would (the state at the server's start),
@@ -177,7 +207,8 @@ class Controls:
         default_audience: str | Sequence[str] | None = None,
         auth_methods: Sequence[str] | None = None, claims: Mapping[str, Any] | None = None,
         token_lifetime: int | None = None, algorithm: str | None = None,
-        token_format: str | None = None, introspect: bool = False,
+        token_format: str | None = None, introspect: bool = False, dpop: str = "optional",
+        dpop_nonce: bool = False,
     ) -> RegisteredClient:
         """Register a client; without ``client_secret`` or ``jwks`` it gets a generated secret.
         Returns it with the secret (the only place the secret is shown)."""
@@ -198,7 +229,7 @@ class Controls:
                 _strings("default_audience", default_audience)),
             claims={} if claims is None else _mapping("claims", claims),
             token_lifetime=token_lifetime, algorithm=algorithm, token_format=token_format,
-            introspect=introspect,
+            introspect=introspect, dpop=dpop, dpop_nonce=dpop_nonce,
         )
         try:
             settings.validate("add_client", "client")
@@ -230,14 +261,17 @@ class Controls:
         audience: str | Sequence[str] | None = None, expires_in: int | None = None,
         claims: Mapping[str, Any] | None = None, headers: Mapping[str, Any] | None = None,
         *, alg: str | None = None, signing_key: str | Any = "active",
-        token_format: str | None = None,
+        token_format: str | None = None, jkt: str | None = None,
     ) -> str:
         """Mint an access token without HTTP, as the token endpoint would for ``client_id``
         (registered or not), nothing checked. ``claims`` and ``headers`` add or override
         entries (None removes one); ``alg="none"`` makes an unsigned token; ``signing_key``
         is ``"active"``, ``"unpublished"`` (a key the JWKS does not have) or a joserfc key.
         ``token_format="opaque"`` mints an opaque token the introspection endpoint knows.
+        ``jkt`` binds the token to a DPoP key's thumbprint (``cnf.jkt``).
         """
+        if jkt is not None and (not isinstance(jkt, str) or not jkt):
+            raise ControlError("jkt", "must be a non-empty string")
         if token_format is not None and token_format not in TOKEN_FORMATS:
             raise ControlError("token_format", one_of(token_format, TOKEN_FORMATS))
         if not isinstance(client_id, str) or not client_id:
@@ -276,6 +310,7 @@ class Controls:
             issued = self.core.token_issuer.issue(
                 client, scope=list(scopes), audience=list(audiences), lifetime=lifetime,
                 claims=claims, headers=headers, alg=alg, key=key, token_format=token_format,
+                jkt=jkt,
             )
         except TemporarilyUnavailableError:
             raise ControlError("token_format", "the opaque token store is full "
@@ -438,6 +473,78 @@ class Controls:
     @property
     def jwks(self) -> dict[str, Any]:
         return self.core.keys.jwks()
+
+    # -- DPoP (RFC 9449) -------------------------------------------------------------------
+
+    def require_dpop_nonce(self, required: bool | None = True) -> None:
+        """Require a server nonce in DPoP proofs at the token endpoint (True), stop requiring
+        one (False), or go back to the ``dpop_nonce`` setting (None); every process sharing
+        the store follows. :meth:`reset` goes back to the setting."""
+        if required is not None and not isinstance(required, bool):
+            raise ControlError("required", "must be true, false or null")
+        self.core.dpop.set_nonce_required(required)
+
+    def dpop_nonce_required(self) -> bool:
+        """Whether DPoP proofs need a nonce now."""
+        return self.core.dpop.nonce_required()
+
+    def dpop_nonce(self) -> str:
+        """The current DPoP nonce (what the token endpoint's ``DPoP-Nonce`` header gives)."""
+        return self.core.dpop.current_nonce()
+
+    def dpop_nonce_status(self) -> dict[str, Any]:
+        """Whether nonces are required, and the current one (the admin API's answer)."""
+        return {"required": self.dpop_nonce_required(), "nonce": self.dpop_nonce()}
+
+    def dpop_key(self, key: Any = None, alg: str | None = None) -> DPoPKey:
+        """A DPoP key: ``key`` (a joserfc private key or a private JWK) or a new P-256 one;
+        ``alg`` its algorithm (default ES256, EdDSA or RS256 by key type)."""
+        return _dpop_key(key, alg)
+
+    def dpop_proof(
+        self, key: Any = None, *, method: str = "POST", url: str | None = None,
+        token: str | None = None, nonce: str | None = None, defect: str | None = None,
+        claims: Mapping[str, Any] | None = None, alg: str | None = None,
+    ) -> MintedProof:
+        """A DPoP proof for a ``method`` request to ``url`` (default: this issuer's token
+        endpoint) at the issuer's clock, with ``ath`` for ``token`` and ``nonce`` when given.
+        ``defect`` makes a proof the server must refuse, one of ``DPOP_DEFECTS``: wrong_htm,
+        wrong_htu, stale_iat, future_iat, replayed_jti (the jti of the previous proof made
+        here), wrong_ath, other_key (signed by another key than the header's jwk),
+        private_key (the jwk has its private part), alg_none, hs256, wrong_typ. ``key``: a
+        :class:`DPoPKey`, a joserfc private key or a private JWK; a new one when None (the
+        answer's ``key``)."""
+        dkey = _dpop_key(key, alg)
+        for name, value in (("method", method), ("url", url), ("token", token),
+                            ("nonce", nonce)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ControlError(name, "must be a non-empty string")
+        try:
+            minted = mint_proof(
+                dkey, method=method, url=url or self.core.token_endpoint,
+                now=int(self.core.clock.now()), token=token, nonce=nonce, defect=defect,
+                previous_jti=self._last_dpop_jti,
+                claims=None if claims is None else _mapping("claims", claims))
+        except ValueError as exc:
+            raise ControlError("defect", str(exc)) from None
+        except (TypeError, JoseError) as exc:
+            raise ControlError("claims", str(exc)) from None
+        self._last_dpop_jti = minted.jti
+        return minted
+
+    def issue_dpop_token(
+        self, client_id: str, key: Any = None, scope: str | Sequence[str] | None = None,
+        audience: str | Sequence[str] | None = None, expires_in: int | None = None,
+        claims: Mapping[str, Any] | None = None, *, alg: str | None = None,
+        token_format: str | None = None,
+    ) -> DPoPToken:
+        """Mint a DPoP-bound access token for ``client_id`` and ``key`` (as
+        :meth:`dpop_proof` takes it; a new P-256 key when None) without HTTP: what the token
+        endpoint issues for a valid proof by that key. ``alg`` is the key's algorithm."""
+        dkey = _dpop_key(key, alg)
+        token = self.issue_token(client_id, scope, audience, expires_in, claims,
+                                 token_format=token_format, jkt=dkey.jkt)
+        return DPoPToken(token, dkey.jkt, dkey)
 
     # -- all of it ----------------------------------------------------------------------
 

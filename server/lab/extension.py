@@ -140,7 +140,13 @@ class LabState:
         setattr(g, _FAULT, fault)
         # The issuer as this client sees it (behind a proxy, the proxy's URL): the realm the
         # token endpoint's own 401s name.
-        return response_for(fault, request, current_issuer().issuer)
+        issuer = current_issuer()
+        response = response_for(fault, request, issuer.issuer)
+        if response is not None and fault.error == "use_dpop_nonce" and endpoint == "token":
+            # A queued use_dpop_nonce answer gives a nonce, as the real one does (RFC 9449
+            # section 8): a client's retry with it then reaches the real endpoint.
+            response.headers["DPoP-Nonce"] = issuer.dpop.current_nonce()
+        return response
 
     def after_request(self, response: Response) -> Response:
         request_g = g._get_current_object()  # type: ignore[attr-defined]  # one lookup
