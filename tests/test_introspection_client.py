@@ -1036,15 +1036,15 @@ def test_a_forged_token_never_reaches_the_introspection_endpoint(issuer, make_va
 
 
 def test_a_dpop_bound_token_with_a_revocation_check(issuer, make_validator, relay):
-    """RFC 9449 §6.2: the answer names the key (token_type DPoP, cnf.jkt). validate_dpop
-    checked the proof, so its revocation check accepts the bound answer; asked directly, as
-    for a Bearer token, the introspection validator refuses it."""
+    """RFC 9449 §6.2: the server's answer names the key (token_type DPoP, cnf.jkt).
+    validate_dpop checked the proof, so its revocation check accepts the bound answer; asked
+    directly, as for a Bearer token, the introspection validator refuses it."""
     from _dpop_support import ProofKey
 
     key = ProofKey.generate("ES256")
     proxy, url = relay
-    proxy.rewrite = lambda answer: {**answer, "token_type": "DPoP",
-                                    "cnf": {"jkt": key.jkt}}
+    answers: list[dict] = []
+    proxy.rewrite = lambda answer: answers.append(answer) or answer
     check = make_validator(introspection_endpoint=url, cache_ttl=0)
     validator = TokenValidator(issuer.issuer, API, clock=issuer.clock.now,
                                revocation_check=check)
@@ -1056,7 +1056,9 @@ def test_a_dpop_bound_token_with_a_revocation_check(issuer, make_validator, rela
     with pytest.raises(InvalidTokenError) as caught:
         check.validate(token)
     assert caught.value.reason == "wrong_type"
-    proxy.rewrite = lambda answer: {**answer, "token_type": "DPoP"}  # no cnf.jkt
+    assert answers[0]["token_type"] == "DPoP" and answers[0]["cnf"] == {"jkt": key.jkt}
+    proxy.rewrite = lambda answer: {**{k: v for k, v in answer.items() if k != "cnf"},
+                                    "token_type": "DPoP"}  # no cnf.jkt
     with pytest.raises(InvalidTokenError) as caught:
         make_validator(introspection_endpoint=url).validate(token, dpop_proven=True)
     assert "no cnf.jkt" in caught.value.error_description
