@@ -24,4 +24,4 @@ def test_the_readme_examples_pass(pytester):
     for name, body in _files().items():
         pytester.makepyfile(**{name[:-3]: body})
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)
