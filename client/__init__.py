@@ -2,9 +2,10 @@
 
 - getting tokens: :func:`fetch_token`, :class:`TokenProvider` (cached, single flight, retries),
   :class:`AsyncTokenProvider`, and the ``requests``/``httpx`` adapters that attach them;
-- checking them in a resource server: :class:`TokenValidator` with its :class:`JWKSCache`,
-  or by asking the issuer: :class:`IntrospectionValidator` (RFC 7662), and
-  :func:`introspect_token` / :func:`revoke_token` (RFC 7009) underneath;
+- checking them in a resource server: :class:`TokenValidator` with its :class:`JWKSCache`
+  (DPoP-bound tokens and their proofs with :meth:`TokenValidator.validate_dpop`, judged by
+  a :class:`DPoPPolicy`), or by asking the issuer: :class:`IntrospectionValidator`
+  (RFC 7662), and :func:`introspect_token` / :func:`revoke_token` (RFC 7009) underneath;
 - typed errors: :class:`OAuthError` and one subclass per error code.
 
 Independent of :mod:`m2mauth.server` by design: it never imports it.
@@ -22,6 +23,16 @@ from .assertions import (
 from .auth import HttpxBearerAuth, RequestsBearerAuth
 from .challenge import Challenge, parse_challenges, should_refetch
 from .discovery import MetadataCache, discover, metadata_urls
+from .dpop_validation import (
+    DPOP_PROOF_REASONS,
+    DPoPNonces,
+    DPoPPolicy,
+    DPoPProof,
+    DPoPProofChecker,
+    InvalidDPoPProofError,
+    UseDPoPNonceError,
+    jwk_thumbprint,
+)
 from .errors import *  # noqa: F403 - the names errors.__all__ lists, and only those
 from .introspection import IntrospectionValidator, introspect_token, revoke_token
 from .jwks import JWKSCache
@@ -35,10 +46,16 @@ if typing.TYPE_CHECKING:  # at run time imported on first use, by __getattr__ be
 
 __all__ = [
     "AUTH_METHODS",
+    "DPOP_PROOF_REASONS",
     "AsyncTokenProvider",
     "Challenge",
+    "DPoPNonces",
+    "DPoPPolicy",
+    "DPoPProof",
+    "DPoPProofChecker",
     "HttpxBearerAuth",
     "IntrospectionValidator",
+    "InvalidDPoPProofError",
     "JWKSCache",
     "MetadataCache",
     "RequestsBearerAuth",
@@ -47,12 +64,14 @@ __all__ = [
     "TokenCache",
     "TokenProvider",
     "TokenValidator",
+    "UseDPoPNonceError",
     "ValidatedToken",
     "afetch_token",
     "client_secret_jwt_assertion",
     "discover",
     "fetch_token",
     "introspect_token",
+    "jwk_thumbprint",
     "key_algorithm",
     "load_private_key",
     "metadata_urls",

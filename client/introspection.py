@@ -22,7 +22,9 @@ and sees a revocation as soon as its cache lets it. What it does, in this order:
    (the assertion's ``aud`` is the introspection endpoint). Concurrent callers with the same
    uncached token share that one request and its outcome (single flight);
 4. the answer: ``active`` must be true (else reason ``inactive``); ``token_type``, when given,
-   Bearer (a DPoP-bound token sent as Bearer is ``wrong_type``); then exactly TokenValidator's
+   Bearer or DPoP (a DPoP one with ``cnf.jkt``); a DPoP-bound token (``cnf.jkt``) is refused
+   as ``wrong_type`` (sent as Bearer) unless the caller checked its proof (``dpop_proven``,
+   as TokenValidator's ``revocation_check``); then exactly TokenValidator's
    claim checks (:func:`~m2mauth.client.validator.check_claims`): the RFC 9068 claims present,
    ``iss`` equal to the issuer, ``aud`` naming this API, ``exp``/``nbf``/``iat`` within
    ``leeway`` of the clock;
@@ -442,17 +444,24 @@ class IntrospectionValidator:
         """The endpoint asked (None until discovered, when not configured)."""
         return self._endpoint
 
-    def validate(self, token: str, scopes: str | Iterable[str] = ()) -> ValidatedToken:
+    def validate(self, token: str, scopes: str | Iterable[str] = (), *,
+                 dpop_proven: bool = False) -> ValidatedToken:
         """The token's content if the issuer says it is active and it is an access token for
         this API granting all of ``scopes`` (a space-separated string or strings); else
         :class:`InvalidTokenError` or :class:`InsufficientScopeError`.
         :class:`IntrospectionError` means the issuer cannot be asked now (and no answer
-        it gave may stand in)."""
+        it gave may stand in). A DPoP-bound token (``cnf.jkt`` in the answer, RFC 9449 §6.2)
+        is refused (``wrong_type``: sent as Bearer) unless ``dpop_proven`` – the caller has
+        checked the request's DPoP proof against it, as
+        :meth:`TokenValidator.validate_dpop` does for its ``revocation_check``."""
         text, key = self._key(token)
         answer = self._cached(key, self.clock())
         if answer is None:
             answer = self._introspect(key, text)
         validated = answer.result()
+        if validated.jkt is not None and not dpop_proven:
+            raise InvalidTokenError("wrong_type", "the token is DPoP-bound (cnf.jkt): a "
+                                    "sender-constrained token needs its proof (RFC 9449)")
         check_scopes(scopes, answer.scopes)
         return validated
 
@@ -649,13 +658,17 @@ class IntrospectionValidator:
                            now + self.inactive_ttl, size)
         try:
             token_type = body.get("token_type")
-            if token_type is not None and (type(token_type) is not str
-                                           or token_type.lower() != "bearer"):
+            kind = token_type.lower() if type(token_type) is str else token_type
+            if kind is not None and kind not in ("bearer", "dpop"):
                 raise InvalidTokenError("wrong_type", f"token_type is {shown(token_type)}, "
-                                        "not Bearer: a sender-constrained token needs its "
-                                        "proof (RFC 9449)")
+                                        "not Bearer or DPoP: a sender-constrained token "
+                                        "needs its proof")
             validated, _ = check_claims(body, MappingProxyType({}), issuer=self.issuer,
                                         audiences=self._audiences, leeway=self.leeway, now=now)
+            if kind == "dpop" and validated.jkt is None:  # RFC 9449 §6.2 names the key
+                raise InvalidTokenError("wrong_type", "token_type is DPoP, but the answer "
+                                        "has no cnf.jkt: the token's binding cannot be "
+                                        "checked")
         except InvalidTokenError as exc:
             until = now + self.inactive_ttl
             return _Answer(None, (exc.reason, exc.error_description or exc.reason, exc.claim),

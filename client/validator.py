@@ -26,6 +26,14 @@ What is checked, in this order (RFC 9068 §4, RFC 8725):
    within that validator's cache time – on every use, first sight or cached;
 6. the required scopes (``InsufficientScopeError``).
 
+DPoP (RFC 9449): a token with ``cnf.jkt`` is bound to a key its client holds. ``validate``
+refuses it (``wrong_type``: a bound token sent as Bearer); ``validate_dpop(token, proof,
+method=..., url=...)`` wants one – after the steps above (the token cached or not), it refuses
+a token without ``cnf.jkt`` and checks the proof with :mod:`~m2mauth.client.dpop_validation`
+on every request (signature by the ``jwk``, ``typ``, ``alg``, ``htm``, ``htu``, ``iat``,
+``jti`` replay, ``ath``, the key's thumbprint against ``cnf.jkt``, and the nonce when the
+``dpop`` policy requires one), before the revocation check and the scopes.
+
 Speed: a verified token is remembered under its full string in a bounded cache (entries and
 bytes), so the usual case – a service sending the same token again – costs a dict lookup and
 the re-checks that can change: the clock against ``exp``/``nbf``/``iat``, the required scopes,
@@ -41,7 +49,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -58,6 +66,7 @@ from ._algorithms import (
 from ._arguments import as_list
 from ._untrusted import shown
 from .discovery import MetadataCache, discover
+from .dpop_validation import DPoPPolicy, DPoPProofChecker, access_token_hash
 from .errors import DiscoveryError, InsufficientScopeError, InvalidTokenError
 from .jwks import JWKSCache, VerificationKey
 
@@ -81,6 +90,7 @@ _MAX_HEADER_BYTES = 4096
 _MAX_HEADER_BRACKETS = 8
 _MAX_KID = 256
 _PURGE_INTERVAL = 10.0
+_MAX_JKT = 128
 
 
 def _b64(segment: bytes, name: str) -> bytes:
@@ -144,6 +154,9 @@ class ValidatedToken:
     jti: str
     claims: Mapping[str, Any] = field(repr=False)
     header: Mapping[str, Any] = field(repr=False)
+    #: The RFC 7638 thumbprint of the key the token is bound to (``cnf.jkt``, RFC 9449 §6);
+    #: None for a bearer token.
+    jkt: str | None = None
 
     @property
     def scope(self) -> str:
@@ -157,7 +170,8 @@ class ValidatedToken:
 class _Entry:
     """A verified token in the cache, with what the re-checks need."""
 
-    __slots__ = ("exp", "generation", "iat", "key", "kid", "nbf", "scopes", "size", "token")
+    __slots__ = ("ath", "exp", "generation", "iat", "key", "kid", "nbf", "scopes", "size",
+                 "token")
 
     def __init__(self, token: ValidatedToken, exp: float, nbf: float | None, iat: float,
                  scopes: frozenset[str], kid: str | None, key: VerificationKey | None,
@@ -165,6 +179,7 @@ class _Entry:
         self.token, self.exp, self.nbf, self.iat = token, exp, nbf, iat
         self.scopes, self.kid, self.key = scopes, kid, key
         self.generation, self.size = generation, size
+        self.ath: str | None = None  # DPoP's hash of the token, computed on first use
 
 
 class TokenValidator:
@@ -186,6 +201,9 @@ class TokenValidator:
     :class:`~m2mauth.client.IntrospectionValidator` for the same issuer, asked after the local
     checks pass (its cache, its failures: :class:`~m2mauth.client.IntrospectionError`), so a
     revoked token is refused (``inactive``) while a forged one never reaches the issuer.
+    ``dpop``: how :meth:`validate_dpop` judges DPoP proofs (a
+    :class:`~m2mauth.client.DPoPPolicy`: algorithms, ``iat`` window, nonces, replay bound;
+    default ``DPoPPolicy()``, whose leeway is this ``leeway``).
     """
 
     def __init__(
@@ -206,6 +224,7 @@ class TokenValidator:
         cache_max_entries: int = 10_000,
         cache_max_bytes: int = 16 * 1024 * 1024,
         revocation_check: IntrospectionValidator | None = None,
+        dpop: DPoPPolicy | None = None,
     ) -> None:
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("issuer must be a non-empty string")
@@ -258,6 +277,7 @@ class TokenValidator:
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
         self._next_purge = float("-inf")
+        self._dpop = DPoPProofChecker(dpop, clock=clock, leeway=self.leeway)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -285,15 +305,65 @@ class TokenValidator:
         :class:`~m2mauth.client.IntrospectionError` that the ``revocation_check`` cannot
         ask."""
         now = self.clock()
-        entry = self._cache.get(token) if type(token) is str else None
-        if entry is None:
-            entry = self._verify(token, now)
-        else:
-            self._recheck(token, entry, now)
+        entry = self._entry(token, now)
+        if entry.token.jkt is not None:  # RFC 9449 §7.2: a bound token is no bearer token
+            raise InvalidTokenError("wrong_type", "the token is DPoP-bound (cnf.jkt): send it "
+                                    "as Authorization: DPoP with a DPoP proof")
         if self.revocation_check is not None:  # before the scopes: a revoked token is a 401
             self.revocation_check.validate(token)
         check_scopes(scopes, entry.scopes)
         return entry.token
+
+    def validate_dpop(self, token: str, proof: str | Sequence[str] | None, *, method: str,
+                      url: str, scopes: str | Iterable[str] = ()) -> ValidatedToken:
+        """Like :meth:`validate`, for a request with ``Authorization: DPoP <token>``: the
+        token must be DPoP-bound (``cnf.jkt``, else :class:`InvalidTokenError` ``wrong_type``)
+        and ``proof`` – the request's ``DPoP`` header value, or all its values (exactly one
+        must be there) – a valid proof of its key for this request:
+        :class:`~m2mauth.client.InvalidDPoPProofError` (``exc.reason`` says why) or
+        :class:`~m2mauth.client.UseDPoPNonceError` (``exc.nonce``: the one to send back)
+        otherwise. ``method``: the request's method; ``url``: the URL the client called
+        (scheme, host, port and path as the client saw them – behind a proxy, the public one;
+        its query and fragment are ignored). The token's signature is verified once and then
+        cached as for :meth:`validate`; the proof is checked on every call."""
+        now = self.clock()
+        entry = self._entry(token, now)
+        jkt = entry.token.jkt
+        if jkt is None:
+            raise InvalidTokenError("wrong_type", "the token is not DPoP-bound (no cnf.jkt): "
+                                    "send it as Authorization: Bearer")
+        ath = entry.ath
+        if ath is None:
+            ath = entry.ath = access_token_hash(token)
+        self._dpop.check(proof, method=method, url=url, access_token_hash=ath, jkt=jkt,
+                         now=now)
+        if self.revocation_check is not None:
+            self.revocation_check.validate(token, dpop_proven=True)
+        check_scopes(scopes, entry.scopes)
+        return entry.token
+
+    def dpop_nonce(self) -> str | None:
+        """The DPoP nonce to hand out now (``DPoP-Nonce``), None unless the ``dpop`` policy
+        requires nonces."""
+        return self._dpop.nonce()
+
+    @property
+    def dpop_algorithms(self) -> tuple[str, ...]:
+        """The algorithms DPoP proofs may use (a ``WWW-Authenticate: DPoP`` ``algs``)."""
+        return self._dpop.algorithms
+
+    @property
+    def dpop(self) -> DPoPProofChecker:
+        """The DPoP proof checker: its policy, nonces and replay cache."""
+        return self._dpop
+
+    def _entry(self, token: Any, now: float) -> _Entry:
+        """The token's cache entry: verified now, or seen before and re-checked."""
+        entry = self._cache.get(token) if type(token) is str else None
+        if entry is None:
+            return self._verify(token, now)
+        self._recheck(token, entry, now)
+        return entry
 
     def clear_cache(self) -> None:
         """Forget every verified token (keys stay cached)."""
@@ -506,12 +576,33 @@ def check_claims(claims: Mapping[str, Any], header: Mapping[str, Any], *, issuer
         raise InvalidTokenError("invalid_claim", "claim scope is not a string",
                                 claim="scope")
     granted: tuple[str, ...] = tuple(dict.fromkeys(scope.split()))
+    jkt = _confirmation(claims)
     validated = ValidatedToken(
         subject=claims["sub"], client_id=claims["client_id"], scopes=granted,
         expires_at=exp, issued_at=iat, audience=audience,  # type: ignore[arg-type]
         issuer=iss, jti=claims["jti"], claims=MappingProxyType(claims),  # type: ignore[arg-type]
-        header=MappingProxyType(header))  # type: ignore[arg-type]
+        header=MappingProxyType(header), jkt=jkt)  # type: ignore[arg-type]
     return validated, nbf
+
+
+def _confirmation(claims: Mapping[str, Any]) -> str | None:
+    """``cnf.jkt`` (RFC 9449 §6), None without ``cnf``. A ``cnf`` naming only confirmation
+    methods this validator cannot check (``x5t#S256``, ...) is refused: accepting such a
+    token as a bearer token would drop its binding."""
+    if "cnf" not in claims:
+        return None
+    cnf = claims["cnf"]
+    if type(cnf) is not dict:
+        raise InvalidTokenError("invalid_claim", "claim cnf is not an object", claim="cnf")
+    if "jkt" not in cnf:
+        methods = ", ".join(shown(name) for name in list(cnf)[:3]) or "none"
+        raise InvalidTokenError("invalid_claim", f"claim cnf names no confirmation method "
+                                f"this API can check (has {methods}; only jkt)", claim="cnf")
+    jkt = cnf["jkt"]
+    if type(jkt) is not str or not 0 < len(jkt) <= _MAX_JKT:
+        raise InvalidTokenError("invalid_claim", "claim cnf.jkt is not a thumbprint",
+                                claim="cnf")
+    return jkt
 
 
 def check_scopes(scopes: str | Iterable[str], granted: frozenset[str]) -> None:

@@ -12,7 +12,9 @@ import pytest
 import m2mauth.client
 
 EXPORTED = {
-    "AUTH_METHODS", "AsyncTokenProvider", "Challenge", "DiscoveryError", "HttpxBearerAuth",
+    "AUTH_METHODS", "AsyncTokenProvider", "Challenge", "DPOP_PROOF_REASONS", "DPoPNonces",
+    "DPoPPolicy", "DPoPProof", "DPoPProofChecker", "DiscoveryError", "HttpxBearerAuth",
+    "InvalidDPoPProofError", "UseDPoPNonceError", "jwk_thumbprint",
     "INVALID_TOKEN_REASONS", "InsufficientScopeError", "IntrospectionError",
     "IntrospectionValidator", "InvalidClientError", "InvalidGrantError",
     "InvalidRequestError", "InvalidScopeError", "InvalidTargetError", "InvalidTokenError",

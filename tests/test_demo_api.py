@@ -92,7 +92,9 @@ def test_expired_token_is_refetched_once_by_the_adapter(idp, demo_url):
 def test_no_token_and_bad_token(idp, demo_url):
     r = requests.get(demo_url + "/hello", timeout=5)
     assert r.status_code == 401
-    assert r.headers["WWW-Authenticate"] == 'Bearer realm="https://demo.test"'
+    assert r.headers["WWW-Authenticate"] == (
+        'Bearer realm="https://demo.test", DPoP realm="https://demo.test", '
+        'algs="ES256 ES384 ES512 RS256 PS256 EdDSA Ed25519"')
     token = idp.issue_token("reader", scope="read", audience="https://elsewhere.test")
     r = requests.get(demo_url + "/hello", headers={"Authorization": f"Bearer {token}"},
                      timeout=5)
@@ -117,7 +119,8 @@ def test_create_demo_api_with_a_validator(idp):
     with app.test_client() as http:
         r = http.get("/hello", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json["sub"] == "reader"
-        assert http.get("/admin").headers["WWW-Authenticate"] == 'Bearer realm="demo"'
+        assert http.get("/admin").headers["WWW-Authenticate"].startswith(
+            'Bearer realm="demo", DPoP realm="demo", algs="ES256 ')
     with pytest.raises(TypeError):
         create_demo_api(idp.issuer, AUDIENCE, validator=validator, leeway=5)
 

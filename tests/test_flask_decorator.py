@@ -24,7 +24,11 @@ from m2mauth.server.serving import BackgroundServer, bind_app
 
 AUDIENCE = "https://api.test"
 REALM = 'realm="https://api.test"'
-NEEDS_TOKEN = "this resource needs a bearer access token (Authorization: Bearer <token>)"
+NEEDS_TOKEN = ("this resource needs an access token (Authorization: Bearer <token>, or DPoP "
+               "<token> with a DPoP proof header)")
+ALGS = 'algs="ES256 ES384 ES512 RS256 PS256 EdDSA Ed25519"'
+#: The 401 without credentials of a TokenValidator's app: Bearer, and DPoP (RFC 9449 §7.1).
+NO_TOKEN = f'Bearer {REALM}, DPoP {REALM}, {ALGS}'
 
 
 @contextmanager
@@ -179,8 +183,7 @@ def test_no_scope_required_accepts_a_token_without_scope(url, idp, client):
                                      {"Authorization": "Bearertoken"}])
 def test_no_bearer_credentials_is_a_bare_401(url, headers):
     r = requests.get(url + "/read", headers=headers, timeout=5)
-    assert_answer(r, 401, 'Bearer realm="https://api.test"',
-                  {"error_description": NEEDS_TOKEN})
+    assert_answer(r, 401, NO_TOKEN, {"error_description": NEEDS_TOKEN})
 
 
 @pytest.mark.parametrize("how", ["get-form-body", "post-json-body", "post-multipart-body"])
@@ -191,14 +194,13 @@ def test_a_body_token_outside_rfc6750_section_2_2_is_not_a_credential(url, token
         r = requests.post(url + "/read", json={"access_token": token}, timeout=5)
     else:
         r = requests.post(url + "/read", files={"access_token": (None, token)}, timeout=5)
-    assert_answer(r, 401, 'Bearer realm="https://api.test"',
-                  {"error_description": NEEDS_TOKEN})
+    assert_answer(r, 401, NO_TOKEN, {"error_description": NEEDS_TOKEN})
 
 
 def test_delete_body_is_not_a_credential(url, token):
     r = requests.delete(url + "/read", data={"access_token": token}, timeout=5)
     assert r.status_code == 401
-    assert r.headers["WWW-Authenticate"] == 'Bearer realm="https://api.test"'
+    assert r.headers["WWW-Authenticate"] == NO_TOKEN
 
 
 # -- 400 invalid_request ---------------------------------------------------------------------
@@ -452,7 +454,8 @@ def test_explicit_realm_is_escaped(validator, token):
     with serving(app) as url:
         r = requests.get(url + "/read", timeout=5)
         bad = requests.get(url + "/read-write", headers=bearer(token), timeout=5)
-    assert r.headers["WWW-Authenticate"] == r'Bearer realm="the \"orders\" API \\ eu"'
+    assert r.headers["WWW-Authenticate"] == (r'Bearer realm="the \"orders\" API \\ eu", '
+                                             r'DPoP realm="the \"orders\" API \\ eu", ' + ALGS)
     (challenge,) = parse_challenges(bad.headers["WWW-Authenticate"])
     assert challenge.scheme.lower() == "bearer"
     assert challenge.params["realm"] == realm
@@ -473,7 +476,7 @@ def test_default_realm_is_the_first_audience_else_the_issuer(idp):
     app.add_url_rule("/b", "b", require_token(IssuerOnly())(lambda: "ok"))
     with serving(app) as url:
         assert requests.get(url + "/a", timeout=5).headers["WWW-Authenticate"] == \
-            'Bearer realm="https://a.test"'
+            f'Bearer realm="https://a.test", DPoP realm="https://a.test", {ALGS}'
         assert requests.get(url + "/b", timeout=5).headers["WWW-Authenticate"] == \
             'Bearer realm="https://issuer.test"'
 
@@ -533,4 +536,4 @@ def test_async_wrapper_without_a_server(validator, token):
     with app.test_request_context("/"):
         answer = asyncio.run(wrapped())
         assert answer.status_code == 401
-        assert answer.headers["WWW-Authenticate"] == 'Bearer realm="https://api.test"'
+        assert answer.headers["WWW-Authenticate"] == NO_TOKEN

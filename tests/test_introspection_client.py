@@ -406,6 +406,18 @@ def test_a_token_the_server_calls_dpop_bound_is_wrong_type(issuer, make_validato
     assert caught.value.reason == "wrong_type"
 
 
+def test_an_answer_with_cnf_jkt_is_wrong_type_without_a_token_type(issuer, make_validator,
+                                                                   relay):
+    """RFC 9449 §6.2: the answer of a DPoP-bound token carries cnf.jkt; without token_type
+    the binding still stands, so it is no bearer token."""
+    proxy, url = relay
+    proxy.rewrite = lambda answer: {**{k: v for k, v in answer.items() if k != "token_type"},
+                                    "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}
+    with pytest.raises(InvalidTokenError) as caught:
+        make_validator(introspection_endpoint=url).validate(token_of(issuer))
+    assert caught.value.reason == "wrong_type" and "cnf.jkt" in caught.value.error_description
+
+
 @pytest.mark.parametrize(("change", "reason", "claim"), [
     ({"aud": None}, "missing_claim", "aud"),
     ({"exp": "soon"}, "invalid_claim", "exp"),
@@ -1021,6 +1033,33 @@ def test_a_forged_token_never_reaches_the_introspection_endpoint(issuer, make_va
     with pytest.raises(InvalidTokenError):
         validator.validate("opaque-looking-token")
     assert http.count() == 0
+
+
+def test_a_dpop_bound_token_with_a_revocation_check(issuer, make_validator, relay):
+    """RFC 9449 §6.2: the answer names the key (token_type DPoP, cnf.jkt). validate_dpop
+    checked the proof, so its revocation check accepts the bound answer; asked directly, as
+    for a Bearer token, the introspection validator refuses it."""
+    from _dpop_support import ProofKey
+
+    key = ProofKey.generate("ES256")
+    proxy, url = relay
+    proxy.rewrite = lambda answer: {**answer, "token_type": "DPoP",
+                                    "cnf": {"jkt": key.jkt}}
+    check = make_validator(introspection_endpoint=url, cache_ttl=0)
+    validator = TokenValidator(issuer.issuer, API, clock=issuer.clock.now,
+                               revocation_check=check)
+    token = issuer.issue_token("caller", scope="read", audience=API,
+                               claims={"cnf": {"jkt": key.jkt}})
+    proof = key.proof("GET", "https://orders.test/x", issuer.clock.now(), token=token)
+    assert validator.validate_dpop(token, proof, method="GET", url="https://orders.test/x",
+                                   scopes="read").jkt == key.jkt
+    with pytest.raises(InvalidTokenError) as caught:
+        check.validate(token)
+    assert caught.value.reason == "wrong_type"
+    proxy.rewrite = lambda answer: {**answer, "token_type": "DPoP"}  # no cnf.jkt
+    with pytest.raises(InvalidTokenError) as caught:
+        make_validator(introspection_endpoint=url).validate(token, dpop_proven=True)
+    assert "no cnf.jkt" in caught.value.error_description
 
 
 def test_the_revocation_check_must_ask_the_same_issuer(issuer, make_validator):
