@@ -23,8 +23,8 @@ from .assertions import (
 )
 from .auth import HttpxBearerAuth, RequestsBearerAuth
 from .challenge import Challenge, dpop_nonce_requested, parse_challenges, should_refetch
-from .dpop import DPOP_KEY_ALGORITHMS, DPoPKey, DPoPNonceStore, DPoPTokenTypeError
 from .discovery import MetadataCache, discover, metadata_urls
+from .dpop import DPOP_KEY_ALGORITHMS, DPoPKey, DPoPNonceStore, DPoPTokenTypeError
 from .dpop_validation import (
     DPOP_PROOF_REASONS,
     DPoPNonces,
