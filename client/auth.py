@@ -15,10 +15,12 @@ Bearer. On a 401 whose DPoP challenge is ``error="use_dpop_nonce"`` with a ``DPo
 header the request is resent once with that nonce; nonces are kept per origin
 (``scheme://host:port``, :class:`~m2mauth.client.DPoPNonceStore`) for the next requests, and
 a ``DPoP-Nonce`` on any answer updates them. A DPoP challenge ``invalid_token`` (or none)
-drops the token and resends once, as for Bearer. That exchange is written once, as the
-sans-I/O generator :func:`_dpop_steps`, which the ``requests`` hook and httpx's sync and
-async flows drive. A redirect is followed with the proof of the first URL (the library
-follows it, not the adapter), which a DPoP resource server refuses; call the final URL.
+drops the token and resends once, as for Bearer.
+
+Both schemes' exchange is written once, as the sans-I/O generator :func:`_auth_steps`, which
+the ``requests`` hook and httpx's sync and async auth flows drive. With DPoP, a redirect is
+followed with the proof of the first URL (the library follows it, not the adapter), which a
+DPoP resource server refuses; call the final URL.
 
 The token never appears in a ``repr``, log line or exception raised here.
 """
@@ -107,12 +109,17 @@ def _www_authenticate(response: Any) -> Any:
     return get_list("WWW-Authenticate") if get_list else headers.get("WWW-Authenticate")
 
 
-def _dpop_steps(key: DPoPKey, clock: Callable[[], float], nonces: DPoPNonceStore,
+def _auth_steps(key: DPoPKey | None, clock: Callable[[], float], nonces: DPoPNonceStore,
                 method: str, url: str) -> _Steps:
-    """One request with a DPoP-bound token, without I/O: at most one resend for a nonce
-    (``use_dpop_nonce`` with a usable ``DPoP-Nonce``) and one for a rejected token."""
+    """One request with a token, without I/O – a Bearer token, or with ``key`` a DPoP-bound
+    one and a proof per send: at most one resend for a rejected token (:func:`should_refetch`
+    of the scheme used) and, with DPoP, one for a nonce (``use_dpop_nonce`` with a usable
+    ``DPoP-Nonce``)."""
+    scheme = "bearer" if key is None else "dpop"
 
     def headers(token: str) -> dict[str, str]:
+        if key is None:
+            return {"Authorization": _bearer(token)}
         proof = key.proof(method, url, access_token=token, nonce=nonces.get(url), now=clock())
         return {"Authorization": f"DPoP {token}", "DPoP": proof}
 
@@ -120,11 +127,11 @@ def _dpop_steps(key: DPoPKey, clock: Callable[[], float], nonces: DPoPNonceStore
     response = yield _Send(headers(token))
     nonce_retried = token_retried = False
     while True:
-        nonce = nonces.update(url, response.headers.get("DPoP-Nonce"))
+        nonce = None if key is None else nonces.update(url, response.headers.get("DPoP-Nonce"))
         status, challenges = response.status_code, _www_authenticate(response)
         if not nonce_retried and nonce is not None and dpop_nonce_requested(status, challenges):
             nonce_retried = True
-        elif not token_retried and should_refetch(status, challenges, scheme="dpop"):
+        elif not token_retried and should_refetch(status, challenges, scheme=scheme):
             token_retried = True
             fresh = yield _GetToken(stale=token)
             if fresh == token:
@@ -182,88 +189,33 @@ class RequestsBearerAuth(AuthBase):
         return f"{type(self).__name__}({type(self.provider).__name__})"
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        key = _dpop_key(self.provider)
-        if key is not None:
-            return self._dpop(r, key)
-        token = _sync_token(self.provider)
-        r.headers["Authorization"] = _bearer(token)
-        # Per-request state in the hook's closure: the token this request carried, and whether
-        # it has been retried (redirect hops share the hook; one retry in all).
-        state = {"retried": False}
-
-        def handle_401(response: requests.Response, **kwargs: Any) -> requests.Response:
-            if state["retried"]:
-                return response
-            result = self._handle_401(token, response, **kwargs)
-            state["retried"] = result is not response
-            return result
-
-        r.register_hook("response", handle_401)
-        return r
-
-    def _handle_401(self, token: str, r: requests.Response, **kwargs: Any) -> requests.Response:
-        sent = r.request
-        # Only a response to a request that carried our token: a cross-host redirect has had
-        # the Authorization header stripped, and that host must not get a token from us.
-        if sent.headers.get("Authorization") != _bearer(token):
-            return r
-        if not should_refetch(r.status_code, r.headers.get("WWW-Authenticate")):
-            return r
-        self.provider.invalidate(token)
-        if not _resendable(sent):
-            log.info("401 from the resource server; the request body cannot be resent, so the "
-                     "401 is returned (the next request gets a fresh token)")
-            return r
-        try:
-            fresh = _sync_token(self.provider)
-        except BaseException:
-            r.close()
-            raise
-        if fresh == token:
-            return r  # the server handed back the rejected token: resending cannot help
-        prep = sent.copy()
-        if prep.body is not None and not isinstance(prep.body, (bytes, str)):
-            try:
-                rewind_body(prep)
-            except UnrewindableBodyError:
-                return r
-        # Consume and release the first response so that the connection can be reused.
-        _ = r.content
-        r.close()
-        extract_cookies_to_jar(prep._cookies, sent, r.raw)  # type: ignore[attr-defined]
-        prep.prepare_cookies(prep._cookies)  # type: ignore[attr-defined]
-        prep.headers["Authorization"] = _bearer(fresh)
-        retried = r.connection.send(prep, **kwargs)  # type: ignore[attr-defined]
-        # requests follows a redirect of the resent response from a copy of the *original*
-        # request: give it the fresh token too, or the next hop would carry the rejected one.
-        # (So, as with httpx, the first response's ``.request`` shows the fresh header.)
-        sent.headers["Authorization"] = _bearer(fresh)
-        retried.history.append(r)
-        retried.request = prep
-        return retried
-
-
-    def _dpop(self, r: requests.PreparedRequest, key: DPoPKey) -> requests.PreparedRequest:
         assert r.method is not None and r.url is not None
-        steps = _dpop_steps(key, _clock(self.provider), self.dpop_nonces, r.method, r.url)
-        first = self._next_send(steps, None)
+        steps = _auth_steps(_dpop_key(self.provider), _clock(self.provider), self.dpop_nonces,
+                            r.method, r.url)
+        first = self._next_send(steps, None, resendable=True)
         assert first is not None
         r.headers.update(first.headers)
+        # Per-request state in the hook's closure: what was sent last. Redirect hops share
+        # the hook: a redirect passes through, the answer at its end is judged (one retry in
+        # all, for the last hop, whose request requests copied from ours).
         state: dict[str, Any] = {"sent": first}
 
         def handle(response: requests.Response, **kwargs: Any) -> requests.Response:
-            sent: _Send | None = state.pop("sent", None)  # one pass: redirect hops share hooks
+            if response.is_redirect:
+                return response
+            sent: _Send | None = state.pop("sent", None)
             while sent is not None:
                 prep = response.request
-                # Only an answer to what we sent (not a hop a redirect took elsewhere).
+                # Only an answer to what we sent: a cross-host redirect has had the
+                # Authorization header stripped, and that host must not get a token from us.
                 if prep.headers.get("Authorization") != sent.headers["Authorization"]:
                     return response
                 try:
-                    sent = self._next_send(steps, response)
+                    sent = self._next_send(steps, response, resendable=_resendable(prep))
                 except BaseException:
                     response.close()
                     raise
-                if sent is None or not _resendable(prep):
+                if sent is None:
                     return response
                 resent = self._resend(response, prep, sent.headers, **kwargs)
                 if resent is response:  # its body could not be rewound
@@ -274,15 +226,25 @@ class RequestsBearerAuth(AuthBase):
         r.register_hook("response", handle)
         return r
 
-    def _next_send(self, steps: _Steps, response: Any) -> _Send | None:
-        """Drive ``steps`` on from ``response`` to its next send; None when it is done."""
+    def _next_send(self, steps: _Steps, response: Any, *, resendable: bool) -> _Send | None:
+        """Drive ``steps`` on from ``response`` to its next send; None when it is done or
+        the next send would need a body that cannot be sent again."""
         try:
             action = steps.send(response)
             while isinstance(action, _GetToken):
                 if action.stale is not None:
                     self.provider.invalidate(action.stale)
+                    if not resendable:
+                        log.info("401 from the resource server; the request body cannot be "
+                                 "resent, so the 401 is returned (the next request gets a "
+                                 "fresh token)")
+                        steps.close()
+                        return None
                 action = steps.send(_sync_token(self.provider))
         except StopIteration:
+            return None
+        if not resendable:
+            steps.close()
             return None
         return action
 
@@ -303,10 +265,20 @@ class RequestsBearerAuth(AuthBase):
         prep.prepare_cookies(prep._cookies)  # type: ignore[attr-defined]
         prep.headers.update(headers)
         retried = r.connection.send(prep, **kwargs)  # type: ignore[attr-defined]
-        sent.headers.update(headers)  # as in _handle_401: a redirect copies the original
+        # requests follows a redirect of the resent response from a copy of the *original*
+        # request: give it the fresh headers too, or the next hop would carry the rejected
+        # token. (So, as with httpx, the first response's ``.request`` shows the fresh ones.)
+        sent.headers.update(headers)
         retried.history.append(r)
         retried.request = prep
         return retried
+
+
+def _answers(response: httpx.Response, sent: _Send) -> bool:
+    """Whether ``response`` answers what was sent: its request is the last hop, and after a
+    cross-origin redirect httpx has stripped the header; a 401 from there says nothing about
+    our token."""
+    return response.request.headers.get("Authorization") == sent.headers["Authorization"]
 
 
 def _resendable(prep: requests.PreparedRequest) -> bool:
@@ -344,9 +316,9 @@ class HttpxBearerAuth(_HttpxAuth):  # type: ignore[misc]
         self.provider = provider
         self.dpop_nonces = dpop_nonces if dpop_nonces is not None else DPoPNonceStore()
 
-    def _steps(self, request: httpx.Request, key: DPoPKey) -> _Steps:
-        return _dpop_steps(key, _clock(self.provider), self.dpop_nonces, request.method,
-                           str(request.url))
+    def _steps(self, request: httpx.Request) -> _Steps:
+        return _auth_steps(_dpop_key(self.provider), _clock(self.provider), self.dpop_nonces,
+                           request.method, str(request.url))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.provider).__name__})"
@@ -354,62 +326,7 @@ class HttpxBearerAuth(_HttpxAuth):  # type: ignore[misc]
     def sync_auth_flow(self, request: httpx.Request,
                        ) -> Generator[httpx.Request, httpx.Response, None]:
         request.read()
-        key = _dpop_key(self.provider)
-        if key is not None:
-            yield from self._sync_dpop(request, key)
-            return
-        token = _sync_token(self.provider)
-        request.headers["Authorization"] = _bearer(token)
-        response = yield request
-        if not self._rejected(token, response):
-            return
-        self.provider.invalidate(token)
-        fresh = _sync_token(self.provider)
-        if fresh == token:
-            return
-        request.headers["Authorization"] = _bearer(fresh)
-        yield request
-
-    async def async_auth_flow(self, request: httpx.Request,
-                              ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        await request.aread()
-        key = _dpop_key(self.provider)
-        if key is not None:
-            steps = self._steps(request, key)
-            value: Any = None
-            while True:
-                try:
-                    action = steps.send(value)
-                except StopIteration:
-                    return
-                if isinstance(action, _GetToken):
-                    if action.stale is not None:
-                        result = self.provider.invalidate(action.stale)
-                        if inspect.isawaitable(result):
-                            await result
-                    value = await self._async_token()
-                    continue
-                request.headers.update(action.headers)
-                value = yield request
-                if value.request.headers.get("Authorization") != action.headers["Authorization"]:
-                    return  # a redirect's hop elsewhere: nothing to say about our token
-        token = await self._async_token()
-        request.headers["Authorization"] = _bearer(token)
-        response = yield request
-        if not self._rejected(token, response):
-            return
-        result = self.provider.invalidate(token)
-        if inspect.isawaitable(result):
-            await result
-        fresh = await self._async_token()
-        if fresh == token:
-            return
-        request.headers["Authorization"] = _bearer(fresh)
-        yield request
-
-    def _sync_dpop(self, request: httpx.Request, key: DPoPKey,
-                   ) -> Generator[httpx.Request, httpx.Response, None]:
-        steps = self._steps(request, key)
+        steps = self._steps(request)
         value: Any = None
         while True:
             try:
@@ -423,17 +340,30 @@ class HttpxBearerAuth(_HttpxAuth):  # type: ignore[misc]
                 continue
             request.headers.update(action.headers)
             value = yield request
-            if value.request.headers.get("Authorization") != action.headers["Authorization"]:
-                return  # a redirect's hop elsewhere: nothing to say about our token
+            if not _answers(value, action):
+                return
 
-    @staticmethod
-    def _rejected(token: str, response: httpx.Response) -> bool:
-        # response.request is the last hop: after a cross-origin redirect httpx has stripped
-        # the header, and a 401 from there says nothing about our token.
-        if response.request.headers.get("Authorization") != _bearer(token):
-            return False
-        return should_refetch(response.status_code,
-                              response.headers.get_list("WWW-Authenticate"))
+    async def async_auth_flow(self, request: httpx.Request,
+                              ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        await request.aread()
+        steps = self._steps(request)
+        value: Any = None
+        while True:
+            try:
+                action = steps.send(value)
+            except StopIteration:
+                return
+            if isinstance(action, _GetToken):
+                if action.stale is not None:
+                    result = self.provider.invalidate(action.stale)
+                    if inspect.isawaitable(result):
+                        await result
+                value = await self._async_token()
+                continue
+            request.headers.update(action.headers)
+            value = yield request
+            if not _answers(value, action):
+                return
 
     async def _async_token(self) -> str:
         get = self.provider.get_token
