@@ -10,14 +10,14 @@ import asyncio
 import base64
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
 import jwt
 import pytest
 import requests
-from flask import Flask
+from flask import Flask, Response
 
 from m2mauth.client import (
     DPoPPolicy,
@@ -275,3 +275,52 @@ def test_a_post_body_is_resent_with_the_nonce(idp, clock, provider):
         with httpx.Client(auth=HttpxBearerAuth(provider)) as client:
             r = client.post(url + "/echo", content=b"again")
         assert r.status_code == 200 and r.json()["body"] == "again" and len(r.history) == 1
+
+
+# -- resource servers that misbehave ------------------------------------------------------------
+
+
+def _nonce_demanding_api(nonce_of: Callable[[int], str]) -> tuple[Flask, list]:
+    """An API that answers every DPoP request 401 ``use_dpop_nonce`` with ``nonce_of(n)`` for
+    the n-th request; it records each proof's nonce claim."""
+    app = Flask(__name__)
+    seen: list = []
+
+    @app.get("/r")
+    def resource():
+        from flask import request
+
+        claims = jwt.decode(request.headers["DPoP"], options={"verify_signature": False})
+        seen.append(claims.get("nonce"))
+        response = Response('{"error": "use_dpop_nonce"}', 401,
+                            mimetype="application/json")
+        response.headers["WWW-Authenticate"] = 'DPoP error="use_dpop_nonce"'
+        response.headers["DPoP-Nonce"] = nonce_of(len(seen))
+        return response
+
+    return app, seen
+
+
+@pytest.mark.parametrize("kind", ["requests", "httpx"])
+def test_an_api_that_always_wants_a_new_nonce_gets_one_retry(provider, kind):
+    app, seen = _nonce_demanding_api(lambda n: f"nonce-{n}")
+    with serving(app) as url:
+        if kind == "requests":
+            session = requests.Session()
+            session.auth = RequestsBearerAuth(provider)
+            r = session.get(url + "/r", timeout=5)
+        else:
+            with httpx.Client(auth=HttpxBearerAuth(provider)) as client:
+                r = client.get(url + "/r")
+    assert r.status_code == 401 and len(r.history) == 1
+    assert seen == [None, "nonce-1"]
+
+
+def test_a_nonce_that_is_not_one_is_not_used(provider):
+    app, seen = _nonce_demanding_api(lambda n: "x" * 600)  # longer than any nonce we keep
+    with serving(app) as url:
+        session = requests.Session()
+        session.auth = auth = RequestsBearerAuth(provider)
+        r = session.get(url + "/r", timeout=5)
+    assert r.status_code == 401 and not r.history and seen == [None]
+    assert len(auth.dpop_nonces) == 0
