@@ -57,7 +57,10 @@ class DPoPTokenTypeError(OAuthError, code="dpop_not_bound"):
                          f"{token_type!r}, not DPoP: the server does not bind tokens to the "
                          "key; use a provider without dpop to accept bearer tokens.", None,
                          status)
-        self.token_type = token_type
+        self.token_type, self.token_url = token_type, token_url
+
+    def __reduce__(self) -> Any:  # pickling/copying: the constructor's arguments differ
+        return (type(self), (self.token_type, self.token_url, self.status))
 
 
 def _algorithm_for(private_key: Any) -> str:

@@ -227,10 +227,10 @@ def fetch_token(request: _FetchArguments) -> Token:
     once with that nonce (kept in ``dpop_nonces`` when given).
 
     Raises the :class:`OAuthError` subclass for the server's error code (with ``status``),
-    :class:`~m2mauth.client.DPoPTokenTypeError` when a proof was answered with a token that
-    is not DPoP,
     :class:`TransportError` when no usable response arrived, :class:`DiscoveryError` when the
-    issuer's metadata is unusable, and ``ValueError`` for inconsistent arguments.
+    issuer's metadata is unusable, :class:`~m2mauth.client.DPoPTokenTypeError` when a proof
+    was answered with a token that is not DPoP, and ``ValueError`` for inconsistent
+    arguments.
     """
     return run(request.flow(), session=request.session)
 

@@ -307,6 +307,9 @@ def test_a_bearer_answer_to_a_proof_is_refused():
             provider.get()
         assert caught.value.token_type == "Bearer" and caught.value.error == "dpop_not_bound"
         assert "plain-bearer-token" not in str(caught.value)
+        twin = pickle.loads(pickle.dumps(caught.value))
+        assert (type(twin), twin.token_type, twin.status, str(twin)) == (
+            DPoPTokenTypeError, "Bearer", 200, str(caught.value))
         assert len(seen) == 1 and seen[0]  # a proof was sent, and the error not retried
         # the same server is fine for a provider without DPoP
         assert TokenProvider(url + "/token", "c", "s", "read").get_token() == (
