@@ -11,6 +11,7 @@ import base64
 import hashlib
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
@@ -26,7 +27,9 @@ from m2mauth.client import (
     Token,
     TokenCache,
     TokenProvider,
+    dpop_nonce_requested,
     parse_challenges,
+    should_refetch,
 )
 from m2mauth.client.aio import AsyncTokenProvider
 from m2mauth.client.demo_api import create_demo_api
@@ -324,3 +327,36 @@ def test_a_nonce_that_is_not_one_is_not_used(provider):
         r = session.get(url + "/r", timeout=5)
     assert r.status_code == 401 and not r.history and seen == [None]
     assert len(auth.dpop_nonces) == 0
+
+
+def test_threads_share_one_token_and_the_origins_nonce(nonce_api, provider, idp):
+    session = requests.Session()
+    session.auth = auth = RequestsBearerAuth(provider)
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: session.get(nonce_api + "/hello", timeout=5),
+                                  range(16)))
+    for r in responses:
+        check_hello(r, provider)
+        assert len(r.history) <= 1
+    assert len(idp.token_requests) == 1
+    assert auth.dpop_nonces.get(nonce_api) is not None
+
+
+# -- the challenge decisions the DPoP path takes ------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "header", "nonce", "refetch"), [
+    (401, 'DPoP error="use_dpop_nonce"', True, False),
+    (401, 'Bearer realm="r", DPoP realm="r", error="use_dpop_nonce"', True, False),
+    (400, 'DPoP error="use_dpop_nonce"', False, False),
+    (401, 'DPoP error="invalid_token"', False, True),
+    (401, 'DPoP realm="r"', False, True),
+    (401, 'DPoP error="invalid_dpop_proof"', False, False),
+    (401, 'Bearer error="use_dpop_nonce"', False, False),
+    (401, 'Bearer error="invalid_token"', False, False),  # a Bearer-only API: no DPoP retry
+    (403, 'DPoP error="insufficient_scope"', False, False),
+    (401, None, False, True),
+])
+def test_dpop_challenges(status, header, nonce, refetch):
+    assert dpop_nonce_requested(status, header) is nonce
+    assert should_refetch(status, header, scheme="dpop") is refetch
