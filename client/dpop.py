@@ -91,7 +91,7 @@ def _check_fit(private_key: Any, alg: str) -> None:
         raise ValueError(f"the key does not fit {alg} (RSA keys need 2048 bits or more)")
 
 
-def proof_htu(url: str) -> str:
+def _htu(url: str) -> str:
     """``htu`` for ``url``: the URL without query and fragment (RFC 9449 §4.2); an empty path
     becomes ``/``. ``ValueError`` for anything but an absolute http(s) URL."""
     parts = urlsplit(url)
@@ -174,7 +174,7 @@ class DPoPKey:
         claims: dict[str, Any] = {
             "jti": secrets.token_urlsafe(16),
             "htm": method.upper(),
-            "htu": proof_htu(url),
+            "htu": _htu(url),
             "iat": int(self.clock() if now is None else now),
         }
         if access_token is not None:
@@ -193,7 +193,7 @@ class DPoPKey:
         raise TypeError("a DPoPKey is not picklable (it holds a private key)")
 
 
-def origin_of(url: str) -> str:
+def _origin(url: str) -> str:
     """``scheme://host:port`` of ``url``, the default port filled in: what nonces are kept by
     (RFC 9449 §8: a server's nonce is for that server)."""
     parts = urlsplit(url)
@@ -205,7 +205,7 @@ def origin_of(url: str) -> str:
     return f"{scheme}://{parts.hostname or ''}:{port or _DEFAULT_PORTS.get(scheme, 0)}"
 
 
-def usable_nonce(value: object) -> str | None:
+def _usable_nonce(value: object) -> str | None:
     """A ``DPoP-Nonce`` header value if it is a nonce (``1*NQCHAR``, at most
     :data:`MAX_NONCE_LENGTH` long), else None: the header is untrusted input."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NONCE_LENGTH:
@@ -227,7 +227,7 @@ class DPoPNonceStore:
 
     def get(self, url: str) -> str | None:
         """The nonce to put in a proof for ``url``, None when its origin gave none."""
-        origin = origin_of(url)
+        origin = _origin(url)
         with self._lock:
             nonce = self._nonces.get(origin)
             if nonce is not None:
@@ -237,10 +237,10 @@ class DPoPNonceStore:
     def update(self, url: str, header_value: object) -> str | None:
         """Remember a response's ``DPoP-Nonce`` (``header_value``, None when it had none) for
         ``url``'s origin; the nonce kept, or None when the value is not a usable nonce."""
-        nonce = usable_nonce(header_value)
+        nonce = _usable_nonce(header_value)
         if nonce is None:
             return None
-        origin = origin_of(url)
+        origin = _origin(url)
         with self._lock:
             self._nonces[origin] = nonce
             self._nonces.move_to_end(origin)
