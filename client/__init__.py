@@ -1,7 +1,8 @@
 """m2mauth's OAuth 2.0 client side, for both ends of a call:
 
 - getting tokens: :func:`fetch_token`, :class:`TokenProvider` (cached, single flight, retries),
-  :class:`AsyncTokenProvider`, and the ``requests``/``httpx`` adapters that attach them;
+  :class:`AsyncTokenProvider`, and the ``requests``/``httpx`` adapters that attach them –
+  as Bearer tokens, or DPoP-bound ones with proofs of a :class:`DPoPKey` (RFC 9449);
 - checking them in a resource server: :class:`TokenValidator` with its :class:`JWKSCache`
   (DPoP-bound tokens and their proofs with :meth:`TokenValidator.validate_dpop`, judged by
   a :class:`DPoPPolicy`), or by asking the issuer: :class:`IntrospectionValidator`
@@ -21,8 +22,9 @@ from .assertions import (
     private_key_jwt_assertion,
 )
 from .auth import HttpxBearerAuth, RequestsBearerAuth
-from .challenge import Challenge, parse_challenges, should_refetch
+from .challenge import Challenge, dpop_nonce_requested, parse_challenges, should_refetch
 from .discovery import MetadataCache, discover, metadata_urls
+from .dpop import DPOP_KEY_ALGORITHMS, DPoPKey, DPoPNonceStore, DPoPTokenTypeError
 from .dpop_validation import (
     DPOP_PROOF_REASONS,
     DPoPNonces,
@@ -46,13 +48,17 @@ if typing.TYPE_CHECKING:  # at run time imported on first use, by __getattr__ be
 
 __all__ = [
     "AUTH_METHODS",
+    "DPOP_KEY_ALGORITHMS",
     "DPOP_PROOF_REASONS",
     "AsyncTokenProvider",
     "Challenge",
+    "DPoPKey",
+    "DPoPNonceStore",
     "DPoPNonces",
     "DPoPPolicy",
     "DPoPProof",
     "DPoPProofChecker",
+    "DPoPTokenTypeError",
     "HttpxBearerAuth",
     "IntrospectionValidator",
     "InvalidDPoPProofError",
@@ -69,6 +75,7 @@ __all__ = [
     "afetch_token",
     "client_secret_jwt_assertion",
     "discover",
+    "dpop_nonce_requested",
     "fetch_token",
     "introspect_token",
     "jwk_thumbprint",

@@ -38,7 +38,8 @@ class AsyncTokenProvider(_ProviderBase):
     """:class:`~m2mauth.client.TokenProvider` for asyncio: ``await get_token()``. Concurrent
     tasks asking for the same cache key cause one token request; different keys never wait
     for each other. Same arguments, with ``client`` (an ``httpx.AsyncClient``; else one per
-    token request) in place of ``session``."""
+    token request) in place of ``session`` – ``dpop=True`` / ``dpop_key=`` included: DPoP-bound
+    tokens for :class:`~m2mauth.client.HttpxBearerAuth` on an ``httpx.AsyncClient``."""
 
     _kind: ClassVar[str] = "AsyncTokenProvider"
 

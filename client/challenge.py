@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ._grammar import TOKEN68_CHARACTERS
 
-__all__ = ["Challenge", "parse_challenges", "should_refetch"]
+__all__ = ["Challenge", "dpop_nonce_requested", "parse_challenges", "should_refetch"]
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789"
                    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -250,8 +250,19 @@ def parse_challenges(header: str | None) -> list[Challenge]:
     return found
 
 
+def _challenges(www_authenticate_values: str | Iterable[str] | None) -> list[Challenge]:
+    if www_authenticate_values is None:
+        values: list[str] = []
+    elif isinstance(www_authenticate_values, str):
+        values = [www_authenticate_values]
+    else:
+        values = [v for v in www_authenticate_values if isinstance(v, str)]
+    return [c for v in values for c in parse_challenges(v)]
+
+
 def should_refetch(response_status: int,
-                   www_authenticate_values: str | Iterable[str] | None) -> bool:
+                   www_authenticate_values: str | Iterable[str] | None,
+                   *, scheme: str = "bearer") -> bool:
     """Whether a response means "this bearer token is no good, get another and retry once".
 
     Only a 401 qualifies – never a 403 or anything else. Then:
@@ -264,21 +275,26 @@ def should_refetch(response_status: int,
     * only non-Bearer challenges (``Basic`` ...): False – the server does not take tokens.
 
     ``www_authenticate_values`` is one header value or all of them (httpx's ``get_list``;
-    requests joins repeated headers with ", ", which parses the same).
+    requests joins repeated headers with ", ", which parses the same). ``scheme="dpop"``
+    asks the same of a DPoP-bound token and the server's DPoP challenges (RFC 9449 §7.1).
     """
     if response_status != 401:
         return False
-    if www_authenticate_values is None:
-        values: list[str] = []
-    elif isinstance(www_authenticate_values, str):
-        values = [www_authenticate_values]
-    else:
-        values = [v for v in www_authenticate_values if isinstance(v, str)]
-    challenges = [c for v in values for c in parse_challenges(v)]
+    challenges = _challenges(www_authenticate_values)
     if not challenges:
         return True
-    bearer = [c for c in challenges if c.scheme == "bearer"]
-    if not bearer:
+    ours = [c for c in challenges if c.scheme == scheme.lower()]
+    if not ours:
         return False
-    errors = {c.params.get("error") for c in bearer}
+    errors = {c.params.get("error") for c in ours}
     return errors <= {None, "invalid_token"}
+
+
+def dpop_nonce_requested(response_status: int,
+                         www_authenticate_values: str | Iterable[str] | None) -> bool:
+    """Whether a resource server's response asks for a DPoP nonce: a 401 with a DPoP
+    challenge whose error is ``use_dpop_nonce`` (RFC 9449 §9; the nonce itself comes in the
+    ``DPoP-Nonce`` header)."""
+    return response_status == 401 and any(
+        c.scheme == "dpop" and c.params.get("error") == "use_dpop_nonce"
+        for c in _challenges(www_authenticate_values))

@@ -24,6 +24,7 @@ from ._http import DEFAULT_MAX_BYTES
 from ._jwt import unverified_jwt
 from .assertions import PrivateKey, load_private_key
 from .discovery import MetadataCache
+from .dpop import DPoPKey, DPoPNonceStore
 from .errors import OAuthError
 from .retry import RetryPolicy
 from .tokens import AuthMethod, Token, TokenRequest
@@ -145,13 +146,16 @@ class TokenCache(Generic[_Lock]):
 def cache_key(
     *, endpoint: str, client_id: str, credential: object, auth_method: str, scopes: Sequence[str],
     resources: Sequence[str], extra_params: Mapping[str, str | Sequence[str]] | None,
+    dpop_jkt: str | None = None,
 ) -> str:
     """A key covering everything that changes which token the server gives: endpoint (or
-    issuer), client id, a hash of the credential, auth method, scopes (sorted), resources and
-    any extra parameters. The credential itself never appears in the key."""
+    issuer), client id, a hash of the credential, auth method, scopes (sorted), resources,
+    any extra parameters and the DPoP key's thumbprint (``dpop_jkt``, None for bearer
+    tokens), so a bearer token and a DPoP-bound one, or tokens bound to two keys, never
+    share an entry. The credential itself never appears in the key."""
     extras = sorted((k, sorted(as_list(v))) for k, v in (extra_params or {}).items())
     material = json.dumps([endpoint, client_id, auth_method, sorted(set(scopes)),
-                           sorted(set(resources)), extras])
+                           sorted(set(resources)), extras, dpop_jkt])
     # Keyed, not a plain hash: a plain SHA-256 over guessable parameters and SHA-256(secret)
     # gives a weak secret back to a dictionary in microseconds.
     digest = hmac.new(_CACHE_KEY_SECRET, material.encode(), hashlib.sha256)
@@ -275,8 +279,18 @@ class _ProviderBase:
     metadata_cache: MetadataCache | None = None
     #: Token and metadata responses larger than this are refused (``TransportError``).
     max_response_bytes: int = DEFAULT_MAX_BYTES
+    #: DPoP (RFC 9449): the key that tokens are bound to; every token request carries a
+    #: proof of it and the token must come back as ``token_type`` DPoP.
+    dpop_key: DPoPKey | None = None
+    #: True: DPoP with a new ES256 key, kept for this provider's lifetime (``dpop_key``).
+    dpop: bool = False
 
     def __post_init__(self) -> None:
+        if self.dpop_key is None and self.dpop:
+            self.dpop_key = DPoPKey.generate("ES256", clock=self.clock)
+        self.dpop = self.dpop_key is not None
+        #: The token endpoint's latest DPoP-Nonce, for the next proof (RFC 9449 §8).
+        self._dpop_nonces = DPoPNonceStore(4)
         private_key = self.private_key
         if self.auth_method is None:
             self.auth_method = ("private_key_jwt" if private_key is not None
@@ -293,6 +307,7 @@ class _ProviderBase:
             scope=scopes, resource=resources, auth_method=self.auth_method,
             timeout=self.timeout, clock=self.clock, extra_params=self.extra_params,
             max_response_bytes=self.max_response_bytes,
+            dpop_key=self.dpop_key, dpop_nonces=self._dpop_nonces,
             # "is not None": a MetadataCache has __len__, so a given (still empty) one is falsy.
             metadata_cache=(self.metadata_cache if self.metadata_cache is not None
                             # backoff 0: the retry policy paces this provider's attempts;
@@ -308,13 +323,15 @@ class _ProviderBase:
                         else self.client_secret),
             auth_method=self.auth_method, scopes=scopes, resources=resources,
             extra_params=self.extra_params,
+            dpop_jkt=None if self.dpop_key is None else self.dpop_key.thumbprint,
         )
         self._scopes = scopes
 
     def __repr__(self) -> str:
         where = self.token_url or self.issuer
+        dpop = "" if self.dpop_key is None else f" dpop={self.dpop_key.thumbprint}"
         return (f"<{self._kind} client_id={self.client_id!r} auth_method={self.auth_method}"
-                f" scope={' '.join(self._scopes)!r} at {where}>")
+                f" scope={' '.join(self._scopes)!r}{dpop} at {where}>")
 
     @property
     def cache_key(self) -> str:
@@ -383,6 +400,14 @@ class TokenProvider(_ProviderBase):
     token is still valid is logged and the cached token served; an expired one raises.
     Providers given the same ``cache`` share tokens for the same cache key. ``session``: the
     ``requests.Session`` to use (else one of its own).
+
+    DPoP (RFC 9449): ``dpop_key=DPoPKey(...)``, or ``dpop=True`` for a new ES256 key kept as
+    ``provider.dpop_key``. Each token request then carries a proof (``htm`` POST, ``htu`` the
+    token endpoint); a ``400 use_dpop_nonce`` with a ``DPoP-Nonce`` header is retried once
+    with that nonce, which is kept for the next request. A token whose ``token_type`` is not
+    DPoP raises :class:`~m2mauth.client.DPoPTokenTypeError` (not retried). The adapters
+    (:class:`~m2mauth.client.RequestsBearerAuth`, :class:`~m2mauth.client.HttpxBearerAuth`)
+    then send ``Authorization: DPoP <token>`` with a proof per request.
     """
 
     session: requests.Session | None = field(default=None, kw_only=True)

@@ -29,6 +29,7 @@ from .assertions import (
     private_key_jwt_assertion,
 )
 from .discovery import MetadataCache
+from .dpop import DPoPKey, DPoPNonceStore, DPoPTokenTypeError
 from .errors import DiscoveryError, OAuthError, TransportError, error_class
 
 __all__ = ["AUTH_METHODS", "AuthMethod", "Token", "fetch_token"]
@@ -132,8 +133,14 @@ class TokenRequest:
     metadata_cache: MetadataCache | None = None
     #: Token and metadata responses larger than this are refused (``TransportError``).
     max_response_bytes: int = DEFAULT_MAX_BYTES
+    #: A DPoP key (RFC 9449): each request carries a proof of it, the token must be DPoP.
+    dpop_key: DPoPKey | None = None
+    #: Where the token endpoint's ``DPoP-Nonce`` is kept between requests (else per request).
+    dpop_nonces: DPoPNonceStore | None = None
 
     def __post_init__(self) -> None:
+        if self.dpop_key is not None and not isinstance(self.dpop_key, DPoPKey):
+            raise TypeError("dpop_key must be a DPoPKey")
         check_arguments(self.token_url, self.issuer, self.client_id, self.client_secret,
                         self.private_key, self.auth_method)
 
@@ -154,18 +161,49 @@ class TokenRequest:
         elif not is_http_url(token_url):
             raise ValueError("token_url must be an absolute http(s) URL")
         assert isinstance(token_url, str)
-        headers = authenticate(params, self.auth_method, self.client_id, self.client_secret,
-                               self.private_key, self.kid, token_url, now)
-        log.debug("token request to %s client_id=%s auth_method=%s scope=%s", token_url,
-                  self.client_id, self.auth_method, " ".join(scopes) or "-")
+        log.debug("token request to %s client_id=%s auth_method=%s scope=%s dpop=%s", token_url,
+                  self.client_id, self.auth_method, " ".join(scopes) or "-",
+                  "no" if self.dpop_key is None else self.dpop_key.thumbprint)
+        nonces = self.dpop_nonces if self.dpop_nonces is not None else DPoPNonceStore(1)
         started = now()
-        response = yield Request("POST", token_url, headers, tuple(params), self.timeout,
-                                 self.max_response_bytes)
+        response = yield self._request(token_url, list(params), now, nonces)
+        if self.dpop_key is not None and _wants_nonce(response, nonces, token_url):
+            # RFC 9449 §8: the server wants a nonce and gave one; once, with a new proof and a
+            # new client authentication (an assertion's jti may be used only once).
+            started = now()
+            response = yield self._request(token_url, list(params), now, nonces)
+            nonces.update(token_url, response.headers.get("DPoP-Nonce"))
         token = parse_response(response, token_url, requested_scope=scopes, started=started,
                                now=now())
+        if self.dpop_key is not None and token.token_type.lower() != "dpop":
+            raise DPoPTokenTypeError(token.token_type, token_url, response.status_code)
         log.debug("token received from %s client_id=%s token=%s expires_in=%s", token_url,
                   self.client_id, _mask(token.access_token), token.expires_in)
         return token
+
+    def _request(self, token_url: str, params: list[tuple[str, str]],
+                 now: Callable[[], float], nonces: DPoPNonceStore) -> Request:
+        """The authenticated POST, with a fresh DPoP proof when there is a key."""
+        headers = authenticate(params, self.auth_method, self.client_id, self.client_secret,
+                               self.private_key, self.kid, token_url, now)
+        if self.dpop_key is not None:
+            headers["DPoP"] = self.dpop_key.proof("POST", token_url, nonce=nonces.get(token_url),
+                                                  now=now())
+        return Request("POST", token_url, headers, tuple(params), self.timeout,
+                       self.max_response_bytes)
+
+
+def _wants_nonce(response: Any, nonces: DPoPNonceStore, token_url: str) -> bool:
+    """Remember the response's ``DPoP-Nonce`` (any answer may carry one, §8.2); whether it is
+    a ``400 use_dpop_nonce`` that gave a usable nonce to retry with."""
+    nonce = nonces.update(token_url, response.headers.get("DPoP-Nonce"))
+    if nonce is None or response.status_code != 400:
+        return False
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and body.get("error") == "use_dpop_nonce"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False, repr=False)
@@ -184,10 +222,15 @@ def fetch_token(request: _FetchArguments) -> Token:
     ``private_key`` (for ``private_key_jwt``) may be PEM or a key object; load PEM once with
     :func:`m2mauth.client.assertions.load_private_key` when calling often. ``clock`` (seconds)
     times the token's ``expires_at``; ``session`` is the ``requests.Session`` to use.
+    ``dpop_key`` (a :class:`~m2mauth.client.DPoPKey`): send a DPoP proof (RFC 9449) and
+    require a DPoP-bound token; a ``400 use_dpop_nonce`` with a ``DPoP-Nonce`` is retried
+    once with that nonce (kept in ``dpop_nonces`` when given).
 
     Raises the :class:`OAuthError` subclass for the server's error code (with ``status``),
     :class:`TransportError` when no usable response arrived, :class:`DiscoveryError` when the
-    issuer's metadata is unusable, and ``ValueError`` for inconsistent arguments.
+    issuer's metadata is unusable, :class:`~m2mauth.client.DPoPTokenTypeError` when a proof
+    was answered with a token that is not DPoP, and ``ValueError`` for inconsistent
+    arguments.
     """
     return run(request.flow(), session=request.session)
 

@@ -15,6 +15,8 @@ EXPORTED = {
     "AUTH_METHODS", "AsyncTokenProvider", "Challenge", "DPOP_PROOF_REASONS", "DPoPNonces",
     "DPoPPolicy", "DPoPProof", "DPoPProofChecker", "DiscoveryError", "HttpxBearerAuth",
     "InvalidDPoPProofError", "UseDPoPNonceError", "jwk_thumbprint",
+    "DPOP_KEY_ALGORITHMS", "DPoPKey", "DPoPNonceStore", "DPoPTokenTypeError",
+    "dpop_nonce_requested",
     "INVALID_TOKEN_REASONS", "InsufficientScopeError", "IntrospectionError",
     "IntrospectionValidator", "InvalidClientError", "InvalidGrantError",
     "InvalidRequestError", "InvalidScopeError", "InvalidTargetError", "InvalidTokenError",

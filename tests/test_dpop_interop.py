@@ -1,0 +1,119 @@
+"""DPoP with a third-party client: npm's openid-client 6 (over node) gets a DPoP-bound token
+from m2mauth's server (``create_app`` with the lab: the demo API is at ``/demo``) and calls
+``/demo/hello`` with it, on loopback. openid-client is installed once into a directory kept
+between runs; the test fails clearly when npm cannot install it and is skipped only when node
+or npm is not on the PATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from m2mauth.server import create_app
+from m2mauth.server.serving import BackgroundServer, bind_app
+from m2mauth.server.settings import ServerSettings
+
+NPM_PACKAGES = ("openid-client@6", "jose@6")
+NPM_TIMEOUT = 240
+NODE_TIMEOUT = 60
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
+                                reason="node and npm are needed for the interop test")
+
+#: ES modules resolve packages from a node_modules above the script, so it lives next to it.
+SCRIPT = """\
+import * as client from 'openid-client';
+import * as jose from 'jose';
+
+const [issuer, clientId, clientSecret, api] = process.argv.slice(2);
+const config = await client.discovery(new URL(issuer), clientId, clientSecret, undefined,
+                                      { execute: [client.allowInsecureRequests] });
+const keyPair = await client.randomDPoPKeyPair();
+const DPoP = client.getDPoPHandle(config, keyPair);
+const tokens = await client.clientCredentialsGrant(config, { scope: 'read' }, { DPoP });
+const response = await client.fetchProtectedResource(
+  config, tokens.access_token, new URL(api), 'GET', undefined, undefined, { DPoP });
+const payload = jose.decodeJwt(tokens.access_token);
+// The token itself is not printed: only what the test checks.
+console.log(JSON.stringify({
+  token_type: tokens.token_type,
+  cnf: payload.cnf ?? null,
+  thumbprint: await jose.calculateJwkThumbprint(await jose.exportJWK(keyPair.publicKey)),
+  status: response.status,
+  body: await response.json(),
+}));
+"""
+
+
+@pytest.fixture(scope="session")
+def node_dir(tmp_path_factory) -> Path:
+    """A directory with openid-client and jose in its node_modules, installed once and kept
+    (beside pytest's numbered temporary directories) for later runs."""
+    cached = tmp_path_factory.getbasetemp().parent / "m2mauth-npm-openid-client-6"
+    if not (cached / "node_modules" / "openid-client" / "package.json").is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix="npm-", dir=cached.parent))
+        (building / "package.json").write_text('{"private": true, "type": "module"}')
+        try:
+            done = subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error",
+                 *NPM_PACKAGES], cwd=building, capture_output=True, text=True,
+                timeout=NPM_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"npm install {' '.join(NPM_PACKAGES)} took over {NPM_TIMEOUT} s")
+        if done.returncode != 0:
+            pytest.fail(f"npm install {' '.join(NPM_PACKAGES)} failed "
+                        f"({done.returncode}): {done.stderr[-2000:]}")
+        try:
+            os.rename(building, cached)  # atomic: a parallel run sees all of it or none
+        except OSError:  # another run got there first
+            shutil.rmtree(building, ignore_errors=True)
+    return cached
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, Any]]:
+    """``m2mauth serve``'s app (the lab on, the demo API at /demo) on a free loopback port."""
+    server, app = bind_app("127.0.0.1", 0, lambda port: create_app(
+        replace(ServerSettings(), port=port)))
+    with BackgroundServer(server) as running:
+        yield running.url, app.extensions["m2mauth_lab"].controls
+
+
+def run_node(node_dir: Path, *args: str) -> dict[str, Any]:
+    script = node_dir / "dpop-interop.mjs"
+    script.write_text(SCRIPT)
+    try:
+        done = subprocess.run(["node", str(script), *args], cwd=node_dir, capture_output=True,
+                              text=True, timeout=NODE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the node client did not finish within {NODE_TIMEOUT} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("nonces", [False, True], ids=["no-nonce", "server-nonce"])
+def test_openid_client_gets_a_dpop_token_and_calls_the_demo_api(node_dir, served, nonces):
+    url, controls = served
+    if nonces:
+        controls.require_dpop_nonce()
+    client = controls.add_client("node-dpop-client", scopes=["read"])
+    result = run_node(node_dir, url, client.client_id, client.client_secret,
+                      url + "/demo/hello")
+    assert result["token_type"].lower() == "dpop"
+    assert result["cnf"] == {"jkt": result["thumbprint"]}
+    assert result["status"] == 200, result["body"]
+    assert result["body"]["jkt"] == result["thumbprint"]
+    assert result["body"]["client_id"] == "node-dpop-client"
+    outcomes = [r.outcome for r in controls.token_requests]
+    assert outcomes == (["use_dpop_nonce", "issued"] if nonces else ["issued"])
+    assert controls.token_requests[-1].dpop_jkt == result["thumbprint"]
