@@ -9,15 +9,38 @@ import hashlib
 import hmac
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
 from m2mauth.client import jwk_thumbprint
+from m2mauth.server import create_app
+from m2mauth.server.serving import BackgroundServer, bind_app
+from m2mauth.server.settings import ServerSettings
 
 _PYJWT = get_default_algorithms()
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` on a free loopback port for the block: its base URL."""
+    server, _ = bind_app("127.0.0.1", 0, lambda _port: app)
+    with BackgroundServer(server) as running:
+        yield running.url
+
+
+@contextmanager
+def serving_m2mauth() -> Iterator[tuple[str, Any]]:
+    """``m2mauth serve``'s app (create_app: the lab on, the demo API at /demo) on a free
+    loopback port for the block: its base URL and the lab's controls."""
+    server, app = bind_app("127.0.0.1", 0, lambda port: create_app(
+        replace(ServerSettings(), port=port)))
+    with BackgroundServer(server) as running:
+        yield running.url, app.extensions["m2mauth_lab"].controls
 
 
 def b64(data: bytes | dict) -> str:

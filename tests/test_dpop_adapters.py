@@ -12,12 +12,12 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import jwt
 import pytest
 import requests
+from _dpop_support import serving
 from flask import Flask, Response
 
 from m2mauth.client import (
@@ -34,17 +34,9 @@ from m2mauth.client import (
 from m2mauth.client.aio import AsyncTokenProvider
 from m2mauth.client.demo_api import create_demo_api
 from m2mauth.client.provider import CachedToken
-from m2mauth.server.serving import BackgroundServer, bind_app
 
 NOW = 1_900_000_000
 AUDIENCE = "api://default"  # the server's default audience
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    server, _ = bind_app("127.0.0.1", 0, lambda _port: app)
-    with BackgroundServer(server) as running:
-        yield running.url
 
 
 @pytest.fixture

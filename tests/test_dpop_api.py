@@ -9,32 +9,20 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import pytest
 import requests
-from _dpop_support import ProofKey, bound_token
+from _dpop_support import ProofKey, bound_token, serving, serving_m2mauth
 from flask import Flask, g, jsonify
 
 from m2mauth.client import DPoPPolicy, TokenValidator, parse_challenges
 from m2mauth.client.flask import dpop_challenge, require_token
-from m2mauth.server import create_app
-from m2mauth.server.serving import BackgroundServer, bind_app
-from m2mauth.server.settings import ServerSettings
 
 AUDIENCE = "https://api.test"
 REALM = 'realm="https://api.test"'
 ALGS = 'algs="ES256 ES384 ES512 RS256 PS256 EdDSA Ed25519"'
 NOW = 1_900_000_000
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    server, _ = bind_app("127.0.0.1", 0, lambda _port: app)
-    with BackgroundServer(server) as running:
-        yield running.url
 
 
 def make_app(validator: TokenValidator, **options: Any) -> Flask:
@@ -373,10 +361,8 @@ def test_dpop_challenge_escapes():
 @pytest.fixture
 def served() -> Iterator[tuple[str, Any]]:
     """``m2mauth serve``'s app (create_app, the lab on, the demo API at /demo) on loopback."""
-    server, app = bind_app("127.0.0.1", 0, lambda port: create_app(
-        replace(ServerSettings(), port=port)))
-    with BackgroundServer(server) as running:
-        yield running.url, app.extensions["m2mauth_lab"].controls
+    with serving_m2mauth() as served:
+        yield served
 
 
 def test_demo_api_takes_dpop_bound_tokens(served, key):

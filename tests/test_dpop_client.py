@@ -12,11 +12,10 @@ import base64
 import hashlib
 import json
 import pickle
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import jwt
 import pytest
+from _dpop_support import serving
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask, jsonify
@@ -36,7 +35,6 @@ from m2mauth.client import (
     afetch_token,
     fetch_token,
 )
-from m2mauth.server.serving import BackgroundServer, bind_app
 
 NOW = 1_900_000_000
 ALGS = ["ES256", "ES384", "ES512", "RS256", "PS256", "EdDSA"]
@@ -54,13 +52,6 @@ def verified(proof: str) -> tuple[dict, dict]:
     registry.max_header_length = 4096  # a jwk header of an RSA key is larger than the default
     obj = jws.deserialize_compact(proof, key, registry=registry)
     return obj.headers(), json.loads(obj.payload)
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    server, _ = bind_app("127.0.0.1", 0, lambda _port: app)
-    with BackgroundServer(server) as running:
-        yield running.url
 
 
 @pytest.fixture

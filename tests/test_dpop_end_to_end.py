@@ -8,20 +8,17 @@ tests' own builder (PyJWT's algorithm objects). Also ``m2mauth serve``'s demo AP
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
 import requests
-from _dpop_support import ProofKey
+from _dpop_support import ProofKey, serving_m2mauth
 from flask import Flask, g, jsonify
 
 from m2mauth.client import DPoPPolicy, TokenValidator
 from m2mauth.client.flask import require_token
-from m2mauth.server import create_app
 from m2mauth.server.lab import DPOP_DEFECTS
 from m2mauth.server.serving import BackgroundServer, bind_app
-from m2mauth.server.settings import ServerSettings
 
 AUDIENCE = "https://api.test"
 SECRET = "e2e-secret"
@@ -155,10 +152,8 @@ def test_the_apis_nonce_flow_with_the_servers_token(idp, client):
 
 @pytest.fixture
 def served() -> Iterator[tuple[str, Any]]:
-    server, app = bind_app("127.0.0.1", 0, lambda port: create_app(
-        replace(ServerSettings(), port=port)))
-    with BackgroundServer(server) as running:
-        yield running.url, app.extensions["m2mauth_lab"].controls
+    with serving_m2mauth() as served:
+        yield served
 
 
 def test_serve_issues_dpop_tokens_its_demo_api_accepts(served):

@@ -12,15 +12,11 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from m2mauth.server import create_app
-from m2mauth.server.serving import BackgroundServer, bind_app
-from m2mauth.server.settings import ServerSettings
+from _dpop_support import serving_m2mauth
 
 NPM_PACKAGES = ("openid-client@6", "jose@6")
 NPM_TIMEOUT = 240
@@ -83,10 +79,8 @@ def node_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def served() -> Iterator[tuple[str, Any]]:
     """``m2mauth serve``'s app (the lab on, the demo API at /demo) on a free loopback port."""
-    server, app = bind_app("127.0.0.1", 0, lambda port: create_app(
-        replace(ServerSettings(), port=port)))
-    with BackgroundServer(server) as running:
-        yield running.url, app.extensions["m2mauth_lab"].controls
+    with serving_m2mauth() as served:
+        yield served
 
 
 def run_node(node_dir: Path, *args: str) -> dict[str, Any]:
