@@ -241,6 +241,13 @@ def access_token_hash(token: str | bytes) -> str:
     return _b64url(hashlib.sha256(raw).digest())
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float (JSON bounds no digits)
+        return False
+
+
 def _unescape_unreserved(match: re.Match[str]) -> str:
     char = chr(int(match.group(1), 16))
     return char if char in _UNRESERVED else "%" + match.group(1).upper()
@@ -519,7 +526,7 @@ class DPoPProofChecker:
                                         "URL that htu could name") from None
         if claimed != called:
             raise InvalidDPoPProofError("wrong_url", "htu is not this request's URL")
-        if type(iat) not in (int, float) or not math.isfinite(iat):
+        if type(iat) not in (int, float) or not _finite(iat):
             raise InvalidDPoPProofError("invalid_claim", "the proof's iat is not a number")
         leeway = self.leeway
         if iat < now - self.policy.max_age - leeway:

@@ -1,0 +1,87 @@
+"""Red-team tests of DPoP (RFC 9449): inputs that once broke the token endpoint, the
+resource-server checks or the client (each named for the defect), and a few attacks that
+hold. Real keys, real HTTP where an endpoint is concerned; clocks are frozen, nothing sleeps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+from _dpop_support import ProofKey, bound_token
+from flask import Flask, g, jsonify
+
+from m2mauth.client import DPoPProofChecker, InvalidDPoPProofError, TokenValidator
+from m2mauth.client.flask import require_token
+from m2mauth.server.serving import BackgroundServer, bind_app
+
+AUDIENCE = "https://api.test"
+NOW = 1_900_000_000
+SECRET = "s3cret-for-attacks"
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    server, _ = bind_app("127.0.0.1", 0, lambda _port: app)
+    with BackgroundServer(server) as running:
+        yield running.url
+
+
+@pytest.fixture
+def clock(idp):
+    idp.clock.freeze(at=NOW)
+    return idp.clock
+
+
+@pytest.fixture
+def key() -> ProofKey:
+    return ProofKey.generate("ES256")
+
+
+@pytest.fixture
+def api(idp, clock) -> Iterator[str]:
+    """A DPoP-accepting API (require_token over a TokenValidator of the session's issuer)."""
+    validator = TokenValidator(idp.issuer, AUDIENCE, clock=clock.now)
+    app = Flask(__name__)
+
+    @app.get("/read")
+    @require_token(validator, "read")
+    def read():
+        return jsonify(jkt=g.token.jkt)
+
+    with serving(app) as url:
+        yield url
+
+
+@pytest.fixture
+def token(idp, key) -> str:
+    idp.add_client("attack-api-client", scopes=["read"], audiences=[AUDIENCE])
+    return bound_token(idp, key, client_id="attack-api-client", audience=AUDIENCE,
+                       expires_in=3600)
+
+
+def call_api(url: str, token: str, proof: str) -> requests.Response:
+    return requests.get(url + "/read", timeout=5,
+                        headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+
+
+# -- the resource server ----------------------------------------------------------------------
+
+
+def test_api_answers_401_not_500_for_an_iat_too_large_for_a_float(api, key, token):
+    # JSON integers have no bound: 10**400 is a valid iat to json.loads, but math.isfinite()
+    # raised OverflowError on it, which escaped require_token as a 500.
+    proof = key.proof("GET", api + "/read", 10**400, token=token)
+    r = call_api(api, token, proof)
+    assert r.status_code == 401, r.text
+    assert r.json() == {"error": "invalid_dpop_proof",
+                        "error_description": "the proof's iat is not a number"}
+
+
+def test_checker_refuses_an_iat_too_large_for_a_float(key):
+    checker = DPoPProofChecker(clock=lambda: NOW)
+    with pytest.raises(InvalidDPoPProofError) as info:
+        checker.check(key.proof("GET", "https://api.test/x", 10**400), method="GET",
+                      url="https://api.test/x")
+    assert info.value.reason == "invalid_claim"
