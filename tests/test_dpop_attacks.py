@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import jwt
 import pytest
 import requests
 from _dpop_support import ProofKey, bound_token
 from flask import Flask, g, jsonify
 
-from m2mauth.client import DPoPProofChecker, InvalidDPoPProofError, TokenValidator
+from m2mauth.client import DPoPKey, DPoPProofChecker, InvalidDPoPProofError, TokenValidator
 from m2mauth.client.flask import require_token
 from m2mauth.server.serving import BackgroundServer, bind_app
 
@@ -85,3 +86,17 @@ def test_checker_refuses_an_iat_too_large_for_a_float(key):
         checker.check(key.proof("GET", "https://api.test/x", 10**400), method="GET",
                       url="https://api.test/x")
     assert info.value.reason == "invalid_claim"
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+def test_client_proof_htu_leaves_out_userinfo():
+    # A URL's userinfo (https://user:password@host/) went into htu: the password was in every
+    # proof (logged by servers), and the resource server refuses an htu with userinfo.
+    key = DPoPKey.generate()
+    proof = key.proof("GET", "https://user:pa55word@API.test:443/x?q=1")
+    claims = jwt.decode(proof, options={"verify_signature": False})
+    assert claims["htu"] == "https://API.test:443/x"
+    checker = DPoPProofChecker(clock=lambda: claims["iat"])
+    assert checker.check(proof, method="GET", url="https://api.test/x").jkt == key.thumbprint
