@@ -166,7 +166,8 @@ def _normal_url(url: str) -> tuple[str, str, int | None, str] | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    # Userinfo makes another URI (RFC 3986 section 3.2): never the request's.
+    if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
         return None
     if port == {"http": 80, "https": 443}[scheme]:
         port = None

@@ -100,3 +100,27 @@ def test_client_proof_htu_leaves_out_userinfo():
     assert claims["htu"] == "https://API.test:443/x"
     checker = DPoPProofChecker(clock=lambda: claims["iat"])
     assert checker.check(proof, method="GET", url="https://api.test/x").jkt == key.thumbprint
+
+
+# -- the token endpoint -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_client(idp):
+    idp.add_client("attack-token-client", client_secret=SECRET, scopes=["read"])
+    return "attack-token-client"
+
+
+def post_token(idp, proof: str, client_id: str) -> requests.Response:
+    return requests.post(idp.issuer + "/token", data={"grant_type": "client_credentials"},
+                         auth=(client_id, SECRET), headers={"DPoP": proof}, timeout=5)
+
+
+def test_token_endpoint_refuses_an_htu_with_userinfo(idp, clock, key, token_client):
+    # http://user:pw@host/token is another URI than http://host/token (RFC 3986 §3.2); the
+    # server compared the host only, while the resource-server checker refuses userinfo.
+    htu = (idp.issuer + "/token").replace("://", "://user:pw@")
+    r = post_token(idp, key.proof("POST", htu, NOW), token_client)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_dpop_proof"
+    assert "htu" in r.json()["error_description"]
