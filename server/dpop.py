@@ -201,6 +201,15 @@ def _check_typ(header: Mapping[str, Any]) -> None:
         raise InvalidDPoPProofError("The DPoP proof's typ must be dpop+jwt.")
 
 
+def _check_no_extensions(header: Mapping[str, Any]) -> None:
+    # joserfc honours RFC 7797 (crit b64: false) and then verifies the payload segment as
+    # raw bytes, while the claims here are that segment decoded: a proof's payload is its
+    # JSON claims, so no critical extension (and no b64) is accepted.
+    if "crit" in header or "b64" in header:
+        raise InvalidDPoPProofError(
+            "The DPoP proof's header must not have crit or b64 (no JWS extensions).")
+
+
 def _check_alg(header: Mapping[str, Any]) -> str:
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in DPOP_ALGORITHMS:
@@ -361,6 +370,7 @@ class DPoPVerifier:
         :class:`InvalidDPoPProofError` or :class:`UseDPoPNonceError`."""
         header, claims = _split(proof)
         _check_typ(header)
+        _check_no_extensions(header)
         alg = _check_alg(header)
         jwk = _check_jwk(header, alg)
         key = _import_public(jwk, alg)

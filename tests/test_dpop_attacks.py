@@ -124,3 +124,16 @@ def test_token_endpoint_refuses_an_htu_with_userinfo(idp, clock, key, token_clie
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "invalid_dpop_proof"
     assert "htu" in r.json()["error_description"]
+
+
+@pytest.mark.parametrize("header", [{"crit": ["b64"], "b64": False}, {"b64": False}],
+                         ids=["crit-b64", "b64-alone"])
+def test_token_endpoint_refuses_unencoded_payload_proofs(idp, clock, key, token_client,
+                                                         header):
+    # joserfc understands RFC 7797 (b64: false): it then verifies the payload segment as raw
+    # bytes, while the server read the claims by decoding that same segment – two readings
+    # of one proof. A proof's payload is its JSON claims; b64 and crit are refused.
+    r = post_token(idp, key.proof("POST", idp.issuer + "/token", NOW, header=header),
+                   token_client)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_dpop_proof"
