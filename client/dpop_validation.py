@@ -550,20 +550,22 @@ class DPoPProofChecker:
     def _remember(self, jkt: str, jti: str, iat: float, now: float) -> None:
         """RFC 9449 §11.1: one use per jti and key within the window (see the module doc)."""
         key = (jkt, jti)
-        leaves = iat + self.policy.max_age + self.leeway  # after this, the iat check refuses
+        # The last instant the iat check lets the proof through: the entry is live up to and
+        # including it (iat < now - max_age - leeway is what the check refuses).
+        leaves = iat + self.policy.max_age + self.leeway
         with self._seen_lock:
             seen = self._seen
             expiry = seen.get(key)
-            if expiry is not None and expiry > now:
+            if expiry is not None and expiry >= now:
                 raise InvalidDPoPProofError("replayed", "the proof's jti was used before")
             while seen:  # drop expired entries from the front (the oldest inserted)
                 first = next(iter(seen))
-                if seen[first] > now:
+                if seen[first] >= now:
                     break
                 del seen[first]
             if len(seen) >= self.policy.replay_max_entries and now >= self._next_scan:
                 self._next_scan = now + _FULL_SCAN_INTERVAL
-                for old in [k for k, t in seen.items() if t <= now]:
+                for old in [k for k, t in seen.items() if t < now]:
                     del seen[old]
             if len(seen) >= self.policy.replay_max_entries:
                 raise InvalidDPoPProofError("replay_cache_full", "too many recent proofs to "

@@ -137,3 +137,20 @@ def test_token_endpoint_refuses_unencoded_payload_proofs(idp, clock, key, token_
                    token_client)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "invalid_dpop_proof"
+
+
+def test_checker_refuses_a_replay_at_the_last_instant_the_proof_is_fresh(key):
+    # The jti left the replay cache at iat + max_age + leeway, the very instant at which the
+    # iat check still let the proof through (it refuses only iat < now - max_age - leeway).
+    now = [NOW]
+    checker = DPoPProofChecker(clock=lambda: now[0], leeway=5)
+    proof = key.proof("GET", "https://api.test/x", NOW)
+    checker.check(proof, method="GET", url="https://api.test/x")
+    now[0] = NOW + 60 + 5  # max_age + leeway: the proof is still fresh
+    with pytest.raises(InvalidDPoPProofError) as info:
+        checker.check(proof, method="GET", url="https://api.test/x")
+    assert info.value.reason == "replayed"
+    now[0] += 0.001
+    with pytest.raises(InvalidDPoPProofError) as info:
+        checker.check(proof, method="GET", url="https://api.test/x")
+    assert info.value.reason == "stale"
