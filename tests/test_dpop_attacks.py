@@ -10,10 +10,16 @@ from contextlib import contextmanager
 import jwt
 import pytest
 import requests
-from _dpop_support import ProofKey, bound_token
+from _dpop_support import ProofKey, b64, bound_token
 from flask import Flask, g, jsonify
 
-from m2mauth.client import DPoPKey, DPoPProofChecker, InvalidDPoPProofError, TokenValidator
+from m2mauth.client import (
+    DPoPKey,
+    DPoPProofChecker,
+    InvalidDPoPProofError,
+    TokenValidator,
+    parse_challenges,
+)
 from m2mauth.client.flask import require_token
 from m2mauth.server.serving import BackgroundServer, bind_app
 
@@ -154,3 +160,82 @@ def test_checker_refuses_a_replay_at_the_last_instant_the_proof_is_fresh(key):
     with pytest.raises(InvalidDPoPProofError) as info:
         checker.check(proof, method="GET", url="https://api.test/x")
     assert info.value.reason == "stale"
+
+
+# -- attacks that hold ------------------------------------------------------------------------
+
+
+def test_extra_jwk_members_do_not_change_the_thumbprint(idp, clock, key, token_client, api):
+    # RFC 7638: cnf.jkt is over the required members only, so a kid/use/alg/key_ops in the
+    # proof's jwk binds the token to the same key the API then sees (whose jwk has none).
+    jwk = {**key.jwk, "kid": "k1", "use": "sig", "alg": "ES256", "key_ops": ["verify"]}
+    r = post_token(idp, key.proof("POST", idp.issuer + "/token", NOW, header={"jwk": jwk}),
+                   token_client)
+    assert r.status_code == 200, r.text
+    claims = jwt.decode(r.json()["access_token"], options={"verify_signature": False})
+    assert claims["cnf"] == {"jkt": key.jkt}
+
+
+def test_an_off_curve_ec_key_is_refused_on_both_sides(idp, clock, key, token_client):
+    jwk = {**key.jwk, "y": b64(b"\x01" * 32)}  # (x, y) is not a point of P-256
+    r = post_token(idp, key.proof("POST", idp.issuer + "/token", NOW, header={"jwk": jwk}),
+                   token_client)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_dpop_proof"
+    with pytest.raises(InvalidDPoPProofError) as info:
+        DPoPProofChecker(clock=lambda: NOW).check(
+            key.proof("GET", "https://api.test/x", NOW, header={"jwk": jwk}), method="GET",
+            url="https://api.test/x")
+    assert info.value.reason == "bad_key"
+
+
+def test_key_urls_in_the_header_are_never_fetched(idp, clock, key, token_client, api, token):
+    hits: list[str] = []
+    trap = Flask(__name__)
+
+    @trap.route("/<path:anything>")
+    def record(anything):
+        hits.append(anything)
+        return jsonify(keys=[])
+
+    with serving(trap) as trap_url:
+        header = {"jku": trap_url + "/jwks", "x5u": trap_url + "/x5u", "kid": "k1"}
+        r = post_token(idp, key.proof("POST", idp.issuer + "/token", NOW, header=header),
+                       token_client)
+        assert r.status_code == 200, r.text
+        r = call_api(api, token, key.proof("GET", api + "/read", NOW, token=token,
+                                           header=header))
+        assert r.status_code == 200, r.text
+    assert hits == []
+
+
+def test_a_huge_rsa_modulus_is_refused_quickly_and_without_a_500(idp, clock, token_client):
+    # A 16384-bit "key" (no key generation needed: any odd n) with a signature of its size.
+    n = (1 << 16383) | int.from_bytes(b"\x5a" * 2047, "big") | 1
+    jwk = {"kty": "RSA", "n": b64(n.to_bytes(2048, "big")), "e": "AQAB"}
+    head = b64({"typ": "dpop+jwt", "alg": "RS256", "jwk": jwk})
+    body = b64({"jti": "j1", "htm": "POST", "htu": idp.issuer + "/token", "iat": NOW})
+    signature = b64(bytes([1]) * 2048)
+    proof = f"{head}.{body}.{signature}"
+    r = post_token(idp, proof, token_client)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_dpop_proof"
+    with pytest.raises(InvalidDPoPProofError):
+        DPoPProofChecker(clock=lambda: NOW).check(proof, method="POST",
+                                                  url=idp.issuer + "/token")
+
+
+def test_a_token_endpoint_proof_is_refused_at_the_api(idp, clock, key, token_client, api,
+                                                      token):
+    proof = key.proof("POST", idp.issuer + "/token", NOW)
+    r = call_api(api, token, proof)
+    assert r.status_code == 401
+    assert r.json()["error"] == "invalid_dpop_proof"
+
+
+def test_hostile_claim_text_cannot_break_the_challenge(api, key, token):
+    proof = key.proof('G"ET\\\r\n,x="y', api + "/read", NOW, token=token)
+    r = call_api(api, token, proof)
+    assert r.status_code == 401
+    challenges = parse_challenges(r.headers["WWW-Authenticate"])
+    assert [c.scheme for c in challenges] == ["dpop"]
+    assert challenges[0].params["error"] == "invalid_dpop_proof"
+    assert "x" not in challenges[0].params and "\r" not in r.headers["WWW-Authenticate"]
