@@ -93,11 +93,15 @@ def _check_fit(private_key: Any, alg: str) -> None:
 
 def _htu(url: str) -> str:
     """``htu`` for ``url``: the URL without query and fragment (RFC 9449 §4.2); an empty path
-    becomes ``/``. ``ValueError`` for anything but an absolute http(s) URL."""
+    becomes ``/`` and userinfo is left out. ``ValueError`` for anything but an absolute
+    http(s) URL."""
     parts = urlsplit(url)
-    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.netloc:
+    # Userinfo (user:password@) would put a password into every proof, and it is no part
+    # of the URI a resource server compares htu with (it refuses an htu that has one).
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not netloc:
         raise ValueError("a DPoP proof needs an absolute http(s) URL")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", "", ""))
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", "", ""))
 
 
 class DPoPKey:

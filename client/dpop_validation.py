@@ -241,6 +241,13 @@ def access_token_hash(token: str | bytes) -> str:
     return _b64url(hashlib.sha256(raw).digest())
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float (JSON bounds no digits)
+        return False
+
+
 def _unescape_unreserved(match: re.Match[str]) -> str:
     char = chr(int(match.group(1), 16))
     return char if char in _UNRESERVED else "%" + match.group(1).upper()
@@ -519,7 +526,7 @@ class DPoPProofChecker:
                                         "URL that htu could name") from None
         if claimed != called:
             raise InvalidDPoPProofError("wrong_url", "htu is not this request's URL")
-        if type(iat) not in (int, float) or not math.isfinite(iat):
+        if type(iat) not in (int, float) or not _finite(iat):
             raise InvalidDPoPProofError("invalid_claim", "the proof's iat is not a number")
         leeway = self.leeway
         if iat < now - self.policy.max_age - leeway:
@@ -543,20 +550,22 @@ class DPoPProofChecker:
     def _remember(self, jkt: str, jti: str, iat: float, now: float) -> None:
         """RFC 9449 §11.1: one use per jti and key within the window (see the module doc)."""
         key = (jkt, jti)
-        leaves = iat + self.policy.max_age + self.leeway  # after this, the iat check refuses
+        # The last instant the iat check lets the proof through: the entry is live up to and
+        # including it (iat < now - max_age - leeway is what the check refuses).
+        leaves = iat + self.policy.max_age + self.leeway
         with self._seen_lock:
             seen = self._seen
             expiry = seen.get(key)
-            if expiry is not None and expiry > now:
+            if expiry is not None and expiry >= now:
                 raise InvalidDPoPProofError("replayed", "the proof's jti was used before")
             while seen:  # drop expired entries from the front (the oldest inserted)
                 first = next(iter(seen))
-                if seen[first] > now:
+                if seen[first] >= now:
                     break
                 del seen[first]
             if len(seen) >= self.policy.replay_max_entries and now >= self._next_scan:
                 self._next_scan = now + _FULL_SCAN_INTERVAL
-                for old in [k for k, t in seen.items() if t <= now]:
+                for old in [k for k, t in seen.items() if t < now]:
                     del seen[old]
             if len(seen) >= self.policy.replay_max_entries:
                 raise InvalidDPoPProofError("replay_cache_full", "too many recent proofs to "

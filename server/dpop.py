@@ -166,7 +166,8 @@ def _normal_url(url: str) -> tuple[str, str, int | None, str] | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    # Userinfo makes another URI (RFC 3986 section 3.2): never the request's.
+    if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
         return None
     if port == {"http": 80, "https": 443}[scheme]:
         port = None
@@ -198,6 +199,15 @@ def _split(proof: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def _check_typ(header: Mapping[str, Any]) -> None:
     if header.get("typ") != "dpop+jwt":
         raise InvalidDPoPProofError("The DPoP proof's typ must be dpop+jwt.")
+
+
+def _check_no_extensions(header: Mapping[str, Any]) -> None:
+    # joserfc honours RFC 7797 (crit b64: false) and then verifies the payload segment as
+    # raw bytes, while the claims here are that segment decoded: a proof's payload is its
+    # JSON claims, so no critical extension (and no b64) is accepted.
+    if "crit" in header or "b64" in header:
+        raise InvalidDPoPProofError(
+            "The DPoP proof's header must not have crit or b64 (no JWS extensions).")
 
 
 def _check_alg(header: Mapping[str, Any]) -> str:
@@ -360,6 +370,7 @@ class DPoPVerifier:
         :class:`InvalidDPoPProofError` or :class:`UseDPoPNonceError`."""
         header, claims = _split(proof)
         _check_typ(header)
+        _check_no_extensions(header)
         alg = _check_alg(header)
         jwk = _check_jwk(header, alg)
         key = _import_public(jwk, alg)
