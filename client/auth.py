@@ -19,8 +19,9 @@ drops the token and resends once, as for Bearer.
 
 Both schemes' exchange is written once, as the sans-I/O generator :func:`_auth_steps`, which
 the ``requests`` hook and httpx's sync and async auth flows drive. With DPoP, a redirect is
-followed with the proof of the first URL (the library follows it, not the adapter), which a
-DPoP resource server refuses; call the final URL.
+followed by the library, not the adapter: ``requests`` goes on without the proof (the adapter
+drops it), httpx with the proof of the first URL; either is refused by a DPoP resource
+server. Call the final URL.
 
 The token never appears in a ``repr``, log line or exception raised here.
 """
@@ -202,6 +203,10 @@ class RequestsBearerAuth(AuthBase):
 
         def handle(response: requests.Response, **kwargs: Any) -> requests.Response:
             if response.is_redirect:
+                # requests builds the next hop from a copy of this request and strips only
+                # Authorization: a proof made for this URL is no use anywhere else, so it
+                # does not travel either (to another origin it would tell who we are).
+                response.request.headers.pop("DPoP", None)
                 return response
             sent: _Send | None = state.pop("sent", None)
             while sent is not None:

@@ -352,3 +352,31 @@ def test_threads_share_one_token_and_the_origins_nonce(nonce_api, provider, idp)
 def test_dpop_challenges(status, header, nonce, refetch):
     assert dpop_nonce_requested(status, header) is nonce
     assert should_refetch(status, header, scheme="dpop") is refetch
+
+
+def test_requests_does_not_carry_the_proof_across_a_redirect(api, provider):
+    """requests strips Authorization on a cross-host redirect but copies every other header:
+    the proof, made for the first URL, must not reach the other origin."""
+    seen: list = []
+    target = Flask(__name__)
+
+    @target.get("/landing")
+    def landing():
+        from flask import request
+
+        seen.append({k.lower() for k in request.headers.keys()})
+        return {"ok": True}
+
+    with serving(target) as other:
+        origin = Flask(__name__)
+
+        @origin.get("/moved")
+        def moved():
+            return Response(status=302, headers={"Location": other + "/landing"})
+
+        with serving(origin) as url:
+            session = requests.Session()
+            session.auth = RequestsBearerAuth(provider)
+            r = session.get(url + "/moved", timeout=5)
+    assert r.status_code == 200 and len(r.history) == 1
+    assert len(seen) == 1 and "dpop" not in seen[0] and "authorization" not in seen[0]
