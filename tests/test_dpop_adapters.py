@@ -364,7 +364,7 @@ def test_requests_does_not_carry_the_proof_across_a_redirect(api, provider):
     def landing():
         from flask import request
 
-        seen.append({k.lower() for k in request.headers.keys()})
+        seen.append({k.lower() for k, _ in request.headers.items()})
         return {"ok": True}
 
     with serving(target) as other:
