@@ -30,7 +30,9 @@ longer pass the ``iat`` check anyway. When the cache is full of live entries, ne
 refused (``replay_cache_full``; :func:`~m2mauth.client.flask.require_token` answers 503)
 rather than forgetting a live jti, which would let that proof be replayed: fail closed. Only
 holders of valid DPoP-bound tokens can fill it, at ``replay_max_entries / (max_age + 2 *
-leeway)`` proofs per second.
+leeway)`` proofs per second. Several processes behind one URL need one cache, or a proof
+could be replayed once per process: ``DPoPPolicy(replay_cache=...)`` takes any
+:class:`DPoPReplayCache` (Redis, a database, the lab's state store).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from jwt.algorithms import get_default_algorithms
@@ -66,6 +68,7 @@ __all__ = [
     "DPoPPolicy",
     "DPoPProof",
     "DPoPProofChecker",
+    "DPoPReplayCache",
     "InvalidDPoPProofError",
     "UseDPoPNonceError",
     "jwk_thumbprint",
@@ -161,6 +164,16 @@ class UseDPoPNonceError(InvalidDPoPProofError, code="use_dpop_nonce"):
         return (type(self), (self.nonce, self.error_description))
 
 
+class DPoPReplayCache(Protocol):
+    """Where a resource server remembers the proofs it accepted: shared by every process that
+    serves the same URLs, bounded, and failing closed (False when full)."""
+
+    def remember(self, jkt: str, jti: str, expires_at: float, now: float) -> bool:
+        """Record the proof ``jti`` of key ``jkt`` until ``expires_at``; False if it is still
+        recorded from before (a replay) or no room is left for it."""
+        ...
+
+
 @dataclass(frozen=True)
 class DPoPPolicy:
     """How DPoP proofs are judged. ``algorithms``: the allow-list (asymmetric only);
@@ -169,7 +182,8 @@ class DPoPPolicy:
     a nonce this server issued (RFC 9449 §8), which rotates every ``nonce_lifetime`` seconds
     (the previous one stays good for one more period); ``nonce_secret``: the HMAC key of the
     nonces (None: random per checker – give several workers the same one so they accept each
-    other's nonces); ``replay_max_entries``: the bound of the jti cache;
+    other's nonces); ``replay_max_entries``: the bound of the in-process jti cache;
+    ``replay_cache``: a shared one instead (several processes behind one URL);
     ``max_proof_bytes``: longer proofs are refused before decoding."""
 
     algorithms: tuple[str, ...] = DPOP_ALGORITHMS
@@ -180,6 +194,7 @@ class DPoPPolicy:
     nonce_secret: bytes | None = field(default=None, repr=False)
     replay_max_entries: int = 100_000
     max_proof_bytes: int = 8192
+    replay_cache: DPoPReplayCache | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         algorithms = tuple(dict.fromkeys(self.algorithms))
@@ -553,6 +568,12 @@ class DPoPProofChecker:
         # The last instant the iat check lets the proof through: the entry is live up to and
         # including it (iat < now - max_age - leeway is what the check refuses).
         leaves = iat + self.policy.max_age + self.leeway
+        shared = self.policy.replay_cache
+        if shared is not None:
+            if not shared.remember(jkt, jti, leaves, now):
+                raise InvalidDPoPProofError("replayed", "the proof's jti was used before (or "
+                                            "the shared replay cache is full)")
+            return
         with self._seen_lock:
             seen = self._seen
             expiry = seen.get(key)

@@ -100,8 +100,10 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     the resource server of the learning pages, trusting this issuer for the default audience.
     It fetches the JWKS over HTTP from this very server, as a separate service would, and
     judges tokens by the server's clock, so the lab's clock moves reach it (a token expires
-    at the API when the server's clock passes its ``exp``)."""
-    from m2mauth.client import JWKSCache
+    at the API when the server's clock passes its ``exp``). The DPoP proofs it accepted are
+    remembered in the issuer's store, so under ``--workers`` a proof is good at one worker
+    once, not once per worker."""
+    from m2mauth.client import DPoPPolicy, JWKSCache
     from m2mauth.client.demo_api import create_demo_api
 
     from .issuer import JWKS_PATH
@@ -121,8 +123,21 @@ def _mount_demo_api(app: Flask, settings: ServerSettings) -> None:
     keys = JWKSCache(default_issuer(settings.host, settings.port, scheme) + issuer.mount
                      + JWKS_PATH, cooldown=0, negative_ttl=0, session=session)
     demo = create_demo_api(issuer.issuer, settings.default_audience, leeway=DEMO_LEEWAY,
-                           jwks_cache=keys, clock=issuer.clock.now)
+                           jwks_cache=keys, clock=issuer.clock.now,
+                           dpop=DPoPPolicy(replay_cache=_StoreReplayCache(issuer.store)))
     app.wsgi_app = _Mount(app.wsgi_app, DEMO_API_PREFIX, demo)  # type: ignore[method-assign]
+
+
+class _StoreReplayCache:
+    """The demo API's DPoP replay cache (``m2mauth.client.DPoPReplayCache``) in the issuer's
+    state store: the store's bounded, expiring jti record, in a namespace per proof key that
+    no client id can take (client ids are printable ASCII)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def remember(self, jkt: str, jti: str, expires_at: float, now: float) -> bool:
+        return bool(self._store.remember_jti(f"demo-api dpop\n{jkt}", jti, expires_at, now))
 
 
 class _Mount:

@@ -13,7 +13,8 @@ import m2mauth.client
 
 EXPORTED = {
     "AUTH_METHODS", "AsyncTokenProvider", "Challenge", "DPOP_PROOF_REASONS", "DPoPNonces",
-    "DPoPPolicy", "DPoPProof", "DPoPProofChecker", "DiscoveryError", "HttpxBearerAuth",
+    "DPoPPolicy", "DPoPProof", "DPoPProofChecker", "DPoPReplayCache", "DiscoveryError",
+    "HttpxBearerAuth",
     "InvalidDPoPProofError", "UseDPoPNonceError", "jwk_thumbprint",
     "DPOP_KEY_ALGORITHMS", "DPoPKey", "DPoPNonceStore", "DPoPTokenTypeError",
     "dpop_nonce_requested",

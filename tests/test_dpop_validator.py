@@ -279,6 +279,34 @@ def test_replay_cache_is_bounded_and_fails_closed(make_validator, key, token, cl
     assert validator.dpop.replay_cache_size == 1
 
 
+class _SharedReplays:
+    """A replay cache two validators share (as two processes would share Redis): the
+    :class:`~m2mauth.client.DPoPReplayCache` protocol over one dict, bounded at 2."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, str], float] = {}
+
+    def remember(self, jkt: str, jti: str, expires_at: float, now: float) -> bool:
+        self.seen = {k: t for k, t in self.seen.items() if t >= now}
+        if (jkt, jti) in self.seen or len(self.seen) >= 2:
+            return False
+        self.seen[(jkt, jti)] = expires_at
+        return True
+
+
+def test_a_shared_replay_cache_refuses_a_proof_another_validator_accepted(
+        make_validator, key, token, clock):
+    shared = _SharedReplays()
+    first, second = (make_validator(dpop=DPoPPolicy(replay_cache=shared)) for _ in range(2))
+    proof = proof_of(key, token)
+    assert first.validate_dpop(token, proof, method="GET", url=URL)
+    assert refused(second, token, proof).reason == "replayed"
+    assert list(shared.seen.values()) == [NOW + 60 + 30]  # until the iat window closes
+    assert second.validate_dpop(token, proof_of(key, token), method="GET", url=URL)
+    assert refused(first, token, proof_of(key, token)).reason == "replayed"  # full: closed
+    assert first.dpop.replay_cache_size == 0  # the in-process cache is not used
+
+
 def test_wrong_ath(idp, validator, key, token):
     other = bound_token(idp, key, scope="write")
     exc = refused(validator, token, proof_of(key, other))

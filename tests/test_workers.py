@@ -28,6 +28,7 @@ import pytest
 import requests
 from _store_support import RedisServer
 
+from m2mauth.client import DPoPKey
 from m2mauth.server.workers import WORKER_HEADER
 
 T0 = 1_700_000_000
@@ -343,6 +344,25 @@ def test_a_replayed_client_assertion_is_refused_whichever_worker_sees_it(server,
         # invalid_client, 400 without HTTP Basic (RFC 6749 section 5.2)
         assert replay.status_code == 400, replay.text
         assert replay.json()["error"] == "invalid_client"
+    assert worker_of(first) in {worker_of(r) for r in replays}  # and the other one too
+
+
+def test_a_dpop_proof_replayed_at_the_demo_api_is_refused_whichever_worker_sees_it(server):
+    """The demo API keeps the proofs it accepted in the issuer's store: once across workers."""
+    key = DPoPKey.generate()
+    endpoint, hello = server.url + "/token", server.url + "/demo/hello"
+    got = fresh("POST", endpoint, data={**GRANT, "scope": "read"}, auth=DEMO,
+                headers={"DPoP": key.proof("POST", endpoint)})
+    assert got.status_code == 200 and got.json()["token_type"] == "DPoP", got.text
+    access = got.json()["access_token"]
+    headers = {"Authorization": f"DPoP {access}",
+               "DPoP": key.proof("GET", hello, access_token=access)}
+    first = fresh("GET", hello, headers=headers)
+    assert first.status_code == 200, first.text
+    replays = across_workers(lambda: fresh("GET", hello, headers=headers))
+    for replay in replays:
+        assert replay.status_code == 401, replay.text
+        assert 'error="invalid_dpop_proof"' in replay.headers["WWW-Authenticate"]
     assert worker_of(first) in {worker_of(r) for r in replays}  # and the other one too
 
 
