@@ -53,7 +53,6 @@ __all__ = [
     "DPoPVerifier",
     "InvalidDPoPProofError",
     "UseDPoPNonceError",
-    "jwk_thumbprint",
     "proof_header",
     "same_htu",
 ]
@@ -129,15 +128,6 @@ class DPoPProof:
     jti: str
     alg: str
     jwk: Mapping[str, Any]
-
-
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """The RFC 7638 SHA-256 thumbprint of a public JWK, base64url without padding."""
-    kty = jwk.get("kty")
-    key_class = _KEY_CLASSES.get(kty) if isinstance(kty, str) else None
-    if key_class is None:
-        raise ValueError("unsupported key type")
-    return str(key_class.import_key(dict(jwk)).thumbprint())
 
 
 def proof_header(headers: Mapping[str, str]) -> str | None:
@@ -287,16 +277,6 @@ def _check_iat(claims: Mapping[str, Any], now: float, max_age: int, leeway: int)
     return float(iat)
 
 
-def _check_ath(claims: Mapping[str, Any], access_token: str | None) -> None:
-    if access_token is None:
-        return
-    expected = base64.urlsafe_b64encode(
-        hashlib.sha256(access_token.encode("ascii", "replace")).digest()).rstrip(b"=").decode()
-    ath = claims.get("ath")
-    if not isinstance(ath, str) or not hmac.compare_digest(ath, expected):
-        raise InvalidDPoPProofError("The DPoP proof's ath is not the hash of the token.")
-
-
 def _finite(value: float) -> bool:
     try:
         return math.isfinite(value)
@@ -363,11 +343,11 @@ class DPoPVerifier:
     # -- proofs (RFC 9449 section 4.3) --------------------------------------------------
 
     def verify(self, proof: str, *, method: str, url: str, client_id: str,
-               access_token: str | None = None, nonce_required: bool | None = None,
-               ) -> DPoPProof:
+               nonce_required: bool | None = None) -> DPoPProof:
         """Check ``proof`` for a ``method`` request to ``url`` by ``client_id`` (whose
-        replay-cache share keeps the jti); ``access_token``: also check ``ath``. Raises
-        :class:`InvalidDPoPProofError` or :class:`UseDPoPNonceError`."""
+        replay-cache share keeps the jti); ``nonce_required`` None: as :meth:`nonce_required`
+        says. A token-endpoint proof has no ``ath`` to check (no access token is presented).
+        Raises :class:`InvalidDPoPProofError` or :class:`UseDPoPNonceError`."""
         header, claims = _split(proof)
         _check_typ(header)
         _check_no_extensions(header)
@@ -380,7 +360,6 @@ class DPoPVerifier:
         _check_htu(claims, url)
         now = self.clock.now()
         iat = _check_iat(claims, now, self.max_age, self.leeway)
-        _check_ath(claims, access_token)
         if nonce_required is None:
             nonce_required = self.nonce_required()
         if nonce_required and not self.nonce_is_current(claims.get("nonce")):
@@ -393,8 +372,8 @@ class DPoPVerifier:
         if not self.store.remember_jti(f"dpop\n{client_id}", jti,
                                        iat + self.max_age + self.leeway, now):
             raise InvalidDPoPProofError("The DPoP proof's jti was used before (a replay).")
-        return DPoPProof(jkt=str(key.thumbprint()), jti=jti, alg=alg,
-                         jwk={k: v for k, v in jwk.items() if k not in _PRIVATE_MEMBERS})
+        # _check_jwk refused private members: the header's jwk is the public key.
+        return DPoPProof(jkt=str(key.thumbprint()), jti=jti, alg=alg, jwk=jwk)
 
 
 class DPoPGrantExtension:

@@ -20,7 +20,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
-from ..dpop import DPOP_LEEWAY, DPOP_MAX_AGE, jwk_thumbprint
+from ..dpop import DPOP_LEEWAY, DPOP_MAX_AGE
 
 __all__ = ["DPOP_DEFECTS", "DPoPKey", "MintedProof", "dpop_key", "mint_proof"]
 
@@ -98,7 +98,7 @@ def dpop_key(key: Key | Mapping[str, Any] | None = None, alg: str | None = None)
     alg = alg or _ALG_OF[kty]
     if alg not in _ALGS_OF_KTY[kty]:
         raise ValueError(f"{alg} does not fit a {kty} key ({', '.join(_ALGS_OF_KTY[kty])})")
-    return DPoPKey(key, alg, jwk_thumbprint(key.as_dict(private=False)))
+    return DPoPKey(key, alg, str(key.thumbprint()))
 
 
 def _b64(data: bytes) -> str:
