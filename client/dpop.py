@@ -26,14 +26,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
-from .dpop_validation import access_token_hash, jwk_thumbprint
+from ._grammar import NONCE
+from .dpop_validation import PROOF_TYPE, access_token_hash, jwk_thumbprint
 from .errors import OAuthError
 
 __all__ = ["DPOP_KEY_ALGORITHMS", "DPoPKey", "DPoPNonceStore", "DPoPTokenTypeError"]
 
 #: The algorithms a :class:`DPoPKey` signs with (asymmetric only, RFC 9449 §4.2).
 DPOP_KEY_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "PS256", "EdDSA")
-PROOF_TYPE = "dpop+jwt"
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 #: The public members of a JWK per key type (RFC 7638 §3.2): all a proof's ``jwk`` carries.
@@ -43,7 +43,6 @@ _PYJWT = get_default_algorithms()
 #: A nonce is ``1*NQCHAR`` (RFC 9449 §8.1); longer than this is not kept (a hostile server
 #: could otherwise make every later proof huge).
 MAX_NONCE_LENGTH = 512
-_NQCHAR = frozenset(chr(c) for c in range(0x21, 0x7F) if c not in (0x22, 0x5C))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -214,7 +213,7 @@ def _usable_nonce(value: object) -> str | None:
     :data:`MAX_NONCE_LENGTH` long), else None: the header is untrusted input."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NONCE_LENGTH:
         return None
-    return value if all(c in _NQCHAR for c in value) else None
+    return value if NONCE.fullmatch(value) else None
 
 
 class DPoPNonceStore:
