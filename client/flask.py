@@ -81,10 +81,11 @@ With nonces on, every answer to a DPoP request carries the current ``DPoP-Nonce`
 
 The URL a proof's ``htu`` is compared with: ``public_url`` (the origin, and any path prefix,
 clients call this service at; else the app's ``M2MAUTH_PUBLIC_URL`` config) followed by the
-request's path under the app's root; without either, ``request.base_url`` – built from the
-``Host`` header and scheme as the WSGI server saw them. Behind a reverse proxy or TLS
-terminator that is not what the client called: pass ``public_url``, or let werkzeug's
-``ProxyFix`` restore the forwarded host and scheme (only for a proxy you trust to set them).
+request's path as the WSGI server saw it, the app's mount point (``SCRIPT_NAME``) included;
+without either, ``request.base_url`` – built from the ``Host`` header and scheme as the WSGI
+server saw them. Behind a reverse proxy or TLS terminator that is not what the client called:
+pass ``public_url``, or let werkzeug's ``ProxyFix`` restore the forwarded host and scheme
+(only for a proxy you trust to set them).
 """
 
 from __future__ import annotations
