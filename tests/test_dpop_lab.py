@@ -217,6 +217,8 @@ def test_admin_api_mints_dpop_tokens(dpop_idp):
         hashlib.sha256(body["access_token"].encode()).digest()).rstrip(b"=").decode()
     missing = admin(dpop_idp, "POST", "/dpop/tokens", {})
     assert missing.status_code == 400 and missing.json()["field"] == "client_id"
+    not_ascii = admin(dpop_idp, "POST", "/dpop/proofs", {"token": "t\u00e9"})
+    assert not_ascii.status_code == 400 and not_ascii.json()["field"] == "token"
 
 
 def test_admin_api_switches_nonces(dpop_idp):
