@@ -17,7 +17,6 @@ nonce are accepted.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -36,6 +35,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
+from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
 from .algorithms import KEY_TYPES
 from .clock import Clock
@@ -166,7 +166,7 @@ def _normal_url(url: str) -> tuple[str, str, int | None, str] | None:
 
 def _b64_json(segment: str, what: str) -> dict[str, Any]:
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = urlsafe_b64decode(segment.encode("ascii"))  # _split checked the alphabet
         value = json.loads(raw)
     except (binascii.Error, ValueError, RecursionError):
         raise InvalidDPoPProofError(f"The DPoP proof's {what} is not base64url JSON.") from None
@@ -320,7 +320,7 @@ class DPoPVerifier:
 
     def _nonce_for(self, window: int, secret: bytes) -> str:
         mac = hmac.new(secret, f"m2mauth dpop nonce {window}".encode(), hashlib.sha256)
-        tag = base64.urlsafe_b64encode(mac.digest()[:18]).decode()
+        tag = urlsafe_b64encode(mac.digest()[:18]).decode()
         return f"{window}.{tag}"
 
     def current_nonce(self) -> str:

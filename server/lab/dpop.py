@@ -5,7 +5,6 @@ public key) are assembled by hand, as a negative test needs exactly those bytes.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -19,6 +18,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
+from joserfc.util import json_b64encode, urlsafe_b64encode
 
 from ..dpop import DPOP_LEEWAY, DPOP_MAX_AGE
 
@@ -102,11 +102,11 @@ def dpop_key(key: Key | Mapping[str, Any] | None = None, alg: str | None = None)
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return urlsafe_b64encode(data).decode()
 
 
-def _json_b64(value: Mapping[str, Any]) -> str:
-    return _b64(json.dumps(value, separators=(",", ":")).encode())
+def _json_b64(value: dict[str, Any]) -> str:
+    return json_b64encode(value).decode()
 
 
 def token_hash(token: str) -> str:
