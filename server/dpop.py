@@ -37,7 +37,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
-from .algorithms import KEY_TYPES
+from .algorithms import KEY_TYPES, fits
 from .clock import Clock
 from .store import StateStore
 
@@ -80,7 +80,6 @@ NONCE_SWITCH = "dpop_nonce"
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _CURVES = {"ES256": ("EC", "P-256"), "EdDSA": ("OKP", "Ed25519"),
            "Ed25519": ("OKP", "Ed25519")}
-_MIN_RSA_BITS = 2048
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -115,7 +114,7 @@ class UseDPoPNonceError(OAuth2Error):
         super().__init__(description)
         self.nonce = nonce
 
-    def get_headers(self):
+    def get_headers(self) -> list[tuple[str, str]]:
         return [*super().get_headers(), ("DPoP-Nonce", self.nonce)]
 
 
@@ -230,9 +229,9 @@ def _import_public(jwk: dict[str, Any], alg: str) -> Any:
         key = _KEY_CLASSES[KEY_TYPES[alg]].import_key(jwk)
     except (JoseError, ValueError, TypeError, KeyError):
         raise InvalidDPoPProofError("The DPoP proof's jwk is not a valid public key.") from None
-    if isinstance(key, RSAKey) and key.raw_value.key_size < _MIN_RSA_BITS:
+    if not fits(alg, key.raw_value):  # the server's own rule: RSA of 2048 bits or more
         raise InvalidDPoPProofError(
-            f"The DPoP proof's RSA key is shorter than {_MIN_RSA_BITS} bits.")
+            f"The DPoP proof's jwk is too weak for {alg} (RSA keys need 2048 bits or more).")
     return key
 
 

@@ -203,6 +203,12 @@ def test_a_jwk_of_the_wrong_type_for_the_alg_is_refused(dpop_idp, key):
     refused(post(dpop_idp, sent), "not a key for RS256")
 
 
+@pytest.mark.filterwarnings("ignore:.*2048 bits")  # PyJWT signing, joserfc importing
+def test_an_rsa_key_under_2048_bits_is_refused(dpop_idp):
+    small = rsa.generate_private_key(65537, 1024)
+    refused(post(dpop_idp, proof(small, token_url(dpop_idp), alg="RS256")), "2048")
+
+
 def test_no_jwk_is_refused(dpop_idp, key):
     sent = jwt.encode({"jti": "j", "htm": "POST", "htu": token_url(dpop_idp),
                        "iat": int(time.time())}, key, algorithm="ES256",
