@@ -218,8 +218,8 @@ def _from_header(schemes: tuple[str, ...]) -> tuple[str, str] | None:
         raise BearerError(400, "invalid_request", "the Authorization header is empty")
     # Repeated headers arrive joined by commas ("Bearer a,Bearer b"); a token68 has none.
     pieces = [p.strip(" \t") for p in value.split(",")]
-    ours = [p.split(None, 1)[0].lower() for p in pieces if p.split(None, 1)[:1]
-            and p.split(None, 1)[0].lower() in schemes]
+    named = [p.split(None, 1)[0].lower() for p in pieces if p.split(None, 1)]
+    ours = [word for word in named if word in schemes]
     if not ours:
         return None  # another scheme (Basic, ...): no bearer credentials at all
     scheme = ours[0]
@@ -228,7 +228,7 @@ def _from_header(schemes: tuple[str, ...]) -> tuple[str, str] | None:
                           "more than one set of credentials in it", scheme=scheme)
     name = "DPoP" if scheme == "dpop" else "Bearer"
     section = "RFC 9449 section 7.1" if scheme == "dpop" else "RFC 6750 section 2.1"
-    rest = value[len(scheme):] if value[:len(scheme)].lower() == scheme else ""
+    rest = value[len(scheme):]  # the one piece's first word is ``scheme``
     if not rest:
         raise BearerError(400, "invalid_request", f"the {name} scheme without a token",
                           scheme=scheme)
