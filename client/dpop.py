@@ -169,9 +169,9 @@ class DPoPKey:
 
     def proof(self, method: str, url: str, *, access_token: str | None = None,
               nonce: str | None = None, now: float | None = None) -> str:
-        """A proof for one request: ``htm`` ``method``, ``htu`` ``url`` without query and
-        fragment, ``iat`` ``now`` (default: the key's clock), ``ath`` for ``access_token``
-        and ``nonce`` when given."""
+        """A proof for one request: ``htm`` ``method`` upper-cased, ``htu`` ``url`` without
+        query, fragment and userinfo, ``iat`` ``now`` (default: the key's clock) in whole
+        seconds, ``ath`` for ``access_token`` and ``nonce`` when given."""
         if not isinstance(method, str) or not method:
             raise ValueError("a DPoP proof needs the request's method")
         claims: dict[str, Any] = {
