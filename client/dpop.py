@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
 from ._grammar import NONCE
+from ._untrusted import shown
 from .dpop_validation import PROOF_TYPE, access_token_hash, jwk_thumbprint
 from .errors import OAuthError
 
@@ -53,7 +54,7 @@ class DPoPTokenTypeError(OAuthError, code="dpop_not_bound"):
 
     def __init__(self, token_type: str, token_url: str, status: int | None = 200) -> None:
         super().__init__(self.code, f"{token_url} answered a DPoP proof with token_type "
-                         f"{token_type!r}, not DPoP: the server does not bind tokens to the "
+                         f"{shown(token_type)}, not DPoP: the server does not bind tokens to the "
                          "key; use a provider without dpop to accept bearer tokens.", None,
                          status)
         self.token_type, self.token_url = token_type, token_url
