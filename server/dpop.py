@@ -24,6 +24,7 @@ import json
 import math
 import re
 import secrets
+import string
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _CURVES = {"ES256": ("EC", "P-256"), "EdDSA": ("OKP", "Ed25519"),
            "Ed25519": ("OKP", "Ed25519")}
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 
 
 class _ProofRegistry(JWSRegistry):
@@ -142,8 +145,8 @@ def proof_header(headers: Mapping[str, str]) -> str | None:
 
 def same_htu(htu: str, url: str) -> bool:
     """Whether ``htu`` names ``url`` (RFC 9449 §4.3 step 9): query and fragment ignored,
-    scheme and host compared without case, a default port the same as none (RFC 3986
-    §6.2.2-6.2.3)."""
+    scheme and host compared without case, percent-encoding normalised, a default port the
+    same as none (RFC 3986 §6.2.2-6.2.3; dot segments are not removed)."""
     normal = _normal_url(url)
     return normal is not None and _normal_url(htu) == normal
 
@@ -160,7 +163,14 @@ def _normal_url(url: str) -> tuple[str, str, int | None, str] | None:
         return None
     if port == {"http": 80, "https": 443}[scheme]:
         port = None
-    return scheme, parts.hostname.lower(), port, parts.path or "/"
+    return scheme, parts.hostname.lower(), port, _PERCENT.sub(_unescape, parts.path) or "/"
+
+
+def _unescape(match: re.Match[str]) -> str:
+    # RFC 3986 section 6.2.2.1-6.2.2.2: %xx of an unreserved character is that character,
+    # any other %xx is compared in upper case.
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else "%" + match.group(1).upper()
 
 
 def _b64_json(segment: str, what: str) -> dict[str, Any]:

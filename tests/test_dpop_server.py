@@ -152,6 +152,15 @@ def test_htu_scheme_and_host_case_and_default_port_are_normalised(dpop_idp, key)
     assert post(dpop_idp, proof(key, url)).status_code == 200
 
 
+
+def test_htu_percent_encoding_is_normalised(dpop_idp, key):
+    # RFC 3986 section 6.2.2.2: %74 is "t"; the path is the same resource.
+    url = token_url(dpop_idp)
+    encoded = url[: url.rindex("/token")] + "/%74oken"
+    assert post(dpop_idp, proof(key, encoded)).status_code == 200
+    refused(post(dpop_idp, proof(key, encoded.replace("%74", "%2F"))), "htu")
+
+
 def test_the_record_notes_dpop_and_the_jkt_never_the_proof(dpop_idp, key):
     sent = proof(key, token_url(dpop_idp))
     post(dpop_idp, sent)
