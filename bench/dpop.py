@@ -23,52 +23,16 @@ Run: python bench/dpop.py [--n 2000] [--repeat 5] [--token-alg RS256] [--proof-a
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import json
 import statistics
 import time
-import uuid
 import warnings
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import get_default_algorithms
-
-from m2mauth.client import TokenValidator, jwk_thumbprint
+from m2mauth.client import DPoPKey, TokenValidator
 from m2mauth.server import ServerSettings
 from m2mauth.server.lab.idp import IdentityProvider
 
 AUDIENCE = "api://default"
 URL = "https://api.example/orders"
-_PYJWT = get_default_algorithms()
-
-
-def _b64(data: bytes | dict) -> str:
-    if isinstance(data, dict):
-        data = json.dumps(data, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-class _ProofKey:
-    """A client's DPoP key, signing proofs as RFC 9449 §4.2 describes."""
-
-    def __init__(self, alg: str) -> None:
-        if alg.startswith("ES"):
-            self.private = ec.generate_private_key(ec.SECP256R1())
-        elif alg == "EdDSA":
-            self.private = ed25519.Ed25519PrivateKey.generate()
-        else:
-            self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.alg, self.signer = alg, _PYJWT[alg]
-        self.jwk = self.signer.to_jwk(self.private.public_key(), as_dict=True)
-        self.jkt = jwk_thumbprint(self.jwk)
-
-    def proof(self, htm: str, htu: str, iat: float, *, token: str) -> str:
-        ath = _b64(hashlib.sha256(token.encode()).digest())
-        head = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.jwk}
-        body = {"jti": uuid.uuid4().hex, "htm": htm, "htu": htu, "iat": iat, "ath": ath}
-        signing_input = f"{_b64(head)}.{_b64(body)}"
-        return f"{signing_input}.{_b64(self.signer.sign(signing_input.encode(), self.private))}"
 
 
 class _Counting:
@@ -99,10 +63,10 @@ def _medians_us(cases: dict, n: int, repeat: int) -> dict[str, float]:
 
 
 def measure(token_alg: str, proof_alg: str, n: int, repeat: int) -> tuple[dict, int, int]:
-    key = _ProofKey(proof_alg)
+    key = DPoPKey.generate(proof_alg)  # the client's key; proofs signed by PyJWT
     with IdentityProvider.start(ServerSettings(algorithm=token_alg)) as idp:
         now = idp.clock()
-        bound = idp.issue_token("demo-client", "read", claims={"cnf": {"jkt": key.jkt}},
+        bound = idp.issue_token("demo-client", "read", claims={"cnf": {"jkt": key.thumbprint}},
                                 expires_in=3600)
         bearer = idp.issue_token("demo-client", "read", expires_in=3600)
 
@@ -113,11 +77,11 @@ def measure(token_alg: str, proof_alg: str, n: int, repeat: int) -> tuple[dict, 
         seen, first = validator(), validator(cache_max_entries=0)
         for v in (seen, first):
             v.validate(bearer, "read")
-            v.validate_dpop(bound, key.proof("GET", URL, now, token=bound), method="GET",
-                            url=URL)
+            v.validate_dpop(bound, key.proof("GET", URL, access_token=bound, now=now),
+                            method="GET", url=URL)
 
         def proofs(count: int) -> list[tuple[str]]:
-            return [(key.proof("GET", URL, now, token=bound),) for _ in range(count)]
+            return [(key.proof("GET", URL, access_token=bound, now=now),) for _ in range(count)]
 
         counting = _Counting(seen._pyjwt[token_alg])
         seen._pyjwt[token_alg] = counting
@@ -130,7 +94,7 @@ def measure(token_alg: str, proof_alg: str, n: int, repeat: int) -> tuple[dict, 
             "DPoP first": (lambda p: first.validate_dpop(
                 bound, p, method="GET", url=URL, scopes="read"), proofs),
             "proof alone": (lambda p: seen.dpop.check(
-                p, method="GET", url=URL, access_token_hash=ath, jkt=key.jkt, now=now),
+                p, method="GET", url=URL, access_token_hash=ath, jkt=key.thumbprint, now=now),
                 proofs),
         }, n, repeat)
         dpop_requests = n * (repeat + 1)

@@ -1,5 +1,6 @@
 """Character classes of the RFC grammars the client checks strings against, each written
-once: what a scope may be (RFC 6749 §3.3) and what a bearer token may be (token68)."""
+once: what a scope may be (RFC 6749 §3.3), what a bearer token may be (token68) and what a DPoP
+nonce may be."""
 
 from __future__ import annotations
 
@@ -14,3 +15,5 @@ TOKEN68 = re.compile("[" + re.escape("".join(sorted(TOKEN68_CHARACTERS))) + "]+=
 #: RFC 6749 §3.3 scope-token = 1*( %x21 / %x23-5B / %x5D-7E ): visible ASCII but ``"`` and
 #: ``\``, so that a scope fits a quoted-string (RFC 6750 §3 ``scope="..."``) unescaped.
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+#: RFC 9449 §8.1 nonce = 1*NQCHAR, the same characters (RFC 6749 Appendix A: NQCHAR).
+NONCE = SCOPE_TOKEN

@@ -26,14 +26,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
-from .dpop_validation import access_token_hash, jwk_thumbprint
+from ._grammar import NONCE
+from ._untrusted import shown
+from .dpop_validation import PROOF_TYPE, access_token_hash, jwk_thumbprint
 from .errors import OAuthError
 
 __all__ = ["DPOP_KEY_ALGORITHMS", "DPoPKey", "DPoPNonceStore", "DPoPTokenTypeError"]
 
 #: The algorithms a :class:`DPoPKey` signs with (asymmetric only, RFC 9449 §4.2).
 DPOP_KEY_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "PS256", "EdDSA")
-PROOF_TYPE = "dpop+jwt"
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 #: The public members of a JWK per key type (RFC 7638 §3.2): all a proof's ``jwk`` carries.
@@ -43,7 +44,6 @@ _PYJWT = get_default_algorithms()
 #: A nonce is ``1*NQCHAR`` (RFC 9449 §8.1); longer than this is not kept (a hostile server
 #: could otherwise make every later proof huge).
 MAX_NONCE_LENGTH = 512
-_NQCHAR = frozenset(chr(c) for c in range(0x21, 0x7F) if c not in (0x22, 0x5C))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -54,7 +54,7 @@ class DPoPTokenTypeError(OAuthError, code="dpop_not_bound"):
 
     def __init__(self, token_type: str, token_url: str, status: int | None = 200) -> None:
         super().__init__(self.code, f"{token_url} answered a DPoP proof with token_type "
-                         f"{token_type!r}, not DPoP: the server does not bind tokens to the "
+                         f"{shown(token_type)}, not DPoP: the server does not bind tokens to the "
                          "key; use a provider without dpop to accept bearer tokens.", None,
                          status)
         self.token_type, self.token_url = token_type, token_url
@@ -170,9 +170,9 @@ class DPoPKey:
 
     def proof(self, method: str, url: str, *, access_token: str | None = None,
               nonce: str | None = None, now: float | None = None) -> str:
-        """A proof for one request: ``htm`` ``method``, ``htu`` ``url`` without query and
-        fragment, ``iat`` ``now`` (default: the key's clock), ``ath`` for ``access_token``
-        and ``nonce`` when given."""
+        """A proof for one request: ``htm`` ``method`` upper-cased, ``htu`` ``url`` without
+        query, fragment and userinfo, ``iat`` ``now`` (default: the key's clock) in whole
+        seconds, ``ath`` for ``access_token`` and ``nonce`` when given."""
         if not isinstance(method, str) or not method:
             raise ValueError("a DPoP proof needs the request's method")
         claims: dict[str, Any] = {
@@ -214,7 +214,7 @@ def _usable_nonce(value: object) -> str | None:
     :data:`MAX_NONCE_LENGTH` long), else None: the header is untrusted input."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NONCE_LENGTH:
         return None
-    return value if all(c in _NQCHAR for c in value) else None
+    return value if NONCE.fullmatch(value) else None
 
 
 class DPoPNonceStore:

@@ -81,10 +81,11 @@ With nonces on, every answer to a DPoP request carries the current ``DPoP-Nonce`
 
 The URL a proof's ``htu`` is compared with: ``public_url`` (the origin, and any path prefix,
 clients call this service at; else the app's ``M2MAUTH_PUBLIC_URL`` config) followed by the
-request's path under the app's root; without either, ``request.base_url`` – built from the
-``Host`` header and scheme as the WSGI server saw them. Behind a reverse proxy or TLS
-terminator that is not what the client called: pass ``public_url``, or let werkzeug's
-``ProxyFix`` restore the forwarded host and scheme (only for a proxy you trust to set them).
+request's path as the WSGI server saw it, the app's mount point (``SCRIPT_NAME``) included;
+without either, ``request.base_url`` – built from the ``Host`` header and scheme as the WSGI
+server saw them. Behind a reverse proxy or TLS terminator that is not what the client called:
+pass ``public_url``, or let werkzeug's ``ProxyFix`` restore the forwarded host and scheme
+(only for a proxy you trust to set them).
 """
 
 from __future__ import annotations
@@ -217,8 +218,8 @@ def _from_header(schemes: tuple[str, ...]) -> tuple[str, str] | None:
         raise BearerError(400, "invalid_request", "the Authorization header is empty")
     # Repeated headers arrive joined by commas ("Bearer a,Bearer b"); a token68 has none.
     pieces = [p.strip(" \t") for p in value.split(",")]
-    ours = [p.split(None, 1)[0].lower() for p in pieces if p.split(None, 1)[:1]
-            and p.split(None, 1)[0].lower() in schemes]
+    named = [p.split(None, 1)[0].lower() for p in pieces if p.split(None, 1)]
+    ours = [word for word in named if word in schemes]
     if not ours:
         return None  # another scheme (Basic, ...): no bearer credentials at all
     scheme = ours[0]
@@ -227,7 +228,7 @@ def _from_header(schemes: tuple[str, ...]) -> tuple[str, str] | None:
                           "more than one set of credentials in it", scheme=scheme)
     name = "DPoP" if scheme == "dpop" else "Bearer"
     section = "RFC 9449 section 7.1" if scheme == "dpop" else "RFC 6750 section 2.1"
-    rest = value[len(scheme):] if value[:len(scheme)].lower() == scheme else ""
+    rest = value[len(scheme):]  # the one piece's first word is ``scheme``
     if not rest:
         raise BearerError(400, "invalid_request", f"the {name} scheme without a token",
                           scheme=scheme)

@@ -17,7 +17,6 @@ nonce are accepted.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -25,6 +24,7 @@ import json
 import math
 import re
 import secrets
+import string
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,8 +36,9 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
+from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
-from .algorithms import KEY_TYPES
+from .algorithms import KEY_TYPES, fits
 from .clock import Clock
 from .store import StateStore
 
@@ -53,7 +54,6 @@ __all__ = [
     "DPoPVerifier",
     "InvalidDPoPProofError",
     "UseDPoPNonceError",
-    "jwk_thumbprint",
     "proof_header",
     "same_htu",
 ]
@@ -81,8 +81,9 @@ NONCE_SWITCH = "dpop_nonce"
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _CURVES = {"ES256": ("EC", "P-256"), "EdDSA": ("OKP", "Ed25519"),
            "Ed25519": ("OKP", "Ed25519")}
-_MIN_RSA_BITS = 2048
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 
 
 class _ProofRegistry(JWSRegistry):
@@ -116,7 +117,7 @@ class UseDPoPNonceError(OAuth2Error):
         super().__init__(description)
         self.nonce = nonce
 
-    def get_headers(self):
+    def get_headers(self) -> list[tuple[str, str]]:
         return [*super().get_headers(), ("DPoP-Nonce", self.nonce)]
 
 
@@ -129,15 +130,6 @@ class DPoPProof:
     jti: str
     alg: str
     jwk: Mapping[str, Any]
-
-
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """The RFC 7638 SHA-256 thumbprint of a public JWK, base64url without padding."""
-    kty = jwk.get("kty")
-    key_class = _KEY_CLASSES.get(kty) if isinstance(kty, str) else None
-    if key_class is None:
-        raise ValueError("unsupported key type")
-    return str(key_class.import_key(dict(jwk)).thumbprint())
 
 
 def proof_header(headers: Mapping[str, str]) -> str | None:
@@ -153,8 +145,8 @@ def proof_header(headers: Mapping[str, str]) -> str | None:
 
 def same_htu(htu: str, url: str) -> bool:
     """Whether ``htu`` names ``url`` (RFC 9449 §4.3 step 9): query and fragment ignored,
-    scheme and host compared without case, a default port the same as none (RFC 3986
-    §6.2.2-6.2.3)."""
+    scheme and host compared without case, percent-encoding normalised, a default port the
+    same as none (RFC 3986 §6.2.2-6.2.3; dot segments are not removed)."""
     normal = _normal_url(url)
     return normal is not None and _normal_url(htu) == normal
 
@@ -171,12 +163,19 @@ def _normal_url(url: str) -> tuple[str, str, int | None, str] | None:
         return None
     if port == {"http": 80, "https": 443}[scheme]:
         port = None
-    return scheme, parts.hostname.lower(), port, parts.path or "/"
+    return scheme, parts.hostname.lower(), port, _PERCENT.sub(_unescape, parts.path) or "/"
+
+
+def _unescape(match: re.Match[str]) -> str:
+    # RFC 3986 section 6.2.2.1-6.2.2.2: %xx of an unreserved character is that character,
+    # any other %xx is compared in upper case.
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else "%" + match.group(1).upper()
 
 
 def _b64_json(segment: str, what: str) -> dict[str, Any]:
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = urlsafe_b64decode(segment.encode("ascii"))  # _split checked the alphabet
         value = json.loads(raw)
     except (binascii.Error, ValueError, RecursionError):
         raise InvalidDPoPProofError(f"The DPoP proof's {what} is not base64url JSON.") from None
@@ -240,9 +239,9 @@ def _import_public(jwk: dict[str, Any], alg: str) -> Any:
         key = _KEY_CLASSES[KEY_TYPES[alg]].import_key(jwk)
     except (JoseError, ValueError, TypeError, KeyError):
         raise InvalidDPoPProofError("The DPoP proof's jwk is not a valid public key.") from None
-    if isinstance(key, RSAKey) and key.raw_value.key_size < _MIN_RSA_BITS:
+    if not fits(alg, key.raw_value):  # the server's own rule: RSA of 2048 bits or more
         raise InvalidDPoPProofError(
-            f"The DPoP proof's RSA key is shorter than {_MIN_RSA_BITS} bits.")
+            f"The DPoP proof's jwk is too weak for {alg} (RSA keys need 2048 bits or more).")
     return key
 
 
@@ -285,16 +284,6 @@ def _check_iat(claims: Mapping[str, Any], now: float, max_age: int, leeway: int)
     if iat > now + leeway:
         raise InvalidDPoPProofError("The DPoP proof's iat is in the future.")
     return float(iat)
-
-
-def _check_ath(claims: Mapping[str, Any], access_token: str | None) -> None:
-    if access_token is None:
-        return
-    expected = base64.urlsafe_b64encode(
-        hashlib.sha256(access_token.encode("ascii", "replace")).digest()).rstrip(b"=").decode()
-    ath = claims.get("ath")
-    if not isinstance(ath, str) or not hmac.compare_digest(ath, expected):
-        raise InvalidDPoPProofError("The DPoP proof's ath is not the hash of the token.")
 
 
 def _finite(value: float) -> bool:
@@ -340,7 +329,7 @@ class DPoPVerifier:
 
     def _nonce_for(self, window: int, secret: bytes) -> str:
         mac = hmac.new(secret, f"m2mauth dpop nonce {window}".encode(), hashlib.sha256)
-        tag = base64.urlsafe_b64encode(mac.digest()[:18]).decode()
+        tag = urlsafe_b64encode(mac.digest()[:18]).decode()
         return f"{window}.{tag}"
 
     def current_nonce(self) -> str:
@@ -363,11 +352,11 @@ class DPoPVerifier:
     # -- proofs (RFC 9449 section 4.3) --------------------------------------------------
 
     def verify(self, proof: str, *, method: str, url: str, client_id: str,
-               access_token: str | None = None, nonce_required: bool | None = None,
-               ) -> DPoPProof:
+               nonce_required: bool | None = None) -> DPoPProof:
         """Check ``proof`` for a ``method`` request to ``url`` by ``client_id`` (whose
-        replay-cache share keeps the jti); ``access_token``: also check ``ath``. Raises
-        :class:`InvalidDPoPProofError` or :class:`UseDPoPNonceError`."""
+        replay-cache share keeps the jti); ``nonce_required`` None: as :meth:`nonce_required`
+        says. A token-endpoint proof has no ``ath`` to check (no access token is presented).
+        Raises :class:`InvalidDPoPProofError` or :class:`UseDPoPNonceError`."""
         header, claims = _split(proof)
         _check_typ(header)
         _check_no_extensions(header)
@@ -380,7 +369,6 @@ class DPoPVerifier:
         _check_htu(claims, url)
         now = self.clock.now()
         iat = _check_iat(claims, now, self.max_age, self.leeway)
-        _check_ath(claims, access_token)
         if nonce_required is None:
             nonce_required = self.nonce_required()
         if nonce_required and not self.nonce_is_current(claims.get("nonce")):
@@ -393,8 +381,8 @@ class DPoPVerifier:
         if not self.store.remember_jti(f"dpop\n{client_id}", jti,
                                        iat + self.max_age + self.leeway, now):
             raise InvalidDPoPProofError("The DPoP proof's jti was used before (a replay).")
-        return DPoPProof(jkt=str(key.thumbprint()), jti=jti, alg=alg,
-                         jwk={k: v for k, v in jwk.items() if k not in _PRIVATE_MEMBERS})
+        # _check_jwk refused private members: the header's jwk is the public key.
+        return DPoPProof(jkt=str(key.thumbprint()), jti=jti, alg=alg, jwk=jwk)
 
 
 class DPoPGrantExtension:

@@ -204,14 +204,15 @@ def _add_dpop_nonce(dpop: Any, request: Request, response: Response,
     lab's run-time switch is read from the store only for requests with a DPoP header (a
     Bearer request has no use for a nonce; the setting alone costs nothing to read), and a
     client's own ``dpop_nonce`` once it authenticated."""
-    if "DPoP-Nonce" in response.headers:
-        return
     if dpop.require_nonce_setting:
-        response.headers["DPoP-Nonce"] = dpop.current_nonce()
+        wanted = True
     elif "HTTP_DPOP" in request.environ:
         client = getattr(oauth_request, "client", None)
-        if (client is not None and client.settings.dpop_nonce) or dpop.nonce_required():
-            response.headers["DPoP-Nonce"] = dpop.current_nonce()
+        wanted = (client is not None and client.settings.dpop_nonce) or dpop.nonce_required()
+    else:
+        return  # a Bearer request, nonces off: not even a look at the response's headers
+    if wanted and "DPoP-Nonce" not in response.headers:
+        response.headers["DPoP-Nonce"] = dpop.current_nonce()
 
 
 def handle_endpoint_request(server: AuthorizationServer, name: str, request: Request,

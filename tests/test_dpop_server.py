@@ -152,6 +152,15 @@ def test_htu_scheme_and_host_case_and_default_port_are_normalised(dpop_idp, key)
     assert post(dpop_idp, proof(key, url)).status_code == 200
 
 
+
+def test_htu_percent_encoding_is_normalised(dpop_idp, key):
+    # RFC 3986 section 6.2.2.2: %74 is "t"; the path is the same resource.
+    url = token_url(dpop_idp)
+    encoded = url[: url.rindex("/token")] + "/%74oken"
+    assert post(dpop_idp, proof(key, encoded)).status_code == 200
+    refused(post(dpop_idp, proof(key, encoded.replace("%74", "%2F"))), "htu")
+
+
 def test_the_record_notes_dpop_and_the_jkt_never_the_proof(dpop_idp, key):
     sent = proof(key, token_url(dpop_idp))
     post(dpop_idp, sent)
@@ -201,6 +210,12 @@ def test_a_jwk_of_the_wrong_type_for_the_alg_is_refused(dpop_idp, key):
     rsa_key = rsa.generate_private_key(65537, 2048)
     sent = proof(rsa_key, token_url(dpop_idp), alg="RS256", jwk=public_jwk(key))
     refused(post(dpop_idp, sent), "not a key for RS256")
+
+
+@pytest.mark.filterwarnings("ignore:.*2048 bits")  # PyJWT signing, joserfc importing
+def test_an_rsa_key_under_2048_bits_is_refused(dpop_idp):
+    small = rsa.generate_private_key(65537, 1024)
+    refused(post(dpop_idp, proof(small, token_url(dpop_idp), alg="RS256")), "2048")
 
 
 def test_no_jwk_is_refused(dpop_idp, key):

@@ -519,6 +519,8 @@ class Controls:
                             ("nonce", nonce)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ControlError(name, "must be a non-empty string")
+        if token is not None and not token.isascii():  # ath hashes the token's ASCII bytes
+            raise ControlError("token", "must be an ASCII string (an access token)")
         try:
             minted = mint_proof(
                 dkey, method=method, url=url or self.core.token_endpoint,

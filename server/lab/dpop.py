@@ -5,7 +5,6 @@ public key) are assembled by hand, as a negative test needs exactly those bytes.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -19,8 +18,9 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
+from joserfc.util import json_b64encode, urlsafe_b64encode
 
-from ..dpop import DPOP_LEEWAY, DPOP_MAX_AGE, jwk_thumbprint
+from ..dpop import DPOP_LEEWAY, DPOP_MAX_AGE
 
 __all__ = ["DPOP_DEFECTS", "DPoPKey", "MintedProof", "dpop_key", "mint_proof"]
 
@@ -98,15 +98,15 @@ def dpop_key(key: Key | Mapping[str, Any] | None = None, alg: str | None = None)
     alg = alg or _ALG_OF[kty]
     if alg not in _ALGS_OF_KTY[kty]:
         raise ValueError(f"{alg} does not fit a {kty} key ({', '.join(_ALGS_OF_KTY[kty])})")
-    return DPoPKey(key, alg, jwk_thumbprint(key.as_dict(private=False)))
+    return DPoPKey(key, alg, str(key.thumbprint()))
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return urlsafe_b64encode(data).decode()
 
 
-def _json_b64(value: Mapping[str, Any]) -> str:
-    return _b64(json.dumps(value, separators=(",", ":")).encode())
+def _json_b64(value: dict[str, Any]) -> str:
+    return json_b64encode(value).decode()
 
 
 def token_hash(token: str) -> str:
