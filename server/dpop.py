@@ -25,7 +25,6 @@ import math
 import re
 import secrets
 import string
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,12 +34,12 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
-from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode, urlsafe_b64encode
 
 from .algorithms import KEY_TYPES, fits
 from .clock import Clock
 from .store import StateStore
+from .verification import QuietJWSRegistry
 
 __all__ = [
     "DPOP_ALGORITHMS",
@@ -86,7 +85,7 @@ _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 
 
-class _ProofRegistry(JWSRegistry):
+class _ProofRegistry(QuietJWSRegistry):
     """joserfc's JWS registry with room for a proof's header: joserfc caps a header at 512
     bytes, and a header carrying an RSA-2048 ``jwk`` is about 600 (the whole proof is
     bounded by MAX_PROOF_BYTES before this)."""
@@ -247,9 +246,7 @@ def _import_public(jwk: dict[str, Any], alg: str) -> Any:
 
 def _check_signature(proof: str, key: Any, alg: str) -> None:
     try:
-        with warnings.catch_warnings():  # joserfc's notice on each EdDSA verification
-            warnings.simplefilter("ignore")
-            jws.deserialize_compact(proof, key, algorithms=[alg], registry=_REGISTRY)
+        jws.deserialize_compact(proof, key, algorithms=[alg], registry=_REGISTRY)
     except (JoseError, ValueError, TypeError):
         raise InvalidDPoPProofError(
             "The DPoP proof's signature does not verify with its jwk.") from None

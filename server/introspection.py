@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from typing import Any, ClassVar
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, UnauthorizedClientError
@@ -30,6 +29,7 @@ from .grants import check_request_parameters
 from .keys import RETIRED, KeyStore
 from .settings import AUTH_METHODS
 from .store import StateStore
+from .verification import QuietJWSRegistry
 
 __all__ = ["MAX_TOKEN_BYTES", "Introspection", "Revocation", "TokenLookup", "opaque_key",
            "revocation_key"]
@@ -114,9 +114,8 @@ class TokenLookup:
         if key is None or key.status == RETIRED or key.alg != alg:
             return None
         try:
-            with warnings.catch_warnings():  # joserfc's notice on each EdDSA verification
-                warnings.simplefilter("ignore")
-                decoded = jose_jwt.decode(token, key.key, algorithms=[key.alg])
+            decoded = jose_jwt.decode(token, key.key,
+                                      registry=QuietJWSRegistry(algorithms=[key.alg]))
         except (JoseError, ValueError, TypeError):
             return None
         return dict(decoded.claims)

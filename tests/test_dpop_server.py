@@ -582,3 +582,24 @@ def test_any_header_value_is_refused_as_invalid_dpop_proof():
             verifier.verify(value, method="POST", url="http://x.test/token", client_id="c")
 
     check()
+
+
+def test_eddsa_is_verified_without_joserfc_s_warning_and_other_names_are_unchanged():
+    """joserfc warns on every EdDSA use; silencing that per request with catch_warnings is
+    not thread-safe, so the server's verifying registry does not raise it at all."""
+    import warnings
+
+    from joserfc.errors import UnsupportedAlgorithmError
+    from joserfc.jws import JWSRegistry
+
+    from m2mauth.server.verification import QuietJWSRegistry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(Warning):  # what the plain registry does
+            JWSRegistry(algorithms=["EdDSA"]).get_alg("EdDSA")
+        assert QuietJWSRegistry(algorithms=["EdDSA"]).get_alg("EdDSA").name == "EdDSA"
+        with pytest.raises(UnsupportedAlgorithmError):  # the allow-list still holds
+            QuietJWSRegistry(algorithms=["ES256"]).get_alg("EdDSA")
+        with pytest.raises(UnsupportedAlgorithmError):  # joserfc's default refusals too
+            QuietJWSRegistry().get_alg("EdDSA")
