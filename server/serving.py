@@ -706,9 +706,11 @@ class BackgroundServer:
     """An :class:`HTTPServer` answering from a daemon thread until :meth:`stop` (also a
     context manager): for tests, fixtures and benchmarks."""
 
-    def __init__(self, server: HTTPServer) -> None:
+    def __init__(self, server: HTTPServer, tick: Callable[[], None] | None = None) -> None:
         self.server = server
-        self._thread = threading.Thread(target=server.serve_forever,
+        # tick: called on the event loop after every poll (see HTTPServer.serve_forever), so
+        # a test can wait on an event the loop sets instead of polling its state.
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"tick": tick},
                                         name=f"m2mauth-http-{server.port}", daemon=True)
         self._thread.start()
 

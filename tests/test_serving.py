@@ -134,14 +134,18 @@ def _hello(environ, start_response):
     return [b"hi"]
 
 
-def _wait_for(condition, attempts: int = 500) -> None:
-    import time
+class _LoopSees:
+    """A ``tick`` for :meth:`HTTPServer.serve_forever`: the event loop itself sets
+    :attr:`event` after the poll at which ``condition()`` first holds."""
 
-    for _ in range(attempts):  # bounded
-        if condition():
-            return
-        time.sleep(0.01)  # a poll of the server's own state, not a wait for a deadline
-    raise AssertionError("the server never got there")
+    def __init__(self, condition) -> None:
+        import threading
+
+        self.condition, self.event = condition, threading.Event()
+
+    def __call__(self) -> None:
+        if not self.event.is_set() and self.condition():
+            self.event.set()
 
 
 def test_a_graceful_stop_answers_a_request_half_received_and_closes_idle_connections():
@@ -152,9 +156,12 @@ def test_a_graceful_stop_answers_a_request_half_received_and_closes_idle_connect
     import threading
 
     server, _ = bind_app("127.0.0.1", 0, lambda _port: _hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     channels = server._server.active_channels
+    half_read = _LoopSees(
+        lambda: any(c.request_started is not None for c in list(channels.values())))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"tick": half_read},
+                              daemon=True)
+    thread.start()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as idle, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as arriving:
         idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -165,7 +172,7 @@ def test_a_graceful_stop_answers_a_request_half_received_and_closes_idle_connect
                 break
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hi"), answer
         arriving.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
-        _wait_for(lambda: any(c.request_started is not None for c in list(channels.values())))
+        assert half_read.event.wait(timeout=10), "the server never read the request's start"
         server.stop_gracefully()
         assert idle.recv(4096) == b""  # closed by the stop
         arriving.sendall(b"\r\n")

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -154,7 +155,6 @@ def test_serve_tls_makes_a_ca_serves_https_and_reuses_the_ca(cli_process, tmp_pa
 def test_sigterm_over_tls_answers_the_request_in_flight_and_closes_idle_ones(cli_process,
                                                                            tmp_path):
     import signal
-    import threading
 
     served = cli_process("serve", "--tls", "--port", "0", "--tls-dir", str(tmp_path))
     issuer, ca = served.field("issuer"), served.field("ca")
@@ -566,18 +566,21 @@ def test_a_large_answer_to_a_slow_reader_arrives_whole(tmp_path):
 
     tls = load_server_tls(ServerSettings(tls=True, tls_dir=tmp_path))
     server, _ = bind_app("127.0.0.1", 0, lambda _port: app, tls=tls.context)
-    with BackgroundServer(server) as background:
+    channels = server._server.active_channels
+    filled = threading.Event()
+
+    def tick() -> None:  # on the server's event loop, after each poll
+        if any(c._pending for c in list(channels.values())):
+            filled.set()
+
+    with BackgroundServer(server, tick=tick) as background:
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.settimeout(10)
         raw.connect(("127.0.0.1", background.port))
         with client_context(tls.ca_bundle).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            channels = server._server.active_channels
-            deadline = time.monotonic() + 10
-            while not any(c._pending for c in list(channels.values())):  # bounded below
-                assert time.monotonic() < deadline, "the socket never filled up"
-                time.sleep(0.01)
+            assert filled.wait(timeout=10), "the socket never filled up"
             received = bytearray()
             while chunk := sock.recv(65536):
                 received += chunk
